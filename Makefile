@@ -1,0 +1,46 @@
+# Everything runs inside .venv, created on first use. On a machine without torch the CPU wheel
+# is installed first (TORCH_SPEC); a bare `torch` requirement would pull a multi-GB CUDA build.
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LMTRAIN_DATA ?= $(abspath ../shared/data)
+export LMTRAIN_DATA
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+## demo: train the quickstart model on built-in text, evaluate it, print a sample
+demo: install
+	rm -rf runs/quickstart
+	$(VENV)/bin/lmtrain fit configs/quickstart.yaml run.dir=runs/quickstart
+	$(VENV)/bin/lmtrain eval runs/quickstart
+	$(VENV)/bin/lmtrain sample runs/quickstart --prompt "The " --max-tokens 300 --temperature 0.8 --seed 0
+
+## test: the whole suite on CPU (a few minutes)
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check lmtrain tests scripts
+	$(VENV)/bin/ruff format --check lmtrain tests scripts
+
+format: install
+	$(VENV)/bin/ruff format lmtrain tests scripts
+	$(VENV)/bin/ruff check --fix lmtrain tests scripts
+
+## bench: throughput benchmarks; prints ratios against baselines measured in the same run
+bench: install
+	$(PY) scripts/bench_train.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

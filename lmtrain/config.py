@@ -1,0 +1,432 @@
+"""The config schema: frozen dataclasses that are at once the YAML format, the defaults and the help.
+
+A config is a YAML file with four sections (`data`, `model`, `train`, `run`) plus dotted overrides
+given after it on the command line (`train.lr=0.5 model.cell=gru`). Loading is strict: every
+unknown key, wrong type, out-of-range value and cross-field conflict is collected, and all of them
+are reported together in one `ConfigError` before any work starts.
+
+Each field carries a one-line docstring directly under it; `field_docs()` reads those back from
+this file's source so that `lmtrain config` can print them, and they cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from lmtrain.errors import ConfigError
+
+Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
+Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
+Schedule = Literal["constant", "plateau", "cosine"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = "builtin:python-docs"
+    """Training text: a UTF-8 file path, or `builtin:python-docs` (ships with Python, no download)."""
+    valid: str | None = "builtin:python-docs"
+    """Validation text (file or builtin); null disables validation."""
+    test: str | None = "builtin:python-docs"
+    """Test text used by `lmtrain eval` when no --data is given; null for none."""
+    tokenizer: Literal["char", "word"] = "char"
+    """`char`: every Unicode character is a token. `word`: whitespace split, `<eos>` at line ends."""
+    mode: Literal["stream"] = "stream"
+    """`stream`: the split is one token stream cut into batch_size parallel streams."""
+    min_freq: int = 1
+    """Word level: tokens seen fewer times than this in the training split become `<unk>`."""
+    max_size: int | None = None
+    """Word level: keep at most this many most frequent tokens (plus specials); null = no limit."""
+    decode_errors: Literal["strict", "replace"] = "strict"
+    """Invalid UTF-8 in a data file: `strict` stops with the byte offset, `replace` uses U+FFFD."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: Cell = "lstm"
+    """Recurrent cell: rnn_tanh, rnn_relu, lstm or gru."""
+    embedding_dim: int = 128
+    """Size of the token embedding."""
+    hidden_size: int = 256
+    """Size of each recurrent layer's hidden state."""
+    num_layers: int = 2
+    """Number of stacked recurrent layers."""
+    dropout: float = 0.0
+    """Dropout between recurrent layers and before the decoder (0 = off)."""
+    tie_weights: bool = False
+    """Share the embedding matrix with the decoder (needs embedding_dim == hidden_size)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    """Passes over the training split (training stops at whichever of epochs/max_steps comes first)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps; null = run all epochs."""
+    batch_size: int = 32
+    """Parallel streams (stream mode) per step."""
+    bptt: int = 64
+    """Truncated BPTT window: tokens per stream per step; state is carried across windows."""
+    optimizer: Optimizer = "adam"
+    """sgd (with momentum), adam, adamw or rmsprop."""
+    lr: float = 0.002
+    """Peak learning rate."""
+    momentum: float = 0.0
+    """Momentum for sgd and rmsprop."""
+    weight_decay: float = 0.0
+    """L2 penalty (decoupled for adamw)."""
+    schedule: Schedule = "constant"
+    """Learning-rate schedule: constant, plateau (divide on stalled validation loss) or cosine."""
+    warmup_steps: int = 0
+    """Linear warm-up steps (cosine schedule)."""
+    min_lr: float = 0.0
+    """Floor of the learning rate for the cosine and plateau schedules."""
+    plateau_factor: float = 0.25
+    """Plateau schedule: multiply the learning rate by this when validation stops improving."""
+    plateau_patience: int = 0
+    """Plateau schedule: evaluations without improvement before the rate is cut."""
+    clip_grad_norm: float | None = 1.0
+    """Clip the global L2 norm of all gradients to this value; null = no norm clipping."""
+    clip_grad_value: float | None = None
+    """Clip every gradient element to [-value, value]; null = off."""
+    seed: int = 1234
+    """Seed for parameters, dropout and sampling; same seed + config on CPU = same losses."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda or cuda:N."""
+    eval_every: int | None = None
+    """Evaluate (and checkpoint) every N steps; null = at the end of each epoch."""
+    log_every: int = 50
+    """Steps between console/TensorBoard training log points."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/default"
+    """Run directory: resolved config, checkpoints and TensorBoard events go here."""
+    sample_tokens: int = 200
+    """Tokens of text generated and logged at each evaluation (0 = none)."""
+    sample_prompt: str = ""
+    """Prompt for the sample logged at each evaluation."""
+    tensorboard: bool = True
+    """Write TensorBoard event files under run.dir/tb."""
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the text comes from and how it is tokenised and batched."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network: embedding -> stacked recurrent layers -> decoder."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, schedule, clipping, evaluation cadence, device."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Output directory, logging and samples."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Range and cross-field checks. Each returns (dotted key, message) pairs.
+
+
+def _check_ranges(cfg: Config) -> list[str]:
+    p: list[str] = []
+    d, m, t, r = cfg.data, cfg.model, cfg.train, cfg.run
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            p.append(f"{key}: {msg}")
+
+    need(d.min_freq >= 1, "data.min_freq", f"must be >= 1, got {d.min_freq}")
+    need(d.max_size is None or d.max_size >= 1, "data.max_size", f"must be >= 1, got {d.max_size}")
+    need(bool(d.train.strip()), "data.train", "must name a file or builtin corpus, got ''")
+    for name in ("embedding_dim", "hidden_size", "num_layers"):
+        v = getattr(m, name)
+        need(v >= 1, f"model.{name}", f"must be >= 1, got {v}")
+    need(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    if m.tie_weights and m.embedding_dim != m.hidden_size:
+        p.append(
+            "model.tie_weights: tied weights need model.embedding_dim == model.hidden_size, "
+            f"got {m.embedding_dim} and {m.hidden_size}; set them equal or tie_weights: false"
+        )
+    need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
+    need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
+    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    need(t.bptt >= 1, "train.bptt", f"must be >= 1, got {t.bptt}")
+    need(t.lr > 0 and math.isfinite(t.lr), "train.lr", f"must be a positive number, got {t.lr}")
+    need(0.0 <= t.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {t.momentum}")
+    need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    need(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+    need(0 <= t.min_lr <= t.lr, "train.min_lr", f"must be in [0, train.lr], got {t.min_lr}")
+    need(0 < t.plateau_factor < 1, "train.plateau_factor", "must be in (0, 1)")
+    need(t.plateau_patience >= 0, "train.plateau_patience", "must be >= 0")
+    for name in ("clip_grad_norm", "clip_grad_value"):
+        v = getattr(t, name)
+        need(v is None or v > 0, f"train.{name}", f"must be > 0 or null, got {v}")
+    need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
+    need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    need(
+        re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
+        "train.device",
+        f"expected auto, cpu, cuda or cuda:N, got {t.device!r}",
+    )
+    if t.schedule == "plateau" and cfg.data.valid is None:
+        p.append("train.schedule: 'plateau' needs validation data; set data.valid")
+    need(bool(r.dir.strip()), "run.dir", "must not be empty")
+    need(r.sample_tokens >= 0, "run.sample_tokens", f"must be >= 0, got {r.sample_tokens}")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic typed conversion of a plain dict into the dataclasses.
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(names) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if _is_dataclass_type(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """Convert `value` to type `tp`, appending a message to `problems` on failure."""
+    origin = typing.get_origin(tp)
+    bad = object()
+    result: Any = bad
+    if _is_dataclass_type(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, key, problems)
+    elif origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return _convert(value, non_none[0], key, problems)
+    elif origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
+            return None
+    elif origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [_convert(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    elif tp is bool:
+        if isinstance(value, bool):
+            result = value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            result = value
+        elif isinstance(value, float) and value.is_integer():
+            result = int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            result = float(value)
+        elif isinstance(value, str):
+            # YAML 1.1 reads `1e-3` (no dot) as a string; accept what is plainly a number.
+            try:
+                result = float(value)
+            except ValueError:
+                pass
+        if result is not bad and not math.isfinite(result):
+            problems.append(f"{key}: must be a finite number, got {value!r}")
+            return None
+    elif tp is str:
+        if isinstance(value, str):
+            result = value
+    if result is bad:
+        problems.append(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        return None
+    return result
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in hints:
+            close = difflib.get_close_matches(str(k), list(hints), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+            valid = ", ".join(hints)
+            problems.append(f"{key}: unknown key{hint} (valid keys here: {valid})")
+            continue
+        before = len(problems)
+        value = _convert(v, hints[k], key, problems)
+        if len(problems) == before or _is_dataclass_type(hints[k]) and value is not None:
+            kwargs[k] = value
+        # else: the problem is recorded; keep the default so the other checks still run
+    return cls(**kwargs)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstrings written under each field of `cls`, read from the source."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML and overrides.
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError([f"not valid YAML: {e}".replace("\n", " ")], source) from None
+    except RecursionError:
+        raise ConfigError(["YAML nested too deeply"], source) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[str]) -> None:
+    """Apply `a.b=value` overrides (value parsed as YAML) to the nested dict `raw` in place."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"override {item!r}: expected KEY=VALUE such as train.lr=0.5")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text  # not YAML: take it as a plain string, the schema decides
+        *parents, leaf = key.split(".")
+        node = raw
+        for i, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a section")
+                break
+            node = child
+        else:
+            node[leaf] = value
+
+
+def config_from_dict(
+    raw: Any, overrides: list[str] | None = None, source: str = "config"
+) -> Config:
+    """Build and validate a Config from a plain mapping plus dotted overrides."""
+    problems: list[str] = []
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            [f"the top level must be a mapping of sections, got {type(raw).__name__}"], source
+        )
+    raw = _deep_copy_dicts(raw)
+    apply_overrides(raw, overrides or [], problems)
+    for name, value in raw.items():
+        if name in _hints(Config) and value is None:
+            raw[name] = {}  # an empty section (`train:` with nothing under it) means defaults
+    cfg = _build(Config, raw, "", problems)
+    # Range checks run on the values that converted; a key already reported is not re-reported.
+    reported = {p.split(":", 1)[0] for p in problems}
+    problems += [p for p in _check_ranges(cfg) if p.split(":", 1)[0] not in reported]
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _deep_copy_dicts(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy_dicts(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file, apply dotted overrides and validate everything at once."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(["file not found; check the path"], source) from None
+    except IsADirectoryError:
+        raise ConfigError(["is a directory; give a YAML file"], source) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text (byte offset {e.start})"], source) from None
+    except OSError as e:
+        raise ConfigError([f"cannot read: {e.strerror}"], source) from None
+    return config_from_dict(_parse_yaml(text, source), overrides, source)
+
+
+def describe() -> str:
+    """Every key with its default and its one-line doc, as commented YAML."""
+    lines: list[str] = []
+    for section in dataclasses.fields(Config):
+        cls = _hints(Config)[section.name]
+        lines.append(f"{section.name}:  # {field_docs(Config)[section.name]}")
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...")
+            lines.append(f"  {f.name}: {value.strip()}  # {docs.get(f.name, '')}")
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""Embedding -> stacked nn.RNN / nn.LSTM / nn.GRU -> dropout -> output layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lmtrain.config import ModelConfig
+from lmtrain.models.output import SoftmaxOutput
+from lmtrain.models.state import State
+
+
+def _recurrent(cfg: ModelConfig) -> nn.Module:
+    kwargs = dict(
+        input_size=cfg.embedding_dim,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        # nn.* applies this dropout between layers only, never after the last one.
+        dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+    )
+    if cfg.cell == "lstm":
+        return nn.LSTM(**kwargs)
+    if cfg.cell == "gru":
+        return nn.GRU(**kwargs)
+    nonlinearity = "tanh" if cfg.cell == "rnn_tanh" else "relu"
+    return nn.RNN(nonlinearity=nonlinearity, **kwargs)
+
+
+class LanguageModel(nn.Module):
+    """Token ids (T, B) -> hidden states (T, B, H); `output` turns those into losses."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        # padding_idx=0: the <pad> row stays zero and never receives gradient.
+        self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=0)
+        self.rnn = _recurrent(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.output = SoftmaxOutput(cfg.hidden_size, vocab_size)
+        if cfg.tie_weights:
+            # Press & Wolf 2017, Inan et al. 2017: one matrix for input and output embeddings.
+            self.output.decoder.weight = self.embedding.weight
+        self._state_parts = 2 if cfg.cell == "lstm" else 1
+
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
+        """Zero state at the start of every sequence."""
+        device = device or self.embedding.weight.device
+        shape = (self.cfg.num_layers, batch_size, self.cfg.hidden_size)
+        return tuple(torch.zeros(shape, device=device) for _ in range(self._state_parts))
+
+    def forward(
+        self, inputs: torch.Tensor, state: State, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """inputs (T, B) -> hidden (T, B, H) after dropout, and the final state.
+
+        With `lengths` the rows are packed, so no compute is spent on padding and each row's
+        final state is taken at its own last real token.
+        """
+        x = self.dropout(self.embedding(inputs))  # (T, B, E)
+        hx = state if self._state_parts == 2 else state[0]
+        if lengths is None:
+            out, new = self.rnn(x, hx)  # (T, B, H)
+        else:
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            out, new = self.rnn(packed, hx)
+            out, _ = pad_packed_sequence(out, total_length=inputs.size(0))
+        new_state = tuple(new) if self._state_parts == 2 else (new,)
+        return self.dropout(out), new_state
+
+
+def build_model(cfg: ModelConfig, vocab_size: int) -> LanguageModel:
+    return LanguageModel(cfg, vocab_size)
