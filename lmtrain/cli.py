@@ -49,7 +49,9 @@ def _err(line: str) -> None:
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
 OverridesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Dotted overrides such as train.lr=0.5 model.cell=gru.", show_default=False),
+    typer.Argument(
+        help="Dotted overrides such as train.lr=0.5 model.cell=gru.", show_default=False
+    ),
 ]
 RunArg = Annotated[
     Path, typer.Argument(help="Run directory or checkpoint file.", show_default=False)
@@ -63,7 +65,9 @@ def fit(
     overrides: OverridesArg = None,
     resume: Annotated[
         str | None,
-        typer.Option(help="Continue a run: 'auto' (run.dir's last checkpoint) or a checkpoint path."),
+        typer.Option(
+            help="Continue a run: 'auto' (run.dir's last checkpoint) or a checkpoint path."
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:

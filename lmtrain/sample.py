@@ -91,9 +91,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 @torch.no_grad()
-def generate(
-    model: LanguageModel, vocab: Vocab, prompt: str, opts: SampleOptions
-) -> SampleResult:
+def generate(model: LanguageModel, vocab: Vocab, prompt: str, opts: SampleOptions) -> SampleResult:
     model.eval()
     device = next(model.parameters()).device
     ids, warnings = prompt_ids(vocab, prompt)

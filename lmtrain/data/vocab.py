@@ -54,9 +54,7 @@ class Vocab:
     # --- building -------------------------------------------------------------------------
 
     @classmethod
-    def build(
-        cls, text: str, kind: str, min_freq: int = 1, max_size: int | None = None
-    ) -> Vocab:
+    def build(cls, text: str, kind: str, min_freq: int = 1, max_size: int | None = None) -> Vocab:
         """Vocabulary of `text`: most frequent first (ties alphabetically), specials first."""
         if kind == "char":
             counts = Counter(text)
@@ -66,7 +64,9 @@ class Vocab:
             specials = [PAD, UNK, EOS]
         for s in specials:
             counts.pop(s, None)
-        tokens = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
+        tokens = sorted(
+            (t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t)
+        )
         if max_size is not None:
             tokens = tokens[:max_size]
         if kind == "char":
