@@ -11,7 +11,34 @@ from lmtrain.models.output import SoftmaxOutput
 from lmtrain.models.state import State
 
 
-def _recurrent(cfg: ModelConfig) -> nn.Module:
+class TorchRecurrent(nn.Module):
+    """nn.RNN / nn.LSTM / nn.GRU behind the interface every recurrent stack here shares:
+
+        forward(x (T, B, E), state, lengths or None) -> (out (T, B, H), state)
+
+    where state is a tuple of (num_layers, B, H) tensors. With `lengths` the rows are packed, so
+    no compute is spent on padding and each row's final state is taken at its last real token.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.rnn = _torch_rnn(cfg)
+        self.is_lstm = cfg.cell == "lstm"
+
+    def forward(
+        self, x: torch.Tensor, state: State, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        hx = state if self.is_lstm else state[0]
+        if lengths is None:
+            out, new = self.rnn(x, hx)
+        else:
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            out, new = self.rnn(packed, hx)
+            out, _ = pad_packed_sequence(out, total_length=x.size(0))
+        return out, (tuple(new) if self.is_lstm else (new,))
+
+
+def _torch_rnn(cfg: ModelConfig) -> nn.Module:
     kwargs = dict(
         input_size=cfg.embedding_dim,
         hidden_size=cfg.hidden_size,
@@ -36,7 +63,7 @@ class LanguageModel(nn.Module):
         self.vocab_size = vocab_size
         # padding_idx=0: the <pad> row stays zero and never receives gradient.
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=0)
-        self.rnn = _recurrent(cfg)
+        self.rnn = TorchRecurrent(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.output = SoftmaxOutput(cfg.hidden_size, vocab_size)
         if cfg.tie_weights:
@@ -55,18 +82,10 @@ class LanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, State]:
         """inputs (T, B) -> hidden (T, B, H) after dropout, and the final state.
 
-        With `lengths` the rows are packed, so no compute is spent on padding and each row's
-        final state is taken at its own last real token.
+        `lengths` (B,) marks rows shorter than T (padding after them); see TorchRecurrent.
         """
         x = self.dropout(self.embedding(inputs))  # (T, B, E)
-        hx = state if self._state_parts == 2 else state[0]
-        if lengths is None:
-            out, new = self.rnn(x, hx)  # (T, B, H)
-        else:
-            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-            out, new = self.rnn(packed, hx)
-            out, _ = pad_packed_sequence(out, total_length=inputs.size(0))
-        new_state = tuple(new) if self._state_parts == 2 else (new,)
+        out, new_state = self.rnn(x, state, lengths)  # (T, B, H)
         return self.dropout(out), new_state
 
 
