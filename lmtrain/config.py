@@ -12,6 +12,7 @@ this file's source so that `lmtrain config` can print them, and they cannot drif
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -258,16 +259,13 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             result = float(value)
         elif isinstance(value, str):
             # YAML 1.1 reads `1e-3` (no dot) as a string; accept what is plainly a number.
-            try:
+            with contextlib.suppress(ValueError):
                 result = float(value)
-            except ValueError:
-                pass
         if result is not bad and not math.isfinite(result):
             problems.append(f"{key}: must be a finite number, got {value!r}")
             return None
-    elif tp is str:
-        if isinstance(value, str):
-            result = value
+    elif tp is str and isinstance(value, str):
+        result = value
     if result is bad:
         problems.append(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
         return None
