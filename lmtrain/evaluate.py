@@ -91,6 +91,18 @@ def stream_nll(
     return float(total), batches.tokens_per_epoch
 
 
+def unigram_baseline(
+    train: torch.Tensor, ids: torch.Tensor, vocab_size: int, kind: str
+) -> EvalResult:
+    """The figure of a model that ignores context: training-split token frequencies (add-one
+    smoothed) scored on `ids`. A trained model should beat it by a wide margin."""
+    counts = torch.bincount(train, minlength=vocab_size).double() + 1.0
+    counts[0] = 0.0  # <pad> is never predicted
+    logp = (counts / counts.sum()).log()
+    targets = ids[1:]
+    return EvalResult(nll=float(-logp[targets].sum()), tokens=targets.numel(), kind=kind)
+
+
 def evaluate_ids(
     model: LanguageModel, ids: torch.Tensor, kind: str, oov: int = 0, streams: int = 1
 ) -> EvalResult:

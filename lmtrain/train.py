@@ -22,7 +22,7 @@ from lmtrain import checkpoint as ckpt
 from lmtrain.config import Config, TrainConfig
 from lmtrain.data import Batch, StreamBatches, Vocab, read_text
 from lmtrain.errors import CheckpointError, DataError, LmtrainError
-from lmtrain.evaluate import EvalResult, evaluate_ids
+from lmtrain.evaluate import EvalResult, evaluate_ids, unigram_baseline
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, State, build_model, detach_state, select_rows
 from lmtrain.sample import SampleOptions, generate
@@ -480,6 +480,9 @@ def fit(
         f"{corpus.train.numel():,} training tokens, {len(batches)} steps/epoch, device {device}"
         + (f"; resuming at step {start_step}" if payload is not None else "")
     )
+    if corpus.valid is not None and payload is None:
+        base = unigram_baseline(corpus.train, corpus.valid, len(corpus.vocab), corpus.vocab.kind)
+        trainer.logger.message(f"unigram baseline on validation: {base.summary()}")
     model.train()
     t0 = time.perf_counter()
     tokens0 = trainer.progress.tokens

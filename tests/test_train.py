@@ -117,3 +117,15 @@ def test_schedules() -> None:
     again = LRSchedule(TrainConfig(lr=1.0, schedule="plateau", plateau_factor=0.5), total_steps=10)
     again.load_state_dict(state)
     assert again.lr(5) == 0.5
+
+
+def test_unigram_baseline_is_the_frequency_model() -> None:
+    from lmtrain.evaluate import unigram_baseline
+
+    # Train counts of ids 2,3 are 3 and 1; add-one smoothing over the 3 non-pad ids gives
+    # p(2) = 4/7, p(3) = 2/7. Scoring [x, 2, 3] predicts 2 and 3.
+    r = unigram_baseline(
+        torch.tensor([2, 2, 2, 3]), torch.tensor([3, 2, 3]), vocab_size=4, kind="char"
+    )
+    assert r.tokens == 2
+    assert r.loss == pytest.approx(-(math.log(4 / 7) + math.log(2 / 7)) / 2, rel=1e-12)
