@@ -298,8 +298,10 @@ class Trainer:
             state = model.init_state(inputs.size(1), self.device)
         else:
             state = select_rows(self.state, batch.carry)
-        amp = self.amp or Amp(self.device)
-        forward_loss = self.forward_loss or distributed.wrap(model, None)
+        amp = Amp(self.device) if self.amp is None else self.amp
+        forward_loss = self.forward_loss
+        if forward_loss is None:
+            forward_loss = distributed.wrap(model, None)
         with amp.autocast():
             nll, new_state = forward_loss(inputs, targets, state, batch.lengths)
         # Truncated BPTT: carry the state's value into the next window, not its graph.
