@@ -175,6 +175,9 @@ def shard(batches: Any, ctx: DistContext) -> Any:
     returning a batcher of the same kind that yields only this rank's part of each global
     batch, with the same number of batches per epoch on every rank (stream mode: a block of
     columns; a batch-level batcher such as packed sentences: a slice of each batch's rows).
+    Stream shards hold equal token counts, so each rank's mean loss, averaged by DDP, is the
+    global mean. Row slices of padded sentence batches do not: such a batcher should put the
+    global count in its batches so the step can weight its loss as nll * world / global_tokens.
     """
     if not hasattr(batches, "shard"):
         raise DistributedError(
