@@ -76,6 +76,8 @@ def fit(
 
     cfg = config_mod.load_config(config, overrides or [])
     result = run_fit(cfg, resume=resume, quiet=quiet, echo=_err)
+    if not result.is_main:
+        return  # under torchrun, rank 0 reports for the job
     p = result.progress
     best = f"best val loss {p.best_val_loss:.4f}" if p.best_val_loss < float("inf") else "no val"
     typer.echo(

@@ -32,6 +32,7 @@ from lmtrain.errors import ConfigError
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 Schedule = Literal["constant", "plateau", "cosine"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,14 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class AdaptiveSoftmaxConfig:
+    cutoffs: list[int] = field(default_factory=list)
+    """Adaptive softmax cluster boundaries by vocabulary id, increasing; [] = full softmax."""
+    div_value: float = 4.0
+    """Each tail cluster's projection is this many times narrower than the previous one."""
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     cell: Cell = "lstm"
     """Recurrent cell: rnn_tanh, rnn_relu, lstm or gru."""
@@ -68,6 +77,8 @@ class ModelConfig:
     """Dropout between recurrent layers and before the decoder (0 = off)."""
     tie_weights: bool = False
     """Share the embedding matrix with the decoder (needs embedding_dim == hidden_size)."""
+    adaptive_softmax: AdaptiveSoftmaxConfig = field(default_factory=AdaptiveSoftmaxConfig)
+    """Adaptive softmax output layer (Grave et al. 2017) for large word vocabularies."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,7 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many optimiser steps; null = run all epochs."""
     batch_size: int = 32
-    """Parallel streams (stream mode) per step."""
+    """Parallel streams (stream mode) per step; the GLOBAL batch, split over torchrun processes."""
     bptt: int = 64
     """Truncated BPTT window: tokens per stream per step; state is carried across windows."""
     optimizer: Optimizer = "adam"
@@ -106,6 +117,10 @@ class TrainConfig:
     """Seed for parameters, dropout and sampling; same seed + config on CPU = same losses."""
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda or cuda:N."""
+    precision: Precision = "fp32"
+    """fp32, or mixed precision: bf16 or fp16 (autocast; fp16 adds gradient scaling)."""
+    dist_timeout: int = 600
+    """Under torchrun: seconds a process waits for the others before stopping with an error."""
     eval_every: int | None = None
     """Evaluate (and checkpoint) every N steps; null = at the end of each epoch."""
     log_every: int = 50
@@ -166,6 +181,18 @@ def _check_ranges(cfg: Config) -> list[str]:
             "model.tie_weights: tied weights need model.embedding_dim == model.hidden_size, "
             f"got {m.embedding_dim} and {m.hidden_size}; set them equal or tie_weights: false"
         )
+    a = m.adaptive_softmax
+    if a.cutoffs:
+        ok = all(c is not None and c >= 1 for c in a.cutoffs) and all(
+            x < y for x, y in zip(a.cutoffs, a.cutoffs[1:], strict=False)
+        )
+        need(ok, "model.adaptive_softmax.cutoffs", f"must be increasing ids >= 1, got {a.cutoffs}")
+        need(a.div_value > 0, "model.adaptive_softmax.div_value", f"must be > 0, got {a.div_value}")
+        if m.tie_weights:
+            p.append(
+                "model.tie_weights: cannot tie the embedding to an adaptive softmax; set "
+                "tie_weights: false or model.adaptive_softmax.cutoffs: []"
+            )
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
     need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
@@ -182,6 +209,7 @@ def _check_ranges(cfg: Config) -> list[str]:
         need(v is None or v > 0, f"train.{name}", f"must be > 0 or null, got {v}")
     need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    need(t.dist_timeout >= 1, "train.dist_timeout", f"must be >= 1, got {t.dist_timeout}")
     need(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
         "train.device",
@@ -425,6 +453,8 @@ def describe() -> str:
         docs = field_docs(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if dataclasses.is_dataclass(default):
+                default = dataclasses.asdict(default)  # a nested section such as adaptive_softmax
             value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...")
             lines.append(f"  {f.name}: {value.strip()}  # {docs.get(f.name, '')}")
     return "\n".join(lines)

@@ -19,12 +19,14 @@ import torch
 from torch import nn
 
 from lmtrain import checkpoint as ckpt
+from lmtrain import distributed
 from lmtrain.config import Config, TrainConfig
 from lmtrain.data import Batch, StreamBatches, Vocab, read_text
 from lmtrain.errors import CheckpointError, DataError, LmtrainError
 from lmtrain.evaluate import EvalResult, evaluate_ids, unigram_baseline
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, State, build_model, detach_state, select_rows
+from lmtrain.precision import Amp, flatten_rnn_weights
 from lmtrain.sample import SampleOptions, generate
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +165,8 @@ class FitResult:
     train_tokens: int
     losses: dict[int, float] = field(default_factory=dict)
     """Per-step mean training loss by step number (filled when record_losses is on)."""
+    is_main: bool = True
+    """False on torchrun ranks other than 0, which report nothing."""
 
     @property
     def tokens_per_sec(self) -> float:
@@ -273,7 +277,13 @@ class Trainer:
     state: State | None = None
     record_losses: bool = False
     losses: dict[int, float] = field(default_factory=dict)
-    _pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    _pending: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)
+    amp: Amp | None = None
+    """Mixed precision (see precision.py); None = fp32."""
+    dist: distributed.DistContext | None = None
+    """This process's place in a torchrun job; None = one process."""
+    forward_loss: nn.Module | None = None
+    """model + loss in one forward (DDP-wrapped under torchrun); see distributed.wrap."""
 
     def done(self) -> bool:
         return self.progress.step >= planned_steps(self.cfg.train, len(self.batches))
@@ -288,22 +298,29 @@ class Trainer:
             state = model.init_state(inputs.size(1), self.device)
         else:
             state = select_rows(self.state, batch.carry)
-        hidden, new_state = model(inputs, state, batch.lengths)  # (T, B, H)
+        amp = Amp(self.device) if self.amp is None else self.amp
+        forward_loss = self.forward_loss
+        if forward_loss is None:
+            forward_loss = distributed.wrap(model, None)
+        with amp.autocast():
+            nll, new_state = forward_loss(inputs, targets, state, batch.lengths)
         # Truncated BPTT: carry the state's value into the next window, not its graph.
         self.state = detach_state(new_state)
-        nll = model.output.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1))
-        loss = nll / batch.num_tokens  # mean NLL per predicted token
+        # Mean NLL per predicted token. Under DDP each rank holds an equal share of the tokens
+        # and DDP averages gradients over ranks, which gives the gradient of the global mean.
+        loss = nll / batch.num_tokens
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule.lr(self.progress.step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        amp.backward(loss)
+        amp.unscale(self.optimizer)  # fp16: clip and measure the true gradients
         # Clipping keeps one exploding-gradient step (common in RNNs) from wrecking the weights;
         # the returned norm is measured before clipping, which is what is worth logging.
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm or math.inf)
         if t.clip_grad_value is not None:
             torch.nn.utils.clip_grad_value_(params, t.clip_grad_value)
-        self.optimizer.step()
+        amp.step(self.optimizer)
         return nll.detach(), grad_norm.detach()
 
     def train_epoch(self) -> None:
@@ -317,22 +334,25 @@ class Trainer:
             nll, grad_norm = self.train_step(batch)
             p.step += 1
             p.batch_in_epoch += 1
-            p.tokens += batch.num_tokens
+            p.tokens += batch.num_tokens * (1 if self.dist is None else self.dist.world)
             window_nll += nll
             window_tokens += batch.num_tokens
             window_steps += 1
             if self.record_losses:
-                self._pending.append((p.step, nll / batch.num_tokens))
+                self._pending.append((p.step, nll, batch.num_tokens))
             self.logger.advance()
             if p.step % t.log_every == 0 or self.done():
                 # The only host synchronisation in the loop: once per logging interval.
                 elapsed = time.perf_counter() - window_start
+                total_nll, total_tokens = float(window_nll), window_tokens
+                if self.dist is not None:  # token-weighted over ranks
+                    total_nll, total_tokens = self.dist.sum([window_nll, window_tokens])
                 self.logger.train_point(
                     p.step,
-                    float(window_nll) / window_tokens,
+                    total_nll / total_tokens,
                     self.optimizer.param_groups[0]["lr"],
                     float(grad_norm),
-                    window_tokens / max(elapsed, 1e-9),
+                    total_tokens / max(elapsed, 1e-9),
                 )
                 self._flush_losses()
                 window_nll.zero_()
@@ -349,16 +369,28 @@ class Trainer:
         self._flush_losses()
 
     def _flush_losses(self) -> None:
-        for step, loss in self._pending:
-            self.losses[step] = float(loss)
+        if not self._pending:
+            return
+        nlls = [float(n) for _, n, _ in self._pending]
+        tokens = [float(k) for _, _, k in self._pending]
+        if self.dist is not None:  # each step's loss over the global batch
+            summed = self.dist.sum(nlls + tokens)
+            nlls, tokens = summed[: len(nlls)], summed[len(nlls) :]
+        for (step, _, _), n, k in zip(self._pending, nlls, tokens, strict=True):
+            self.losses[step] = n / k
         self._pending.clear()
 
     def evaluate(self) -> EvalResult | None:
         if self.corpus.valid is None:
             return None
-        return evaluate_ids(
-            self.model, self.corpus.valid, self.corpus.vocab.kind, self.corpus.valid_oov
-        )
+
+        def run() -> EvalResult:
+            return evaluate_ids(
+                self.model, self.corpus.valid, self.corpus.vocab.kind, self.corpus.valid_oov
+            )
+
+        # Under torchrun: the exact single-stream figure, computed once and shared.
+        return run() if self.dist is None else self.dist.on_main(run)
 
     def evaluate_and_save(self) -> None:
         p = self.progress
@@ -399,6 +431,12 @@ class Trainer:
 
     def payload(self) -> dict[str, Any]:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        state, extra = self.state, {}
+        if self.amp is not None and self.amp.scaler is not None:
+            extra["grad_scaler"] = self.amp.state_dict()
+        if self.dist is not None:  # collectives: every rank builds the payload
+            rng["by_rank"] = self.dist.gather_objects(torch.get_rng_state())
+            state = None if state is None else self.dist.gather_columns(state)
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
@@ -409,12 +447,15 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "progress": asdict(self.progress),
             "rng": rng,
-            "carried_state": None if self.state is None else [s.cpu() for s in self.state],
+            "carried_state": None if state is None else [s.cpu() for s in state],
+            **extra,
         }
 
     def save(self, best: bool) -> None:
         directory = self.run_dir / ckpt.CHECKPOINT_DIR
         payload = self.payload()
+        if self.dist is not None and not self.dist.is_main:
+            return  # only rank 0 writes files
         ckpt.save_checkpoint(directory / ckpt.LAST, payload)
         if best:
             ckpt.save_checkpoint(directory / ckpt.BEST, payload)
@@ -426,10 +467,18 @@ class Trainer:
         self.schedule.load_state_dict(payload["schedule"])
         self.progress = Progress(**payload["progress"])
         torch.set_rng_state(payload["rng"]["torch"])
+        by_rank = payload["rng"].get("by_rank")
+        if self.dist is not None and by_rank is not None and len(by_rank) == self.dist.world:
+            torch.set_rng_state(by_rank[self.dist.rank])
+        if self.amp is not None:
+            self.amp.load_state_dict(payload.get("grad_scaler"))
         if self.device.type == "cuda" and "cuda" in payload["rng"]:
             torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
         carried = payload.get("carried_state")
         self.state = None if carried is None else tuple(s.to(self.device) for s in carried)
+        if self.dist is not None and self.state is not None:
+            self.state = self.dist.my_columns(self.state)  # the checkpoint holds the full batch
+        flatten_rnn_weights(self.model)
 
 
 def fit(
@@ -439,9 +488,33 @@ def fit(
     echo: Callable[[str], None] = print,
     record_losses: bool = False,
 ) -> FitResult:
-    """Train the model described by `cfg`; see the module docstring for the order of events."""
-    device = resolve_device(cfg.train.device)
-    run_dir, payload = prepare_run_dir(cfg, resume)
+    """Train the model described by `cfg`, as one process or as one rank of a torchrun job."""
+    ctx = distributed.init(cfg.train.device, cfg.train.dist_timeout)
+    try:
+        with distributed.collective_errors(ctx):
+            return _fit(cfg, resume, quiet, echo, record_losses, ctx)
+    finally:
+        distributed.close(ctx)
+
+
+def _fit(
+    cfg: Config,
+    resume: str | None,
+    quiet: bool,
+    echo: Callable[[str], None],
+    record_losses: bool,
+    ctx: distributed.DistContext | None,
+) -> FitResult:
+    """See the module docstring for the order of events."""
+    main = ctx is None or ctx.is_main
+    if ctx is None:
+        device = resolve_device(cfg.train.device)
+        run_dir, payload = prepare_run_dir(cfg, resume)
+    else:
+        device = ctx.device
+        distributed.check_batch_size(cfg.train.batch_size, ctx)
+        # Rank 0 checks and creates the directory and reads the checkpoint for everyone.
+        run_dir, payload = ctx.on_main(lambda: prepare_run_dir(cfg, resume))
     torch.manual_seed(cfg.train.seed)
     vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
     corpus = prepare_data(cfg, vocab)
@@ -451,23 +524,32 @@ def fit(
         raise DataError(
             f"{cfg.data.train}: too little training text ({e}); lower train.batch_size"
         ) from None
+    if ctx is not None:
+        batches = distributed.shard(batches, ctx)
     model = build_model(cfg.model, len(corpus.vocab)).to(device)
+    flatten_rnn_weights(model)
+    amp = Amp.for_model(cfg.train.precision, device, model.rnn)
+    forward_loss = distributed.wrap(model, ctx)
+    if ctx is not None:
+        torch.manual_seed(cfg.train.seed + ctx.rank)  # independent dropout masks per rank
     optimizer = build_optimizer(cfg.train, model)
     total_steps = planned_steps(cfg.train, len(batches))
-    _write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    if main:
+        _write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     start_step = 0 if payload is None else int(payload["progress"]["step"])
     logger = RunLogger(
         run_dir,
-        cfg.run.tensorboard,
+        cfg.run.tensorboard and main,
         total_steps,
         start_step,
-        quiet,
-        echo,
+        quiet or not main,
+        echo if main else _silent,
         purge_step=start_step + 1 if payload is not None else None,
     )
     trainer = Trainer(
         cfg, run_dir, device, corpus, model, optimizer, LRSchedule(cfg.train, total_steps),
         batches, logger, Progress(), record_losses=record_losses,
+        amp=amp, dist=ctx, forward_loss=forward_loss,
     )  # fmt: skip
     if payload is not None:
         trainer.restore(payload)
@@ -479,10 +561,13 @@ def fit(
         f"{n_params:,} parameters, vocabulary {len(corpus.vocab):,} ({corpus.vocab.kind}), "
         f"{corpus.train.numel():,} training tokens, {len(batches)} steps/epoch, device {device}"
         + (f"; resuming at step {start_step}" if payload is not None else "")
+        + (f"; {ctx.world} processes, {batches.batch_size} streams each" if ctx else "")
     )
     if corpus.valid is not None and payload is None:
         base = unigram_baseline(corpus.train, corpus.valid, len(corpus.vocab), corpus.vocab.kind)
         trainer.logger.message(f"unigram baseline on validation: {base.summary()}")
+    for note in amp.notes:
+        trainer.logger.message(note)
     model.train()
     t0 = time.perf_counter()
     tokens0 = trainer.progress.tokens
@@ -494,5 +579,10 @@ def fit(
     finally:
         trainer.logger.close()
     return FitResult(
-        run_dir, trainer.progress, seconds, trainer.progress.tokens - tokens0, trainer.losses
-    )
+        run_dir, trainer.progress, seconds, trainer.progress.tokens - tokens0, trainer.losses,
+        is_main=main,
+    )  # fmt: skip
+
+
+def _silent(_: str) -> None:
+    """Ranks other than 0 print nothing; rank 0 speaks for the job."""

@@ -61,6 +61,22 @@ class StreamBatches:
     def __len__(self) -> int:
         return -(-(self.data.size(0) - 1) // self.bptt)
 
+    def shard(self, rank: int, world: int) -> StreamBatches:
+        """Process `rank`'s block of B / world columns, for multi-process training.
+
+        Every shard has the same windows (so the same number of batches); the shards' columns
+        side by side are exactly the full batch's.
+        """
+        if self.batch_size % world != 0:
+            raise ValueError(f"{self.batch_size} streams do not split over {world} processes")
+        b = self.batch_size // world
+        part = object.__new__(StreamBatches)
+        part.data = self.data[:, rank * b : (rank + 1) * b].contiguous()  # (L, B / world)
+        part.batch_size = b
+        part.bptt = self.bptt
+        part._carry = torch.arange(b)
+        return part
+
     @property
     def tokens_per_epoch(self) -> int:
         return (self.data.size(0) - 1) * self.batch_size

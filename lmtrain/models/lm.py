@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmtrain.config import ModelConfig
+from lmtrain.models.adaptive import AdaptiveSoftmaxOutput
 from lmtrain.models.output import SoftmaxOutput
 from lmtrain.models.state import State
 
@@ -65,7 +66,7 @@ class LanguageModel(nn.Module):
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=0)
         self.rnn = TorchRecurrent(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.output = SoftmaxOutput(cfg.hidden_size, vocab_size)
+        self.output = build_output(cfg, vocab_size)
         if cfg.tie_weights:
             # Press & Wolf 2017, Inan et al. 2017: one matrix for input and output embeddings.
             self.output.decoder.weight = self.embedding.weight
@@ -87,6 +88,14 @@ class LanguageModel(nn.Module):
         x = self.dropout(self.embedding(inputs))  # (T, B, E)
         out, new_state = self.rnn(x, state, lengths)  # (T, B, H)
         return self.dropout(out), new_state
+
+
+def build_output(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    """The output layer the config asks for; all share `nll`, `token_nll` and `log_probs`."""
+    a = cfg.adaptive_softmax
+    if a.cutoffs:
+        return AdaptiveSoftmaxOutput(cfg.hidden_size, vocab_size, a.cutoffs, a.div_value)
+    return SoftmaxOutput(cfg.hidden_size, vocab_size)
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> LanguageModel:

@@ -16,4 +16,5 @@ def detach_state(state: State) -> State:
 
 def select_rows(state: State, rows: torch.Tensor) -> State:
     """The state of the given batch rows (dim 1), in that order."""
-    return tuple(s.index_select(1, rows.to(s.device)) for s in state)
+    # non_blocking: a blocking host-to-GPU copy would wait for the GPU queue every step.
+    return tuple(s.index_select(1, rows.to(s.device, non_blocking=True)) for s in state)

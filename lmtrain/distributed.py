@@ -1,0 +1,257 @@
+"""Multi-process training under torchrun: DistributedDataParallel with NCCL on GPUs, Gloo on CPUs.
+
+    torchrun --nproc_per_node=4 -m lmtrain fit CONFIG            # one machine, 4 processes
+    torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 \\
+        --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 -m lmtrain fit CONFIG   # two machines
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; `init` reads them, so the same command line works
+with one process or many. What changes with several processes:
+
+- `train.batch_size` stays the GLOBAL batch: rank r reads its own block of B / world parallel
+  streams (`shard`), so a step sees exactly the columns one process would see, and DDP's
+  averaged gradients equal the single-process gradient of the global mean loss.
+- Logged training losses are summed over ranks token-weighted (one all-reduce per logging
+  interval, never per step). Validation is computed exactly, once, on rank 0 and broadcast, so
+  every rank agrees on the figure, the plateau schedule and the best checkpoint.
+- Only rank 0 creates the run directory, logs, writes TensorBoard and checkpoints. A checkpoint
+  holds the full batch's carried state and every rank's RNG state, gathered at save time, so a
+  resumed run continues exactly, whichever machine holds the file (rank 0 reads and broadcasts).
+- Collectives time out after `train.dist_timeout` seconds, and a failed collective (a rank died,
+  the network dropped) stops every process with `DistributedError` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lmtrain.errors import LmtrainError
+from lmtrain.models import State
+
+T = TypeVar("T")
+
+
+class DistributedError(LmtrainError):
+    """Another process of a multi-process run failed or could not be reached."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- collectives; every rank must call each of these at the same point -------------------
+
+    def sum(self, values: list[torch.Tensor | float]) -> list[float]:
+        """Sum each value over all ranks with one all-reduce (a host sync: logging points only)."""
+        t = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in values]
+        )
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on rank 0 only and give every rank its result (or its user error)."""
+        box: list[Any] = [None]
+        error: LmtrainError | None = None
+        if self.is_main:
+            try:
+                box[0] = ("ok", fn())
+            except LmtrainError as e:
+                error = e
+                box[0] = ("error", str(e), e.exit_code)
+        dist.broadcast_object_list(box, src=0, device=self._object_device())
+        if error is not None:
+            raise error
+        if box[0][0] == "error":
+            raise DistributedError(f"rank 0 stopped: {box[0][1]}")
+        return box[0][1]
+
+    def gather_columns(self, state: State) -> State:
+        """Every rank's (L, B/world, H) state -> the full (L, B, H) state, columns in order."""
+        full = []
+        for s in state:
+            parts = [torch.empty_like(s) for _ in range(self.world)]
+            dist.all_gather(parts, s.contiguous())
+            full.append(torch.cat(parts, dim=1))
+        return tuple(full)
+
+    def my_columns(self, state: State) -> State:
+        """This rank's block of a full (L, B, H) state (the inverse of gather_columns)."""
+        b = state[0].size(1) // self.world
+        return tuple(s[:, self.rank * b : (self.rank + 1) * b].contiguous() for s in state)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def _object_device(self) -> torch.device | None:
+        # NCCL moves pickled objects through GPU memory; Gloo through host memory.
+        return self.device if self.device.type == "cuda" else None
+
+
+def in_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device_spec: str, timeout_s: int) -> DistContext | None:
+    """Join the process group torchrun describes in the environment; None for one process."""
+    if not in_torchrun():
+        return None
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError) as e:
+        raise DistributedError(
+            f"WORLD_SIZE is set but the torchrun environment is incomplete ({e}); launch with "
+            "torchrun --nproc_per_node=N -m lmtrain fit CONFIG"
+        ) from None
+    use_cuda = device_spec.startswith("cuda") or (
+        device_spec == "auto" and torch.cuda.is_available()
+    )
+    if use_cuda:
+        if ":" in device_spec:
+            raise DistributedError(
+                f"train.device={device_spec} under torchrun: each process uses the GPU of its "
+                "LOCAL_RANK; set train.device=cuda (or auto) and choose GPUs with "
+                "CUDA_VISIBLE_DEVICES"
+            )
+        if local_rank >= torch.cuda.device_count():
+            raise DistributedError(
+                f"process {rank} has LOCAL_RANK {local_rank} but this machine shows "
+                f"{torch.cuda.device_count()} GPU(s); lower --nproc_per_node"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    backend = "nccl" if use_cuda else "gloo"
+    try:
+        dist.init_process_group(
+            backend, timeout=datetime.timedelta(seconds=timeout_s), rank=rank, world_size=world
+        )
+    except (RuntimeError, ValueError) as e:
+        raise DistributedError(
+            f"process {rank} of {world} could not join the {backend} process group "
+            f"({_first_line(e)}); check MASTER_ADDR/MASTER_PORT or the rendezvous endpoint"
+        ) from None
+    return DistContext(rank, world, local_rank, device)
+
+
+def close(ctx: DistContext | None) -> None:
+    if ctx is not None and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_batch_size(batch_size: int, ctx: DistContext) -> None:
+    if batch_size % ctx.world != 0:
+        lower = batch_size // ctx.world * ctx.world
+        raise DistributedError(
+            f"train.batch_size={batch_size} is the global batch and must split evenly over "
+            f"{ctx.world} processes; set train.batch_size to a multiple of {ctx.world} "
+            f"(e.g. {lower or ctx.world} or {lower + ctx.world})"
+        )
+
+
+def shard(batches: Any, ctx: DistContext) -> Any:
+    """This rank's share of a batcher, through its `shard(rank, world)` method.
+
+    Every batcher that supports multi-process training implements `shard(rank, world)`,
+    returning a batcher of the same kind that yields only this rank's part of each global
+    batch, with the same number of batches per epoch on every rank (stream mode: a block of
+    columns; a batch-level batcher such as packed sentences: a slice of each batch's rows).
+    Stream shards hold equal token counts, so each rank's mean loss, averaged by DDP, is the
+    global mean. Row slices of padded sentence batches do not: such a batcher should put the
+    global count in its batches so the step can weight its loss as nll * world / global_tokens.
+    """
+    if not hasattr(batches, "shard"):
+        raise DistributedError(
+            f"{type(batches).__name__} cannot be split over processes yet; train this data.mode "
+            "with one process"
+        )
+    return batches.shard(ctx.rank, ctx.world)
+
+
+class LossForward(nn.Module):
+    """The model and its loss as one forward, which is what DistributedDataParallel wraps.
+
+    DDP hooks gradient all-reduce onto the graph its forward builds; computing the loss inside
+    that forward covers the output layer too.
+    """
+
+    def __init__(self, model: nn.Module, touch_all: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        # An adaptive softmax's tail clusters get no gradient in a batch without their words,
+        # and DDP expects a gradient for every parameter. Adding 0 * (sum of each) gives them
+        # an exact zero gradient; cheaper than find_unused_parameters' graph search each step.
+        self.spare = (
+            [p for n, p in model.named_parameters() if ".tail." in f".{n}"] if touch_all else []
+        )
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        state: State,
+        lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, State]:
+        hidden, new_state = self.model(inputs, state, lengths)  # (T, B, H)
+        nll = self.model.output.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1))
+        for p in self.spare:
+            nll = nll + 0.0 * p.sum()
+        return nll, new_state
+
+
+def wrap(model: nn.Module, ctx: DistContext | None) -> nn.Module:
+    """LossForward(model), inside DistributedDataParallel when several processes train."""
+    if ctx is None:
+        return LossForward(model)
+    return nn.parallel.DistributedDataParallel(
+        LossForward(model, touch_all=True),
+        device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+    )
+
+
+@contextlib.contextmanager
+def collective_errors(ctx: DistContext | None) -> Iterator[None]:
+    """Turn a failed collective into a DistributedError that names this process."""
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as e:
+        if ctx is None or not _is_collective_failure(e):
+            raise
+        raise DistributedError(
+            f"process {ctx.rank} of {ctx.world}: lost contact with the other processes "
+            f"({_first_line(e)}). Another process probably stopped with an error (see its "
+            "output) or was killed; checkpoints already written are intact, so fix the cause "
+            "and continue with --resume auto."
+        ) from None
+
+
+def _is_collective_failure(e: BaseException) -> bool:
+    if isinstance(e, dist.DistError):
+        return True
+    text = str(e).lower()
+    return any(
+        k in text for k in ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "peer")
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,211 @@
+"""Multi-process training on CPU with Gloo: the same losses as one process, resume, one writer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmtrain.config import Config
+from lmtrain.data.batching import StreamBatches
+from lmtrain.distributed import DistContext, DistributedError, check_batch_size
+from lmtrain.train import fit
+from tests.conftest import TINY_TEXT
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 20
+
+
+def _raw(data: Path, **train: object) -> dict:
+    """A tiny word-level LSTM whose global batch (4 streams) splits over 2 processes."""
+    return {
+        "data": {
+            "train": str(data / "train.txt"),
+            "valid": str(data / "valid.txt"),
+            "test": str(data / "valid.txt"),
+            "tokenizer": "word",
+        },
+        "model": {"cell": "lstm", "embedding_dim": 16, "hidden_size": 16, "num_layers": 2},
+        "train": {
+            "epochs": 1,
+            "max_steps": STEPS,
+            "batch_size": 4,
+            "bptt": 6,
+            "lr": 0.01,
+            "log_every": 7,
+            "eval_every": 5,
+            "seed": 3,
+            "device": "cpu",
+            "dist_timeout": 60,
+            **train,
+        },
+        "run": {"dir": "run", "tensorboard": True, "sample_tokens": 4},
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(raw: dict, out: Path, *args: str, world: int = 2) -> list[subprocess.CompletedProcess]:
+    """Start `world` ranks as torchrun would (env://) and wait for all of them."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / f"config-{len(list(out.glob('config-*')))}.json"
+    cfg_path.write_text(json.dumps(raw))
+    port = str(_free_port())
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "WORLD_SIZE": str(world),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(cfg_path), str(out), *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    done = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=180)  # a hang fails the test instead of CI
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return done
+
+
+def _losses(out: Path, rank: int = 0) -> dict:
+    d = json.loads((out / f"losses-rank{rank}.json").read_text())
+    d["losses"] = {int(k): v for k, v in d["losses"].items()}
+    return d
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One process, 2 processes straight through, and 2 processes stopped at 10 and resumed."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("dist")
+    data = root / "data"
+    data.mkdir()
+    (data / "train.txt").write_text(TINY_TEXT, encoding="utf-8")
+    (data / "valid.txt").write_text(TINY_TEXT[:600], encoding="utf-8")
+    raw = _raw(data)
+
+    single_raw = json.loads(json.dumps(raw))
+    single_raw["run"]["dir"] = str(root / "single")
+    from lmtrain.config import config_from_dict
+
+    single = fit(config_from_dict(single_raw), quiet=True, record_losses=True, echo=lambda _: None)
+
+    straight = _launch(raw, root / "straight")
+    first = _launch(_raw(data, max_steps=10), root / "resumed")
+    second = _launch(raw, root / "resumed", "--resume")
+    return {
+        "root": root,
+        "data": data,
+        "single": single,
+        "straight": straight,
+        "first": first,
+        "second": second,
+    }
+
+
+def test_two_processes_give_the_single_process_losses(runs: dict) -> None:
+    for proc in runs["straight"]:
+        assert proc.returncode == 0, proc.stderr
+    single = runs["single"].losses
+    ddp = _losses(runs["root"] / "straight")
+    assert sorted(ddp["losses"]) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert ddp["losses"][step] == pytest.approx(single[step], rel=1e-5), step
+    # Rank 1 reports the same global losses, not its own half of the batch.
+    assert _losses(runs["root"] / "straight", 1)["losses"] == ddp["losses"]
+    # Validation is the exact single-stream figure, whatever the number of processes.
+    assert ddp["best_val_loss"] == pytest.approx(runs["single"].progress.best_val_loss, rel=1e-6)
+    assert math.isfinite(ddp["best_val_loss"])
+
+
+def test_only_rank_zero_writes_files(runs: dict) -> None:
+    out = runs["root"] / "straight"
+    rank0 = _files(out / "rank0")
+    assert "run/config.yaml" in rank0
+    assert {"run/checkpoints/last.pt", "run/checkpoints/best.pt"} <= set(rank0)
+    assert any(f.startswith("run/tb/events.out.tfevents") for f in rank0)
+    assert _files(out / "rank1") == []
+    # And only rank 0 prints progress.
+    assert "step 20 | epoch 1 | val loss" in runs["straight"][0].stdout
+    assert runs["straight"][1].stdout == ""
+
+
+def test_resume_under_ddp_continues_exactly(runs: dict) -> None:
+    for proc in runs["first"] + runs["second"]:
+        assert proc.returncode == 0, proc.stderr
+    straight = _losses(runs["root"] / "straight")["losses"]
+    resumed = _losses(runs["root"] / "resumed")["losses"]
+    assert sorted(resumed) == list(range(11, STEPS + 1))
+    for step in range(11, STEPS + 1):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-5), step
+    assert "resuming at step 10" in runs["second"][0].stdout
+    assert _files(runs["root"] / "resumed" / "rank1") == []
+    ckpt = torch.load(runs["root"] / "resumed/rank0/run/checkpoints/last.pt", weights_only=True)
+    assert ckpt["progress"]["step"] == STEPS
+    # The full batch's state is saved (4 streams), not rank 0's half of it.
+    assert [tuple(s.shape) for s in ckpt["carried_state"]] == [(2, 4, 16), (2, 4, 16)]
+    assert len(ckpt["rng"]["by_rank"]) == 2
+
+
+def test_a_dead_rank_stops_the_others_with_a_clear_error(runs: dict, tmp_path: Path) -> None:
+    procs = _launch(_raw(runs["data"], dist_timeout=30), tmp_path, "--die-at", "3")
+    assert procs[1].returncode == 17
+    assert procs[0].returncode == 2, procs[0].stderr
+    assert "process 0 of 2: lost contact with the other processes" in procs[0].stderr
+    assert "--resume auto" in procs[0].stderr
+    assert "Traceback" not in procs[0].stderr
+
+
+def test_global_batch_must_split_evenly() -> None:
+    ctx = DistContext(rank=0, world=4, local_rank=0, device=torch.device("cpu"))
+    check_batch_size(8, ctx)
+    with pytest.raises(
+        DistributedError,
+        match=r"batch_size=10 is the global batch .* multiple of 4 \(e\.g\. 8 or 12\)",
+    ):
+        check_batch_size(10, ctx)
+
+
+def test_stream_shards_side_by_side_are_the_full_batch() -> None:
+    ids = torch.arange(1, 61)
+    full = StreamBatches(ids, 6, 4)
+    shards = [full.shard(r, 3) for r in range(3)]
+    assert all(len(s) == len(full) for s in shards)
+    for k, batch in enumerate(full.batches()):
+        parts = [list(s.batches())[k] for s in shards]
+        assert torch.equal(torch.cat([p.inputs for p in parts], 1), batch.inputs)
+        assert torch.equal(torch.cat([p.targets for p in parts], 1), batch.targets)
+        assert sum(p.num_tokens for p in parts) == batch.num_tokens
+
+
+def test_default_config_is_single_process() -> None:
+    assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
+    assert Config().train.dist_timeout == 600
