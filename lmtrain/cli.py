@@ -1,7 +1,8 @@
 """The `lmtrain` command: thin Typer commands that parse, call the library and map errors.
 
 Exit codes: 0 success; 2 a user error (config, data, checkpoint, prompt), printed as one
-paragraph without a traceback; 130 / 143 training interrupted by SIGINT / SIGTERM.
+paragraph without a traceback; 3 training stopped after too many consecutive non-finite steps;
+130 / 143 training interrupted by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def _user_errors(fn: F) -> F:
         except LmtrainError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt as e:
+            # A second Ctrl-C / SIGTERM (lmtrain.interrupt) or one outside training: stop now.
+            # Checkpoint writes are atomic, so files already written stay complete.
+            typer.echo(
+                "error: interrupted; stopped at once (checkpoints on disk are intact)", err=True
+            )
+            raise typer.Exit(getattr(e, "exit_code", 130)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -110,6 +110,8 @@ class TrainConfig:
     """Evaluate (and checkpoint) every N steps; null = at the end of each epoch."""
     log_every: int = 50
     """Steps between console/TensorBoard training log points."""
+    max_nonfinite_steps: int = 5
+    """Stop (exit 3) after this many consecutive steps with a NaN/inf loss or gradient (each is skipped)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class RunConfig:
     """Prompt for the sample logged at each evaluation."""
     tensorboard: bool = True
     """Write TensorBoard event files under run.dir/tb."""
+    keep_last: int = 2
+    """Also keep numbered checkpoints (checkpoints/step-NNNNNNNN.pt) of the N newest saves; 0 = none."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,7 @@ def _check_ranges(cfg: Config) -> list[str]:
         need(v is None or v > 0, f"train.{name}", f"must be > 0 or null, got {v}")
     need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    need(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
     need(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
         "train.device",
@@ -191,6 +196,7 @@ def _check_ranges(cfg: Config) -> list[str]:
         p.append("train.schedule: 'plateau' needs validation data; set data.valid")
     need(bool(r.dir.strip()), "run.dir", "must not be empty")
     need(r.sample_tokens >= 0, "run.sample_tokens", f"must be >= 0, got {r.sample_tokens}")
+    need(r.keep_last >= 0, "run.keep_last", f"must be >= 0, got {r.keep_last}")
     return p
 
 

@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from lmtrain import checkpoint as ckpt
+from lmtrain import resume as resume_mod
 from lmtrain.config import Config, TrainConfig
 from lmtrain.data import Batch, StreamBatches, Vocab, read_text
-from lmtrain.errors import CheckpointError, DataError, LmtrainError
+from lmtrain.errors import CheckpointError, DataError, LmtrainError, TrainingStopped
 from lmtrain.evaluate import EvalResult, evaluate_ids
+from lmtrain.interrupt import StopRequest, graceful_stop
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, State, build_model, detach_state, select_rows
 from lmtrain.sample import SampleOptions, generate
@@ -153,6 +155,10 @@ class Progress:
     best_val_loss: float = math.inf
     last_val_loss: float = math.nan
     last_eval_step: int = -1
+    nonfinite_steps: int = 0
+    """Steps skipped because their loss or gradient was NaN/inf, in total."""
+    nonfinite_run: int = 0
+    """Consecutive skipped steps up to now (0 after a good step)."""
 
 
 @dataclass
@@ -183,7 +189,9 @@ def _run_has_outputs(run_dir: Path) -> bool:
     return (run_dir / ckpt.CHECKPOINT_DIR).exists() or (run_dir / "config.yaml").exists()
 
 
-def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Path, dict[str, Any] | None]:
+def prepare_run_dir(
+    cfg: Config, resume: str | None, warn: Callable[[str], None] = print
+) -> tuple[Path, dict[str, Any] | None]:
     """Create or check the run directory; load the checkpoint to resume from, if asked."""
     run_dir = Path(cfg.run.dir)
     if resume is None:
@@ -194,13 +202,12 @@ def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Path, dict[str, An
             )
         payload = None
     else:
-        path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST if resume == "auto" else Path(resume)
-        if resume == "auto" and not path.exists():
-            raise CheckpointError(
-                f"--resume auto: no checkpoint at {path}, so there is nothing to resume. Start "
-                "without --resume to train from scratch."
-            )
-        payload = ckpt.load_checkpoint(path)
+        if resume == "auto":
+            # Falls back past a damaged newest checkpoint (with a warning), never to scratch.
+            path, payload = resume_mod.load_latest(run_dir, warn)
+        else:
+            path = Path(resume)
+            payload = ckpt.load_checkpoint(path)
         _check_resumable(cfg, ckpt.config_of(payload, path), path)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +281,12 @@ class Trainer:
     record_losses: bool = False
     losses: dict[int, float] = field(default_factory=dict)
     _pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    stop: StopRequest | None = None
+    """Set by SIGINT/SIGTERM; polled after every step."""
+    skipped: bool = False
+    """Whether the last train_step was skipped for a non-finite loss or gradient."""
+    saved_step: int | None = None
+    """Step of the newest checkpoint written by this process."""
 
     def done(self) -> bool:
         return self.progress.step >= planned_steps(self.cfg.train, len(self.batches))
@@ -288,6 +301,7 @@ class Trainer:
             state = model.init_state(inputs.size(1), self.device)
         else:
             state = select_rows(self.state, batch.carry)
+        previous_state = self.state
         hidden, new_state = model(inputs, state, batch.lengths)  # (T, B, H)
         # Truncated BPTT: carry the state's value into the next window, not its graph.
         self.state = detach_state(new_state)
@@ -303,7 +317,16 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm or math.inf)
         if t.clip_grad_value is not None:
             torch.nn.utils.clip_grad_value_(params, t.clip_grad_value)
-        self.optimizer.step()
+        # A NaN/inf loss or gradient would poison every weight (and Adam's moments) for good, so
+        # such a step is skipped. Reading the flag is free on CPU; on a GPU it is one
+        # device-to-host sync per step (a few microseconds plus draining the queue), the price of
+        # never applying a bad update.
+        self.skipped = not bool(torch.isfinite(nll) & torch.isfinite(grad_norm))
+        if self.skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state = previous_state  # the new state may be non-finite too
+        else:
+            self.optimizer.step()
         return nll.detach(), grad_norm.detach()
 
     def train_epoch(self) -> None:
@@ -318,8 +341,12 @@ class Trainer:
             p.step += 1
             p.batch_in_epoch += 1
             p.tokens += batch.num_tokens
-            window_nll += nll
-            window_tokens += batch.num_tokens
+            if self.skipped:
+                self.note_nonfinite()
+            else:
+                p.nonfinite_run = 0
+                window_nll += nll
+                window_tokens += batch.num_tokens
             window_steps += 1
             if self.record_losses:
                 self._pending.append((p.step, nll / batch.num_tokens))
@@ -329,7 +356,7 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 self.logger.train_point(
                     p.step,
-                    float(window_nll) / window_tokens,
+                    float(window_nll) / max(window_tokens, 1),
                     self.optimizer.param_groups[0]["lr"],
                     float(grad_norm),
                     window_tokens / max(elapsed, 1e-9),
@@ -339,6 +366,8 @@ class Trainer:
                 window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
             if t.eval_every is not None and p.step % t.eval_every == 0:
                 self.evaluate_and_save()
+            if self.stop is not None and self.stop.requested:
+                break  # fit() saves here; the epoch is not over, so the else below must not run
             if self.done():
                 break
         else:
@@ -347,6 +376,32 @@ class Trainer:
             if t.eval_every is None:
                 self.evaluate_and_save()
         self._flush_losses()
+
+    def note_nonfinite(self) -> None:
+        """Count a skipped step; stop the run after too many in a row."""
+        p = self.progress
+        p.nonfinite_steps += 1
+        p.nonfinite_run += 1
+        k = self.cfg.train.max_nonfinite_steps
+        self.logger.message(
+            f"step {p.step} | non-finite loss or gradient: step skipped, weights unchanged "
+            f"({p.nonfinite_run} in a row, {p.nonfinite_steps} in total; the limit is {k})"
+        )
+        self.logger.scalars(p.step, {"train/nonfinite_steps": p.nonfinite_steps})
+        if p.nonfinite_run >= k:
+            directory = self.run_dir / ckpt.CHECKPOINT_DIR
+            kept = (
+                f"the checkpoints in {directory} are unchanged (newest from step {self.saved_step})"
+                if self.saved_step is not None
+                else f"no checkpoint was written in this session; {directory} is unchanged"
+            )
+            raise TrainingStopped(
+                f"stopped at step {p.step}: {k} consecutive steps had a NaN or infinite loss or "
+                f"gradient and were skipped (train.max_nonfinite_steps = {k}); {kept}. Lower "
+                "train.lr, set train.clip_grad_norm, or check the data, then continue with "
+                "--resume auto.",
+                exit_code=3,
+            )
 
     def _flush_losses(self) -> None:
         for step, loss in self._pending:
@@ -415,21 +470,46 @@ class Trainer:
     def save(self, best: bool) -> None:
         directory = self.run_dir / ckpt.CHECKPOINT_DIR
         payload = self.payload()
+        keep = self.cfg.run.keep_last
+        if keep > 0:
+            ckpt.save_checkpoint(directory / resume_mod.step_name(self.progress.step), payload)
         ckpt.save_checkpoint(directory / ckpt.LAST, payload)
         if best:
             ckpt.save_checkpoint(directory / ckpt.BEST, payload)
+        if keep > 0:
+            resume_mod.prune(directory, keep)
+        self.saved_step = self.progress.step
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue exactly where a checkpoint left off: weights, optimiser, data, RNG."""
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.schedule.load_state_dict(payload["schedule"])
-        self.progress = Progress(**payload["progress"])
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.schedule.load_state_dict(payload["schedule"])
+            self.progress = Progress(**payload["progress"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            detail = " ".join(str(e).split())[:500]
+            raise CheckpointError(
+                f"cannot resume: the checkpoint's contents do not fit this model ({detail}). "
+                "Resume with the settings it was trained with, or start a new run.dir."
+            ) from None
         torch.set_rng_state(payload["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in payload["rng"]:
             torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
         carried = payload.get("carried_state")
         self.state = None if carried is None else tuple(s.to(self.device) for s in carried)
+
+
+def _stop_and_save(trainer: Trainer, stop: StopRequest) -> None:
+    """Checkpoint at this step boundary and leave with 128 + the signal number."""
+    trainer.save(best=False)
+    p = trainer.progress
+    raise TrainingStopped(
+        f"{stop.name} received: stopped after step {p.step} and saved "
+        f"{trainer.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}; continue exactly from there with "
+        "`lmtrain fit CONFIG --resume auto` (same config and run.dir).",
+        exit_code=stop.exit_code,
+    )
 
 
 def fit(
@@ -441,7 +521,7 @@ def fit(
 ) -> FitResult:
     """Train the model described by `cfg`; see the module docstring for the order of events."""
     device = resolve_device(cfg.train.device)
-    run_dir, payload = prepare_run_dir(cfg, resume)
+    run_dir, payload = prepare_run_dir(cfg, resume, echo)
     torch.manual_seed(cfg.train.seed)
     vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
     corpus = prepare_data(cfg, vocab)
@@ -484,10 +564,14 @@ def fit(
     t0 = time.perf_counter()
     tokens0 = trainer.progress.tokens
     try:
-        while not trainer.done() and trainer.progress.epoch < cfg.train.epochs:
-            trainer.train_epoch()
-        seconds = time.perf_counter() - t0
-        trainer.evaluate_and_save()  # no-op when the last step was just evaluated
+        with graceful_stop() as stop:
+            trainer.stop = stop
+            while not trainer.done() and trainer.progress.epoch < cfg.train.epochs:
+                trainer.train_epoch()
+                if stop.requested and not trainer.done():
+                    _stop_and_save(trainer, stop)
+            seconds = time.perf_counter() - t0
+            trainer.evaluate_and_save()  # no-op when the last step was just evaluated
     finally:
         trainer.logger.close()
     return FitResult(
