@@ -131,6 +131,7 @@ def eval_cmd(
     """Loss, perplexity (bits per character for character models) and OOV rate on held-out text."""
     from lmtrain.checkpoint import load_model
     from lmtrain.data import read_text
+    from lmtrain.data.coverage import check_coverage
     from lmtrain.evaluate import evaluate_ids
     from lmtrain.train import resolve_device
 
@@ -141,6 +142,7 @@ def eval_cmd(
     if spec is None:
         raise LmtrainError("no --data given and the run's config has no data.test")
     enc = vocab.encode(read_text(spec, "test", cfg.data.decode_errors))
+    check_coverage(enc, vocab, spec)
     if enc.ids.numel() < streams + 1:
         raise LmtrainError(f"{spec}: too little text to evaluate ({enc.ids.numel()} tokens)")
     result = evaluate_ids(model, enc.ids, vocab.kind, enc.oov, streams)
