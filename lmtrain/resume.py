@@ -17,6 +17,7 @@ loads it stops with an error: a run the user asked to resume never silently star
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,28 @@ def numbered(directory: Path) -> list[tuple[int, Path]]:
         if (m := _STEP_FILE.fullmatch(p.name)) and p.is_file()
     ]
     return sorted(found, reverse=True)
+
+
+def save_copies(paths: list[Path], payload: dict[str, Any]) -> None:
+    """Write `payload` to the first path and give the others the same content.
+
+    The copies are hard links made atomically (link to a temporary name, then os.replace), so a
+    numbered checkpoint, last.pt and best.pt cost one write, not three, and take no extra disk
+    space. lmtrain never modifies a checkpoint in place, so the names cannot drift apart. Where
+    the filesystem has no hard links, each copy is written in full.
+    """
+    first, *others = paths
+    ckpt.save_checkpoint(first, payload)
+    for path in others:
+        tmp = path.with_name(f".{path.name}.link.tmp")
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(first, tmp)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            ckpt.save_checkpoint(path, payload)
+    ckpt._fsync_dir(first.parent)
 
 
 def prune(directory: Path, keep_last: int) -> None:

@@ -471,11 +471,12 @@ class Trainer:
         directory = self.run_dir / ckpt.CHECKPOINT_DIR
         payload = self.payload()
         keep = self.cfg.run.keep_last
+        paths = [directory / ckpt.LAST]
         if keep > 0:
-            ckpt.save_checkpoint(directory / resume_mod.step_name(self.progress.step), payload)
-        ckpt.save_checkpoint(directory / ckpt.LAST, payload)
+            paths.insert(0, directory / resume_mod.step_name(self.progress.step))
         if best:
-            ckpt.save_checkpoint(directory / ckpt.BEST, payload)
+            paths.append(directory / ckpt.BEST)
+        resume_mod.save_copies(paths, payload)
         if keep > 0:
             resume_mod.prune(directory, keep)
         self.saved_step = self.progress.step

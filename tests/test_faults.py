@@ -202,7 +202,10 @@ def trained(tmp_path: Path, tiny_files: dict[str, Path]) -> Path:
 def test_keep_last_keeps_the_newest_numbered_checkpoints(trained, tmp_path):
     names = sorted(p.name for p in _ckpts(tmp_path).iterdir())
     assert names == ["best.pt", "last.pt", "step-00000008.pt", "step-00000012.pt"]
-    assert load_checkpoint(_ckpts(tmp_path) / "step-00000008.pt")["progress"]["step"] == 8
+    for name, step in (("step-00000008.pt", 8), ("step-00000012.pt", 12), ("last.pt", 12)):
+        assert load_checkpoint(_ckpts(tmp_path) / name)["progress"]["step"] == step
+    # One write per save: last.pt is the step-12 file under a second name.
+    assert (_ckpts(tmp_path) / "last.pt").samefile(_ckpts(tmp_path) / "step-00000012.pt")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
@@ -311,11 +314,11 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
     calls = {"n": 0}
 
     def fsync(fd: int) -> None:
-        # The save at step 4 writes step-4, last and best (3 files); the next file write, the
-        # step-8 checkpoint, finds the disk full. Directory fsyncs pass through.
+        # The save at step 4 writes one file (last.pt and best.pt are hard links to it); the
+        # next file write, the step-8 checkpoint, finds the disk full. Directory fsyncs pass.
         if not os.path.isdir(f"/proc/self/fd/{fd}"):
             calls["n"] += 1
-            if calls["n"] > 3:
+            if calls["n"] > 1:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
