@@ -74,7 +74,8 @@ def fit(
     resume: Annotated[
         str | None,
         typer.Option(
-            help="Continue a run: 'auto' (run.dir's last checkpoint) or a checkpoint path."
+            help="Continue a run: 'auto' (run.dir's newest readable checkpoint) or a "
+            "checkpoint path."
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
