@@ -43,6 +43,7 @@ bench: install
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_adaptive.py
 	$(PY) scripts/bench_gpu.py
+	$(PY) scripts/bench_reliability.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -71,6 +71,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint not found; check the path or run directory")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not zipfile.is_zipfile(path):
+        # torch.save always writes a zip archive; anything else (a truncated file, random bytes,
+        # a bare pickle) is rejected here without ever being unpickled.
+        raise CheckpointError(
+            f"{path}: damaged or truncated checkpoint (not a complete torch.save archive); it "
+            "cannot be read"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -81,7 +88,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                 "use a checkpoint written by lmtrain from a source you trust."
             ) from None
         raise CheckpointError(f"{path}: damaged checkpoint ({e}); it cannot be read") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure to parse means the file is damaged
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
             f"{path}: damaged or truncated checkpoint ({first}); it cannot be read"

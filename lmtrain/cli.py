@@ -1,7 +1,8 @@
 """The `lmtrain` command: thin Typer commands that parse, call the library and map errors.
 
 Exit codes: 0 success; 2 a user error (config, data, checkpoint, prompt), printed as one
-paragraph without a traceback; 130 / 143 training interrupted by SIGINT / SIGTERM.
+paragraph without a traceback; 3 training stopped after too many consecutive non-finite steps;
+130 / 143 training interrupted by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def _user_errors(fn: F) -> F:
         except LmtrainError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt as e:
+            # A second Ctrl-C / SIGTERM (lmtrain.interrupt) or one outside training: stop now.
+            # Checkpoint writes are atomic, so files already written stay complete.
+            typer.echo(
+                "error: interrupted; stopped at once (checkpoints on disk are intact)", err=True
+            )
+            raise typer.Exit(getattr(e, "exit_code", 130)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -66,7 +74,8 @@ def fit(
     resume: Annotated[
         str | None,
         typer.Option(
-            help="Continue a run: 'auto' (run.dir's last checkpoint) or a checkpoint path."
+            help="Continue a run: 'auto' (run.dir's newest readable checkpoint) or a "
+            "checkpoint path."
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -125,6 +134,7 @@ def eval_cmd(
     """Loss, perplexity (bits per character for character models) and OOV rate on held-out text."""
     from lmtrain.checkpoint import load_model
     from lmtrain.data import read_text
+    from lmtrain.data.coverage import check_coverage
     from lmtrain.evaluate import evaluate_ids
     from lmtrain.train import resolve_device
 
@@ -135,6 +145,7 @@ def eval_cmd(
     if spec is None:
         raise LmtrainError("no --data given and the run's config has no data.test")
     enc = vocab.encode(read_text(spec, "test", cfg.data.decode_errors))
+    check_coverage(enc, vocab, spec)
     if enc.ids.numel() < streams + 1:
         raise LmtrainError(f"{spec}: too little text to evaluate ({enc.ids.numel()} tokens)")
     result = evaluate_ids(model, enc.ids, vocab.kind, enc.oov, streams)

@@ -19,6 +19,7 @@ import functools
 import inspect
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -125,6 +126,8 @@ class TrainConfig:
     """Evaluate (and checkpoint) every N steps; null = at the end of each epoch."""
     log_every: int = 50
     """Steps between console/TensorBoard training log points."""
+    max_nonfinite_steps: int = 5
+    """Stop (exit 3) after this many consecutive steps with a NaN/inf loss or gradient (each is skipped)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class RunConfig:
     """Prompt for the sample logged at each evaluation."""
     tensorboard: bool = True
     """Write TensorBoard event files under run.dir/tb."""
+    keep_last: int = 2
+    """Also keep numbered checkpoints (checkpoints/step-NNNNNNNN.pt) of the N newest saves; 0 = none."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,7 @@ def _check_ranges(cfg: Config) -> list[str]:
     need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     need(t.dist_timeout >= 1, "train.dist_timeout", f"must be >= 1, got {t.dist_timeout}")
+    need(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
     need(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
         "train.device",
@@ -219,6 +225,7 @@ def _check_ranges(cfg: Config) -> list[str]:
         p.append("train.schedule: 'plateau' needs validation data; set data.valid")
     need(bool(r.dir.strip()), "run.dir", "must not be empty")
     need(r.sample_tokens >= 0, "run.sample_tokens", f"must be >= 0, got {r.sample_tokens}")
+    need(r.keep_last >= 0, "run.keep_last", f"must be >= 0, got {r.keep_last}")
     return p
 
 
@@ -246,6 +253,18 @@ def _type_name(tp: Any) -> str:
     )
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
+
+
+def _show(value: Any) -> str:
+    """A short repr for messages: a huge or deeply nested value must not flood the terminal."""
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"<{type(value).__name__} too large to show>"
+
+
 def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     """Convert `value` to type `tp`, appending a message to `problems` on failure."""
     origin = typing.get_origin(tp)
@@ -268,7 +287,7 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         if isinstance(value, str):
             close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
+            problems.append(f"{key}: expected {_type_name(tp)}, got {_show(value)}{hint}")
             return None
     elif origin is list:
         (item_tp,) = typing.get_args(tp)
@@ -284,18 +303,23 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             result = int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            result = float(value)
+            try:
+                result = float(value)
+            except OverflowError:  # an int beyond float range
+                result = math.inf
         elif isinstance(value, str):
             # YAML 1.1 reads `1e-3` (no dot) as a string; accept what is plainly a number.
             with contextlib.suppress(ValueError):
                 result = float(value)
         if result is not bad and not math.isfinite(result):
-            problems.append(f"{key}: must be a finite number, got {value!r}")
+            problems.append(f"{key}: must be a finite number, got {_show(value)}")
             return None
     elif tp is str and isinstance(value, str):
         result = value
     if result is bad:
-        problems.append(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        problems.append(
+            f"{key}: expected {_type_name(tp)}, got {_show(value)} ({type(value).__name__})"
+        )
         return None
     return result
 
@@ -354,6 +378,12 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a {type(key).__name__} cannot be a key", key_node.start_mark
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -372,6 +402,8 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError([f"not valid YAML: {e}".replace("\n", " ")], source) from None
     except RecursionError:
         raise ConfigError(["YAML nested too deeply"], source) from None
+    except ValueError as e:  # e.g. an integer literal past Python's digit limit
+        raise ConfigError([f"not valid YAML: {e}"], source) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[str]) -> None:
@@ -409,11 +441,14 @@ def config_from_dict(
         raise ConfigError(
             [f"the top level must be a mapping of sections, got {type(raw).__name__}"], source
         )
-    raw = _deep_copy_dicts(raw)
-    apply_overrides(raw, overrides or [], problems)
+    try:
+        raw = _deep_copy_dicts(raw)
+    except RecursionError:  # a mapping that contains itself (YAML anchors can build one)
+        raise ConfigError(["nested too deeply or refers to itself"], source) from None
     for name, value in raw.items():
         if name in _hints(Config) and value is None:
             raw[name] = {}  # an empty section (`train:` with nothing under it) means defaults
+    apply_overrides(raw, overrides or [], problems)
     cfg = _build(Config, raw, "", problems)
     # Range checks run on the values that converted; a key already reported is not re-reported.
     reported = {p.split(":", 1)[0] for p in problems}

@@ -83,6 +83,11 @@ class Amp:
             self.scaler.step(optimizer)
             self.scaler.update()
 
+    def skip(self) -> None:
+        """A step abandoned after unscale(): reset the scaler's per-step bookkeeping."""
+        if self.scaler is not None:
+            self.scaler.update()
+
     def state_dict(self) -> dict[str, Any] | None:
         return None if self.scaler is None else self.scaler.state_dict()
 

@@ -20,10 +20,12 @@ from torch import nn
 
 from lmtrain import checkpoint as ckpt
 from lmtrain import distributed
+from lmtrain import resume as resume_mod
 from lmtrain.config import Config, TrainConfig
 from lmtrain.data import Batch, StreamBatches, Vocab, read_text
-from lmtrain.errors import CheckpointError, DataError, LmtrainError
+from lmtrain.errors import CheckpointError, DataError, LmtrainError, TrainingStopped
 from lmtrain.evaluate import EvalResult, evaluate_ids, unigram_baseline
+from lmtrain.interrupt import StopRequest, graceful_stop
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, State, build_model, detach_state, select_rows
 from lmtrain.precision import Amp, flatten_rnn_weights
@@ -155,6 +157,10 @@ class Progress:
     best_val_loss: float = math.inf
     last_val_loss: float = math.nan
     last_eval_step: int = -1
+    nonfinite_steps: int = 0
+    """Steps skipped because their loss or gradient was NaN/inf, in total."""
+    nonfinite_run: int = 0
+    """Consecutive skipped steps up to now (0 after a good step)."""
 
 
 @dataclass
@@ -187,7 +193,9 @@ def _run_has_outputs(run_dir: Path) -> bool:
     return (run_dir / ckpt.CHECKPOINT_DIR).exists() or (run_dir / "config.yaml").exists()
 
 
-def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Path, dict[str, Any] | None]:
+def prepare_run_dir(
+    cfg: Config, resume: str | None, warn: Callable[[str], None] = print
+) -> tuple[Path, dict[str, Any] | None]:
     """Create or check the run directory; load the checkpoint to resume from, if asked."""
     run_dir = Path(cfg.run.dir)
     if resume is None:
@@ -198,13 +206,12 @@ def prepare_run_dir(cfg: Config, resume: str | None) -> tuple[Path, dict[str, An
             )
         payload = None
     else:
-        path = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST if resume == "auto" else Path(resume)
-        if resume == "auto" and not path.exists():
-            raise CheckpointError(
-                f"--resume auto: no checkpoint at {path}, so there is nothing to resume. Start "
-                "without --resume to train from scratch."
-            )
-        payload = ckpt.load_checkpoint(path)
+        if resume == "auto":
+            # Falls back past a damaged newest checkpoint (with a warning), never to scratch.
+            path, payload = resume_mod.load_latest(run_dir, warn)
+        else:
+            path = Path(resume)
+            payload = ckpt.load_checkpoint(path)
         _check_resumable(cfg, ckpt.config_of(payload, path), path)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +291,12 @@ class Trainer:
     """This process's place in a torchrun job; None = one process."""
     forward_loss: nn.Module | None = None
     """model + loss in one forward (DDP-wrapped under torchrun); see distributed.wrap."""
+    stop: StopRequest | None = None
+    """Set by SIGINT/SIGTERM; polled after every step."""
+    skipped: bool = False
+    """Whether the last train_step was skipped for a non-finite loss or gradient."""
+    saved_step: int | None = None
+    """Step of the newest checkpoint written by this process."""
 
     def done(self) -> bool:
         return self.progress.step >= planned_steps(self.cfg.train, len(self.batches))
@@ -298,6 +311,7 @@ class Trainer:
             state = model.init_state(inputs.size(1), self.device)
         else:
             state = select_rows(self.state, batch.carry)
+        previous_state = self.state
         amp = Amp(self.device) if self.amp is None else self.amp
         forward_loss = self.forward_loss
         if forward_loss is None:
@@ -320,7 +334,21 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm or math.inf)
         if t.clip_grad_value is not None:
             torch.nn.utils.clip_grad_value_(params, t.clip_grad_value)
-        amp.step(self.optimizer)
+        # A NaN/inf loss or gradient would poison every weight (and Adam's moments) for good, so
+        # such a step is skipped. Reading the flag is free on CPU; on a GPU it is one
+        # device-to-host sync per step (a few microseconds plus draining the queue), the price of
+        # never applying a bad update. With fp16, overflowing gradients are the GradScaler's
+        # business (it skips the step and lowers the scale), so only the loss is checked here.
+        finite = torch.isfinite(nll)
+        if amp.scaler is None:
+            finite = finite & torch.isfinite(grad_norm)
+        self.skipped = not bool(finite)
+        if self.skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state = previous_state  # the new state may be non-finite too
+            amp.skip()
+        else:
+            amp.step(self.optimizer)
         return nll.detach(), grad_norm.detach()
 
     def train_epoch(self) -> None:
@@ -335,8 +363,12 @@ class Trainer:
             p.step += 1
             p.batch_in_epoch += 1
             p.tokens += batch.num_tokens * (1 if self.dist is None else self.dist.world)
-            window_nll += nll
-            window_tokens += batch.num_tokens
+            if self.skipped:
+                self.note_nonfinite()
+            else:
+                p.nonfinite_run = 0
+                window_nll += nll
+                window_tokens += batch.num_tokens
             window_steps += 1
             if self.record_losses:
                 self._pending.append((p.step, nll, batch.num_tokens))
@@ -349,7 +381,7 @@ class Trainer:
                     total_nll, total_tokens = self.dist.sum([window_nll, window_tokens])
                 self.logger.train_point(
                     p.step,
-                    total_nll / total_tokens,
+                    total_nll / max(total_tokens, 1),
                     self.optimizer.param_groups[0]["lr"],
                     float(grad_norm),
                     total_tokens / max(elapsed, 1e-9),
@@ -359,6 +391,8 @@ class Trainer:
                 window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
             if t.eval_every is not None and p.step % t.eval_every == 0:
                 self.evaluate_and_save()
+            if self.stop is not None and self.stop.requested:
+                break  # fit() saves here; the epoch is not over, so the else below must not run
             if self.done():
                 break
         else:
@@ -367,6 +401,32 @@ class Trainer:
             if t.eval_every is None:
                 self.evaluate_and_save()
         self._flush_losses()
+
+    def note_nonfinite(self) -> None:
+        """Count a skipped step; stop the run after too many in a row."""
+        p = self.progress
+        p.nonfinite_steps += 1
+        p.nonfinite_run += 1
+        k = self.cfg.train.max_nonfinite_steps
+        self.logger.message(
+            f"step {p.step} | non-finite loss or gradient: step skipped, weights unchanged "
+            f"({p.nonfinite_run} in a row, {p.nonfinite_steps} in total; the limit is {k})"
+        )
+        self.logger.scalars(p.step, {"train/nonfinite_steps": p.nonfinite_steps})
+        if p.nonfinite_run >= k:
+            directory = self.run_dir / ckpt.CHECKPOINT_DIR
+            kept = (
+                f"the checkpoints in {directory} are unchanged (newest from step {self.saved_step})"
+                if self.saved_step is not None
+                else f"no checkpoint was written in this session; {directory} is unchanged"
+            )
+            raise TrainingStopped(
+                f"stopped at step {p.step}: {k} consecutive steps had a NaN or infinite loss or "
+                f"gradient and were skipped (train.max_nonfinite_steps = {k}); {kept}. Lower "
+                "train.lr, set train.clip_grad_norm, or check the data, then continue with "
+                "--resume auto.",
+                exit_code=3,
+            )
 
     def _flush_losses(self) -> None:
         if not self._pending:
@@ -456,16 +516,30 @@ class Trainer:
         payload = self.payload()
         if self.dist is not None and not self.dist.is_main:
             return  # only rank 0 writes files
-        ckpt.save_checkpoint(directory / ckpt.LAST, payload)
+        keep = self.cfg.run.keep_last
+        paths = [directory / ckpt.LAST]
+        if keep > 0:
+            paths.insert(0, directory / resume_mod.step_name(self.progress.step))
         if best:
-            ckpt.save_checkpoint(directory / ckpt.BEST, payload)
+            paths.append(directory / ckpt.BEST)
+        resume_mod.save_copies(paths, payload)
+        if keep > 0:
+            resume_mod.prune(directory, keep)
+        self.saved_step = self.progress.step
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue exactly where a checkpoint left off: weights, optimiser, data, RNG."""
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.schedule.load_state_dict(payload["schedule"])
-        self.progress = Progress(**payload["progress"])
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.schedule.load_state_dict(payload["schedule"])
+            self.progress = Progress(**payload["progress"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            detail = " ".join(str(e).split())[:500]
+            raise CheckpointError(
+                f"cannot resume: the checkpoint's contents do not fit this model ({detail}). "
+                "Resume with the settings it was trained with, or start a new run.dir."
+            ) from None
         torch.set_rng_state(payload["rng"]["torch"])
         by_rank = payload["rng"].get("by_rank")
         if self.dist is not None and by_rank is not None and len(by_rank) == self.dist.world:
@@ -479,6 +553,18 @@ class Trainer:
         if self.dist is not None and self.state is not None:
             self.state = self.dist.my_columns(self.state)  # the checkpoint holds the full batch
         flatten_rnn_weights(self.model)
+
+
+def _stop_and_save(trainer: Trainer, stop: StopRequest) -> None:
+    """Checkpoint at this step boundary and leave with 128 + the signal number."""
+    trainer.save(best=False)
+    p = trainer.progress
+    raise TrainingStopped(
+        f"{stop.name} received: stopped after step {p.step} and saved "
+        f"{trainer.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}; continue exactly from there with "
+        "`lmtrain fit CONFIG --resume auto` (same config and run.dir).",
+        exit_code=stop.exit_code,
+    )
 
 
 def fit(
@@ -509,12 +595,12 @@ def _fit(
     main = ctx is None or ctx.is_main
     if ctx is None:
         device = resolve_device(cfg.train.device)
-        run_dir, payload = prepare_run_dir(cfg, resume)
+        run_dir, payload = prepare_run_dir(cfg, resume, echo)
     else:
         device = ctx.device
         distributed.check_batch_size(cfg.train.batch_size, ctx)
         # Rank 0 checks and creates the directory and reads the checkpoint for everyone.
-        run_dir, payload = ctx.on_main(lambda: prepare_run_dir(cfg, resume))
+        run_dir, payload = ctx.on_main(lambda: prepare_run_dir(cfg, resume, echo))
     torch.manual_seed(cfg.train.seed)
     vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
     corpus = prepare_data(cfg, vocab)
@@ -572,10 +658,14 @@ def _fit(
     t0 = time.perf_counter()
     tokens0 = trainer.progress.tokens
     try:
-        while not trainer.done() and trainer.progress.epoch < cfg.train.epochs:
-            trainer.train_epoch()
-        seconds = time.perf_counter() - t0
-        trainer.evaluate_and_save()  # no-op when the last step was just evaluated
+        with graceful_stop() as stop:
+            trainer.stop = stop
+            while not trainer.done() and trainer.progress.epoch < cfg.train.epochs:
+                trainer.train_epoch()
+                if stop.requested and not trainer.done():
+                    _stop_and_save(trainer, stop)
+            seconds = time.perf_counter() - t0
+            trainer.evaluate_and_save()  # no-op when the last step was just evaluated
     finally:
         trainer.logger.close()
     return FitResult(

@@ -7,13 +7,53 @@ checkpoint, so eval, score and sample never need the training corpus again.
 
 from __future__ import annotations
 
+import re
+from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+
+# Characters handled per piece when encoding: bounds the temporary copies (UTF-32 bytes, index
+# tensors, lists of words) to tens of MB however long the text or a single line of it is, while
+# keeping the per-piece work in C. Memory then grows only with the output ids.
+_PIECE_CHARS = 1 << 20
+_SPACE = re.compile(r"\s")
+
+
+def _char_pieces(text: str) -> Iterator[torch.Tensor]:
+    """Unicode code points of `text`, (n,) int64 per piece of at most _PIECE_CHARS."""
+    for start in range(0, len(text), _PIECE_CHARS):
+        # surrogatepass: a lone surrogate (possible in a Python str) is still one character.
+        raw = text[start : start + _PIECE_CHARS].encode("utf-32-le", "surrogatepass")
+        yield torch.frombuffer(bytearray(raw), dtype=torch.int32).long()
+
+
+def _word_pieces(text: str) -> Iterator[tuple[str, bool]]:
+    """(piece, ends_line) over the lines of `text` (split at "\\n" only, like str.split("\\n")).
+
+    A line longer than _PIECE_CHARS is cut at whitespace, so no word spans two pieces and one
+    50 MB line never becomes one 50 MB list of words. A final newline ends the last line; it
+    does not start an empty one.
+    """
+    start, n = 0, len(text)
+    while start < n:
+        end = text.find("\n", start)
+        if end < 0:
+            end = n
+        pos = start
+        while end - pos > _PIECE_CHARS:
+            space = _SPACE.search(text, pos + _PIECE_CHARS, end)
+            if space is None:
+                break  # one giant word: it has to be a single piece
+            yield text[pos : space.start()], False
+            pos = space.start()
+        yield text[pos:end], True
+        start = end + 1
 
 
 @dataclass(frozen=True)
@@ -60,7 +100,9 @@ class Vocab:
             counts = Counter(text)
             specials = [PAD, UNK]
         else:
-            counts = Counter(text.split())
+            counts = Counter()
+            for piece, _ in _word_pieces(text):
+                counts.update(piece.split())
             specials = [PAD, UNK, EOS]
         for s in specials:
             counts.pop(s, None)
@@ -81,28 +123,30 @@ class Vocab:
             return self._encode_chars(text)
         eos = self.stoi[EOS]
         get = self.stoi.get
-        ids: list[int] = []
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()  # a final newline ends the last line; it does not start an empty one
-        for line in lines:
-            ids.extend(get(w, -1) for w in line.split())  # -1 marks out-of-vocabulary
-            if add_eos:
+        ids = array("q")  # 8 bytes per id, not a Python int object each
+        for piece, ends_line in _word_pieces(text):
+            ids.extend([get(w, -1) for w in piece.split()])  # -1 marks out-of-vocabulary
+            if add_eos and ends_line:
                 ids.append(eos)
-        t = torch.tensor(ids, dtype=torch.long)
+        t = torch.frombuffer(ids, dtype=torch.long).clone() if ids else torch.zeros(0).long()
         missing = t < 0
         t[missing] = self.unk_id
         return Encoded(t, int(missing.sum()))
 
     def _encode_chars(self, text: str) -> Encoded:
         # Vectorised: UTF-32 code points -> ids through a lookup table, so a 10 MB text takes
-        # well under a second instead of a Python loop over every character.
-        cps = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
+        # well under a second instead of a Python loop over every character; piece by piece
+        # so that the temporaries stay small (see _PIECE_CHARS).
         lut = self._char_lut()
-        in_range = cps < lut.numel()
-        ids = torch.full_like(cps, self.unk_id)
-        ids[in_range] = lut[cps[in_range]]
-        return Encoded(ids, int((ids == self.unk_id).sum()))
+        ids = torch.empty(len(text), dtype=torch.long)
+        oov, pos = 0, 0
+        for cps in _char_pieces(text):
+            in_range = cps < lut.numel()
+            out = torch.where(in_range, lut[cps.clamp(max=lut.numel() - 1)], self.unk_id)
+            ids[pos : pos + out.numel()] = out
+            oov += int((out == self.unk_id).sum())
+            pos += out.numel()
+        return Encoded(ids, oov)
 
     def _char_lut(self) -> torch.Tensor:
         if self._lut is None:
