@@ -20,12 +20,14 @@ from torch import nn
 
 from lmtrain import checkpoint as ckpt
 from lmtrain.config import Config, TrainConfig
-from lmtrain.data import Batch, StreamBatches, Vocab, read_text
+from lmtrain.data import Batch, SentenceBatches, StreamBatches, Vocab, read_text
+from lmtrain.data.sentences import split_sequences
 from lmtrain.errors import CheckpointError, DataError, LmtrainError
 from lmtrain.evaluate import EvalResult, evaluate_ids
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, State, build_model, detach_state, select_rows
 from lmtrain.sample import SampleOptions, generate
+from lmtrain.score import evaluate_sentences
 
 # ---------------------------------------------------------------------------------------------
 # Setup helpers
@@ -267,7 +269,7 @@ class Trainer:
     model: LanguageModel
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    batches: StreamBatches
+    batches: StreamBatches | SentenceBatches
     logger: RunLogger
     progress: Progress
     state: State | None = None
@@ -356,6 +358,15 @@ class Trainer:
     def evaluate(self) -> EvalResult | None:
         if self.corpus.valid is None:
             return None
+        if self.cfg.data.mode == "sentences":
+            # Whole sequences, never cut to data.max_length: the figure measures the text.
+            sequences = split_sequences(
+                self.corpus.valid, self.corpus.vocab, self.cfg.data.documents
+            )
+            return evaluate_sentences(
+                self.model, sequences, self.corpus.vocab.kind, self.corpus.valid_oov,
+                self.cfg.train.batch_size,
+            )  # fmt: skip
         return evaluate_ids(
             self.model, self.corpus.valid, self.corpus.vocab.kind, self.corpus.valid_oov
         )
@@ -446,7 +457,17 @@ def fit(
     vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
     corpus = prepare_data(cfg, vocab)
     try:
-        batches = StreamBatches(corpus.train, cfg.train.batch_size, cfg.train.bptt)
+        batches: StreamBatches | SentenceBatches
+        if cfg.data.mode == "sentences":
+            d = cfg.data
+            sequences = split_sequences(corpus.train, corpus.vocab, d.documents, d.max_length)
+            if not sequences:
+                raise DataError(f"{d.train}: no non-empty lines; sentences mode needs some text")
+            batches = SentenceBatches(
+                sequences, cfg.train.batch_size, cfg.train.bptt, cfg.train.seed
+            )
+        else:
+            batches = StreamBatches(corpus.train, cfg.train.batch_size, cfg.train.bptt)
     except ValueError as e:
         raise DataError(
             f"{cfg.data.train}: too little training text ({e}); lower train.batch_size"
