@@ -287,6 +287,13 @@ def test_sentences_training_resumes_exactly_mid_batch(tmp_path, tiny_files) -> N
         assert loss == pytest.approx(full[step], rel=REL)
 
 
+def test_max_length_truncates_training_sequences(tmp_path, tiny_files) -> None:
+    cfg = _sentences_config(tmp_path, tiny_files, "data.max_length=4", "train.epochs=1")
+    result = fit(cfg, quiet=True, echo=lambda _: None)
+    lines = [line for line in tiny_files["train"].read_text().splitlines() if line.strip()]
+    assert result.train_tokens == sum(min(len(line.split()) + 1, 4) for line in lines)
+
+
 def test_eval_and_score_cli(tmp_path, tiny_files, cli) -> None:
     cfg = _sentences_config(tmp_path, tiny_files, "train.max_steps=20")
     fit(cfg, quiet=True, echo=lambda _: None)
