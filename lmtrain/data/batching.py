@@ -131,7 +131,8 @@ class SentenceBatches:
     def _plan(self, epoch: int) -> tuple[list[torch.Tensor], list[int]]:
         """(sequence indices of each batch by length rank, order of the batches) for `epoch`."""
         n = self.steps.numel()
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        # One generator per (seed, epoch), kept within the 64-bit seed range torch accepts.
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
         perm = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         # A stable sort of a random permutation: equal lengths end up in random order.
         by_length = perm[torch.sort(self.steps[perm], descending=True, stable=True).indices]
