@@ -44,6 +44,7 @@ bench: install
 	$(PY) scripts/bench_adaptive.py
 	$(PY) scripts/bench_gpu.py
 	$(PY) scripts/bench_reliability.py
+	$(PY) scripts/bench_sentences.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -12,12 +12,18 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from lmtrain import config as config_mod
 from lmtrain.errors import LmtrainError
+
+if TYPE_CHECKING:  # the commands import torch lazily, so that --help stays fast
+    from lmtrain.config import Config
+    from lmtrain.data.vocab import Encoded, Vocab
+    from lmtrain.evaluate import EvalResult
+    from lmtrain.models import LanguageModel
 
 app = typer.Typer(
     add_completion=False,
@@ -148,13 +154,77 @@ def eval_cmd(
     check_coverage(enc, vocab, spec)
     if enc.ids.numel() < streams + 1:
         raise LmtrainError(f"{spec}: too little text to evaluate ({enc.ids.numel()} tokens)")
-    result = evaluate_ids(model, enc.ids, vocab.kind, enc.oov, streams)
+    if cfg.data.mode == "sentences":
+        result = _eval_sentences(model, vocab, cfg, enc, streams, batch_size)
+    else:
+        result = evaluate_ids(model, enc.ids, vocab.kind, enc.oov, streams)
     if as_json:
         typer.echo(json.dumps({"data": spec, **result.to_dict()}))
     else:
         typer.echo(f"{spec}: {result.summary()}")
         if vocab.kind == "word":
             typer.echo(f"OOV rate {result.to_dict()['oov_rate']:.4%}")
+
+
+def _eval_sentences(
+    model: LanguageModel, vocab: Vocab, cfg: Config, enc: Encoded, streams: int, batch_size: int
+) -> EvalResult:
+    """Sentences-mode eval: every non-empty line (or document) scored from a zero state."""
+    from lmtrain.data.sentences import split_sequences
+    from lmtrain.score import evaluate_sentences
+
+    if streams != 1:
+        raise LmtrainError(
+            "--streams applies to stream-mode models only; this model was trained with "
+            "data.mode: sentences, whose evaluation is exact at any --batch-size"
+        )
+    sequences = split_sequences(enc.ids, vocab, cfg.data.documents)
+    return evaluate_sentences(model, sequences, vocab.kind, enc.oov, batch_size)
+
+
+@app.command()
+@_user_errors
+def score(
+    run: RunArg,
+    sentences: Annotated[
+        list[str] | None,
+        typer.Argument(help="Sentences to score (after any --file lines).", show_default=False),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="UTF-8 file with one sentence per line; blank lines skipped."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Sentences scored together; never changes the result.")
+    ] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False,
+) -> None:
+    """Log-probability (natural log and log2), token count and perplexity of each sentence."""
+    from lmtrain.checkpoint import load_model
+    from lmtrain.data.corpus import read_file
+    from lmtrain.score import score_texts
+    from lmtrain.train import resolve_device
+
+    if batch_size < 1:
+        raise LmtrainError(f"--batch-size must be >= 1, got {batch_size}")
+    texts: list[str] = []
+    if file is not None:
+        texts += [line for line in read_file(file).splitlines() if line.strip()]
+    for i, text in enumerate(sentences or [], start=1):
+        if not text.strip():
+            raise LmtrainError(f"sentence argument {i} is empty; give some text to score")
+        texts.append(text)
+    if not texts:
+        raise LmtrainError("nothing to score: give sentences as arguments or --file FILE")
+    model, vocab, _ = load_model(run, resolve_device(device))
+    scores = score_texts(model, vocab, texts, batch_size)
+    if as_json:
+        typer.echo(json.dumps([s.to_dict() for s in scores], ensure_ascii=False))
+        return
+    typer.echo("logprob\tlog2prob\ttokens\tppl\ttext")
+    for s in scores:
+        typer.echo(f"{s.logprob:.4f}\t{s.log2prob:.4f}\t{s.tokens}\t{s.ppl:.2f}\t{s.text}")
 
 
 @app.command()

@@ -46,8 +46,12 @@ class DataConfig:
     """Test text used by `lmtrain eval` when no --data is given; null for none."""
     tokenizer: Literal["char", "word"] = "char"
     """`char`: every Unicode character is a token. `word`: whitespace split, `<eos>` at line ends."""
-    mode: Literal["stream"] = "stream"
-    """`stream`: the split is one token stream cut into batch_size parallel streams."""
+    mode: Literal["stream", "sentences"] = "stream"
+    """`stream`: one token stream cut into batch_size streams; `sentences`: each line is one sequence."""
+    documents: bool = False
+    """Sentences mode: a sequence is a blank-line separated document instead of a line."""
+    max_length: int | None = None
+    """Sentences mode: cut every training sequence to this many predicted tokens; null = chunked TBPTT."""
     min_freq: int = 1
     """Word level: tokens seen fewer times than this in the training split become `<unk>`."""
     max_size: int | None = None
@@ -89,7 +93,7 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many optimiser steps; null = run all epochs."""
     batch_size: int = 32
-    """Parallel streams (stream mode) per step; the GLOBAL batch, split over torchrun processes."""
+    """Streams (stream mode) or sequences (sentences mode) per step; the GLOBAL batch under torchrun."""
     bptt: int = 64
     """Truncated BPTT window: tokens per stream per step; state is carried across windows."""
     optimizer: Optimizer = "adam"
@@ -177,6 +181,10 @@ def _check_ranges(cfg: Config) -> list[str]:
     need(d.min_freq >= 1, "data.min_freq", f"must be >= 1, got {d.min_freq}")
     need(d.max_size is None or d.max_size >= 1, "data.max_size", f"must be >= 1, got {d.max_size}")
     need(bool(d.train.strip()), "data.train", "must name a file or builtin corpus, got ''")
+    need(d.max_length is None or d.max_length >= 1, "data.max_length", "must be >= 1 or null")
+    if d.mode == "stream":
+        need(not d.documents, "data.documents", "only applies to data.mode: sentences")
+        need(d.max_length is None, "data.max_length", "only applies to data.mode: sentences")
     for name in ("embedding_dim", "hidden_size", "num_layers"):
         v = getattr(m, name)
         need(v >= 1, f"model.{name}", f"must be >= 1, got {v}")

@@ -22,7 +22,8 @@ from lmtrain import checkpoint as ckpt
 from lmtrain import distributed
 from lmtrain import resume as resume_mod
 from lmtrain.config import Config, TrainConfig
-from lmtrain.data import Batch, StreamBatches, Vocab, read_text
+from lmtrain.data import Batch, SentenceBatches, StreamBatches, Vocab, read_text
+from lmtrain.data.sentences import split_sequences
 from lmtrain.errors import CheckpointError, DataError, LmtrainError, TrainingStopped
 from lmtrain.evaluate import EvalResult, evaluate_ids, unigram_baseline
 from lmtrain.interrupt import StopRequest, graceful_stop
@@ -30,6 +31,7 @@ from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, State, build_model, detach_state, select_rows
 from lmtrain.precision import Amp, flatten_rnn_weights
 from lmtrain.sample import SampleOptions, generate
+from lmtrain.score import evaluate_sentences
 
 # ---------------------------------------------------------------------------------------------
 # Setup helpers
@@ -278,7 +280,7 @@ class Trainer:
     model: LanguageModel
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    batches: StreamBatches
+    batches: StreamBatches | SentenceBatches
     logger: RunLogger
     progress: Progress
     state: State | None = None
@@ -445,11 +447,20 @@ class Trainer:
             return None
 
         def run() -> EvalResult:
+            if self.cfg.data.mode == "sentences":
+                # Whole sequences, never cut to data.max_length: the figure measures the text.
+                sequences = split_sequences(
+                    self.corpus.valid, self.corpus.vocab, self.cfg.data.documents
+                )
+                return evaluate_sentences(
+                    self.model, sequences, self.corpus.vocab.kind, self.corpus.valid_oov,
+                    self.cfg.train.batch_size,
+                )  # fmt: skip
             return evaluate_ids(
                 self.model, self.corpus.valid, self.corpus.vocab.kind, self.corpus.valid_oov
             )
 
-        # Under torchrun: the exact single-stream figure, computed once and shared.
+        # Under torchrun: the exact figure, computed once on rank 0 and shared.
         return run() if self.dist is None else self.dist.on_main(run)
 
     def evaluate_and_save(self) -> None:
@@ -605,7 +616,17 @@ def _fit(
     vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
     corpus = prepare_data(cfg, vocab)
     try:
-        batches = StreamBatches(corpus.train, cfg.train.batch_size, cfg.train.bptt)
+        batches: StreamBatches | SentenceBatches
+        if cfg.data.mode == "sentences":
+            d = cfg.data
+            sequences = split_sequences(corpus.train, corpus.vocab, d.documents, d.max_length)
+            if not sequences:
+                raise DataError(f"{d.train}: no non-empty lines; sentences mode needs some text")
+            batches = SentenceBatches(
+                sequences, cfg.train.batch_size, cfg.train.bptt, cfg.train.seed
+            )
+        else:
+            batches = StreamBatches(corpus.train, cfg.train.batch_size, cfg.train.bptt)
     except ValueError as e:
         raise DataError(
             f"{cfg.data.train}: too little training text ({e}); lower train.batch_size"

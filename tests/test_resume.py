@@ -15,8 +15,7 @@ from lmtrain.checkpoint import load_checkpoint
 from lmtrain.errors import TrainingStopped
 from lmtrain.train import Trainer, fit
 
-# The lead adds "sentences" here when that mode is merged.
-DATA_MODES = ["stream"]
+DATA_MODES = ["stream", "sentences"]
 
 
 @pytest.fixture(autouse=True, scope="module")

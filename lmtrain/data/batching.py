@@ -93,3 +93,118 @@ class StreamBatches:
                 num_tokens=t * self.batch_size,
                 carry=None if k == 0 else self._carry,
             )
+
+
+class SentenceBatches:
+    """Separate sequences, bucketed by length, each batch read in chunks of `bptt` steps.
+
+    Sequences are sorted by length (ties broken at random each epoch) and cut into batches of
+    `batch_size` neighbours, so that a batch holds sequences of nearly equal length and little
+    padding; the order of the batches is shuffled each epoch. Within a batch the rows are
+    longest first, which makes the rows still running in chunk k a prefix of those in chunk k-1:
+
+        lengths (inputs)  9 7 3      bptt 4:  chunk 0: rows 0 1 2, lengths 4 4 3 (fresh state)
+                                              chunk 1: rows 0 1,   lengths 4 3   (carry 0 1)
+                                              chunk 2: row  0,     length  1     (carry 0)
+
+    Each chunk is one `Batch`: chunk k starts from the final state of chunk k-1 of the same
+    sequences (`carry`), sequences that ended drop out, and no state passes from one sequence to
+    another. The number of chunks of a batch depends only on its longest sequence, which is the
+    same whatever the tie-breaking, so `len()` is the same every epoch.
+    """
+
+    def __init__(
+        self,
+        sequences: list[torch.Tensor],
+        batch_size: int,
+        bptt: int,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        lengths = torch.tensor([s.numel() for s in sequences], dtype=torch.long)
+        if lengths.numel() == 0:
+            raise ValueError("there are no sequences")
+        # Internal invariant: split_sequences frames every sequence with its start marker.
+        assert int(lengths.min()) >= 2, "a sequence needs a start marker and one target"
+        self.data = torch.cat(sequences)
+        self.offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+        self.steps = lengths - 1  # inputs (= predicted targets) per sequence
+        self.batch_size = batch_size
+        self.bptt = bptt
+        self.seed = seed
+        self.shuffle = shuffle
+        longest = torch.sort(self.steps, descending=True, stable=True).values
+        firsts = longest[::batch_size]  # the longest sequence of each batch
+        self._chunks = ((firsts + bptt - 1) // bptt).tolist()  # chunks per batch, by rank
+
+    def __len__(self) -> int:
+        return sum(self._chunks)
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return int(self.steps.sum())
+
+    def _plan(self, epoch: int) -> tuple[list[torch.Tensor], list[int]]:
+        """(sequence indices of each batch by length rank, order of the batches) for `epoch`."""
+        n = self.steps.numel()
+        # One generator per (seed, epoch), kept within the 64-bit seed range torch accepts.
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+        perm = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        # A stable sort of a random permutation: equal lengths end up in random order.
+        by_length = perm[torch.sort(self.steps[perm], descending=True, stable=True).indices]
+        groups = list(by_length.split(self.batch_size))
+        order = torch.randperm(len(groups), generator=g) if self.shuffle else range(len(groups))
+        return groups, [int(i) for i in order]
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Chunks `start`, `start + 1`, ... of one epoch; the same (seed, epoch), the same chunks."""
+        groups, order = self._plan(epoch)
+        k = 0
+        for rank in order:
+            n_chunks = self._chunks[rank]
+            if k + n_chunks <= start:
+                k += n_chunks
+                continue
+            rows = groups[rank]
+            steps = self.steps[rows]
+            padded = self._pad(rows, steps)  # (L + 1, B), longest row first
+            for c in range(n_chunks):
+                if k >= start:
+                    yield self._chunk(padded, steps, c)
+                k += 1
+
+    def _pad(self, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        # Rows are already longest first (sorted descending, ties in any order).
+        width = int(steps[0]) + 1
+        out = torch.zeros((width, rows.numel()), dtype=torch.long)
+        for j, (i, s) in enumerate(zip(rows.tolist(), steps.tolist(), strict=True)):
+            o = int(self.offsets[i])
+            out[: s + 1, j] = self.data[o : o + s + 1]
+        return out
+
+    def sequence_rows(self, epoch: int = 0) -> Iterator[torch.Tensor]:
+        """The sequence indices of the rows of each chunk, in the order `batches` yields them."""
+        groups, order = self._plan(epoch)
+        for rank in order:
+            rows, steps = groups[rank], self.steps[groups[rank]]
+            for c in range(self._chunks[rank]):
+                yield rows[: int((steps > c * self.bptt).sum())]
+
+    def _chunk(self, padded: torch.Tensor, steps: torch.Tensor, c: int) -> Batch:
+        lo = c * self.bptt
+        live = int((steps > lo).sum())  # rows still running: a prefix, longest first
+        lengths = (steps[:live] - lo).clamp(max=self.bptt)
+        t = int(lengths[0])
+        # Past its end a row holds 0: padding inputs are never read (the rows are packed) and
+        # padding targets are ignored by the loss.
+        inputs = padded[lo : lo + t, :live].contiguous()  # (T, B_k)
+        targets = padded[lo + 1 : lo + 1 + t, :live].contiguous()  # (T, B_k)
+        # A chunk whose rows all have full length runs unpacked: packing costs time on CPU.
+        uniform = bool((lengths == t).all())
+        return Batch(
+            inputs=inputs,
+            targets=targets,
+            num_tokens=int(lengths.sum()),
+            lengths=None if uniform else lengths,
+            carry=None if c == 0 else torch.arange(live),
+        )
