@@ -6,10 +6,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lmtrain.cli import app
 from lmtrain.config import Config, config_from_dict
+
+# The test models are tiny: a second thread buys nothing and, on a loaded 2-core machine,
+# oversubscription makes them several times slower. Subprocesses get OMP_NUM_THREADS=1.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 DATA_DIR = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 
