@@ -16,6 +16,7 @@ from lmtrain.data import StreamBatches, Vocab, read_text
 from lmtrain.errors import ConfigError
 from lmtrain.models import build_model
 from lmtrain.models.cells import CustomRecurrent, RecurrentLayer, needs_custom_stack
+from lmtrain.models.fused_lstm import FusedLSTMFunction
 from lmtrain.models.lm import TorchRecurrent
 from lmtrain.models.manual_rnn import ManualRNNFunction
 from lmtrain.train import fit
@@ -127,15 +128,45 @@ def test_layer_norm_cell_matches_slow_reference(cell: str) -> None:
         for p in layer.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.3)
-    x = torch.randn(6, 4, 5)
-    state = tuple(s[0] for s in random_state(cell, 4))
-    out, _ = layer(x, state, None)
-    expected = slow_ln_reference(layer, cell, x, state)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    x = torch.randn(6, 4, 5, requires_grad=True)
+    state = tuple(s[0].requires_grad_() for s in random_state(cell, 4))
+    grads = []
+    for fn in (lambda: layer(x, state, None)[0], lambda: slow_ln_reference(layer, cell, x, state)):
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append([t.grad.clone() for t in (x, *state, *layer.parameters())])
+        for t in (x, *state, *layer.parameters()):
+            t.grad = None
+        if len(grads) == 1:
+            first = out.detach()
+    torch.testing.assert_close(first, out.detach(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    out = first
     # and the normalisation actually changed something compared with the plain cell
     plain = RecurrentLayer(model_cfg(cell=cell), 5)
     plain.load_state_dict(layer.state_dict(), strict=False)
     assert (plain(x, state, None)[0] - out).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_fused_lstm_backward_passes_gradcheck_with_dropout_and_lengths(layer_norm: bool) -> None:
+    torch.manual_seed(9)
+    d = torch.float64
+    h = 3
+    args = [
+        torch.randn(4, 2, 4 * h, dtype=d),  # xw
+        torch.randn(2, h, dtype=d),  # h0
+        torch.randn(2, h, dtype=d),  # c0
+        torch.randn(4 * h, h, dtype=d) * 0.5,  # weight_hh
+    ]
+    ln = [torch.randn(4 * h, dtype=d), torch.randn(h, dtype=d), torch.randn(h, dtype=d)]
+    args += ln if layer_norm else [None, None, None]
+    args = [a.requires_grad_() if a is not None else None for a in args]
+    drop = torch.tensor([[2.0, 0.0, 2.0], [0.0, 2.0, 2.0]], dtype=d)
+    mask = (torch.arange(4)[:, None] < torch.tensor([4, 2])[None, :]).unsqueeze(-1).to(d)
+    assert torch.autograd.gradcheck(FusedLSTMFunction.apply, (*args, drop, mask))
+    assert torch.autograd.gradcheck(FusedLSTMFunction.apply, (*args, None, None))
 
 
 def test_manual_bptt_passes_gradcheck_in_float64() -> None:

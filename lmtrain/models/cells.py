@@ -11,8 +11,9 @@ with the same parameter names, shapes, gate order and default initialisation.
 
 Speed: the input projection W_ih x_t (and its layer norm) does not depend on the recurrence, so
 it is computed for all T steps in one matmul; each step then does one (B, H) x (H, G*H) matmul
-and a few element-wise ops. On a 2-core CPU this eager loop beat TorchScript, and torch.compile
-needed minutes to compile (see MEASURED.md and scripts/bench_cells.py).
+and a few element-wise ops. Eager code, because on this 2-core CPU TorchScript was slower than
+eager and torch.compile took minutes to compile (MEASURED.md); the LSTM goes further with a
+hand-written backward (fused_lstm.py). Figures: scripts/bench_cells.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmtrain.config import ModelConfig
+from lmtrain.models.fused_lstm import FusedLSTMFunction
 from lmtrain.models.state import State
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_manual": 1, "lstm": 4, "gru": 3}
@@ -114,7 +116,9 @@ class RecurrentLayer(nn.Module):
             leak = torch.sigmoid(self.leak_logit)
         elif self.leak > 0:
             leak = self.leak
-        step = {"lstm": self._lstm, "gru": self._gru}.get(self.cell, self._rnn)
+        if self.cell == "lstm":
+            return self._lstm(xw, state, drop, mask)
+        step = self._gru if self.cell == "gru" else self._rnn
         outs = []
         for t in range(steps):
             new = step(xw[t], state, drop, leak)
@@ -148,18 +152,24 @@ class RecurrentLayer(nn.Module):
         return (update,)
 
     def _lstm(
-        self, xw: torch.Tensor, state: State, drop: torch.Tensor | None, leak: object
-    ) -> State:
-        h, c = state
-        gates = self._pre(xw, h)  # (B, 4H): i, f, g, o
-        sig = torch.sigmoid(gates)  # one call over all four blocks; the g block is unused
-        i, f, _, o = sig.chunk(4, dim=1)
-        g = torch.tanh(gates[:, 2 * self.hidden_size : 3 * self.hidden_size])
-        if drop is not None:
-            g = g * drop
-        c = torch.addcmul(f * c, i, g)
-        h = o * torch.tanh(self.ln_c(c) if self.layer_norm else c)
-        return (h, c)
+        self, xw: torch.Tensor, state: State, drop: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        # The LSTM, the cell most used, runs its whole recurrence in one hand-differentiated
+        # Function (fused_lstm.py): on this 2-core CPU it measured about 1.2-1.3x faster
+        # forward+backward than the same maths as an autograd step loop.
+        ln = self.layer_norm
+        out, h, c = FusedLSTMFunction.apply(
+            xw,
+            state[0],
+            state[1],
+            self.weight_hh,
+            self.ln_hh.weight if ln else None,
+            self.ln_c.weight if ln else None,
+            self.ln_c.bias if ln else None,
+            drop,
+            None if mask is None else mask.to(xw.dtype),
+        )
+        return out, (h, c)
 
     def _gru(
         self, xw: torch.Tensor, state: State, drop: torch.Tensor | None, leak: object
