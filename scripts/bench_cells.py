@@ -1,6 +1,6 @@
 """Forward+backward tokens/s of the layer-norm LSTM against nn.LSTM of the same size, same run.
 
-    python scripts/bench_cells.py [--steps 35] [--batch 20] [--size 200] [--layers 2] [--repeats 10] [--rounds 5]
+    python scripts/bench_cells.py [--steps 35] [--batch 20] [--size 200] [--layers 2] [--repeats 5] [--rounds 3] [--threads N]
 
 The default shape is the reference word_language_model's (bptt 35, batch 20, 2 layers of 200).
 Also times the custom LSTM with no feature on (the cost of the Python step loop alone) and the
@@ -100,9 +100,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = torch's default")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
