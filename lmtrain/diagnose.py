@@ -10,7 +10,7 @@ LSTM's and GRU's additive state updates keep it alive over many more steps.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -108,6 +108,11 @@ def curves_for(
         inputs, targets = _window(cfg, vocab, steps, batch)
         return [FlowCurve(f"{cfg.model.cell} (trained)", gradient_flow(model, inputs, targets))]
     cfg = load_config(target, overrides)
+    # Each cell through the config loader, before any data is read, so that a misspelt cell or
+    # a clash (leak with lstm) is refused at once.
+    per_cell = {c: load_config(target, [*overrides, f"model.cell={c}"]) for c in cells}
+    if not per_cell:
+        per_cell = {cfg.model.cell: cfg}
     vocab = Vocab.build(
         read_text(cfg.data.train, "train", cfg.data.decode_errors),
         cfg.data.tokenizer,
@@ -116,10 +121,9 @@ def curves_for(
     )
     inputs, targets = _window(cfg, vocab, steps, batch)
     curves = []
-    for cell in cells or [cfg.model.cell]:
-        model_cfg = replace(cfg.model, cell=cell)  # type: ignore[arg-type]
+    for cell, cell_cfg in per_cell.items():
         torch.manual_seed(cfg.train.seed)  # each cell starts from its own seeded initialisation
-        model = build_model(model_cfg, len(vocab))
+        model = build_model(cell_cfg.model, len(vocab))
         curves.append(FlowCurve(cell, gradient_flow(model, inputs, targets)))
     return curves
 
@@ -165,7 +169,12 @@ def plot(curves: list[FlowCurve], path: Path, title: str) -> None:
         x = c.text(x + 22, 36, curve.label) + 18
     xlabel = "steps back from the loss"
     c.text(left + pw - Canvas.text_width(xlabel), height - 18, xlabel)
-    write_png(path, c.pixels)
+    try:
+        write_png(path, c.pixels)
+    except OSError as e:
+        raise LmtrainError(
+            f"{path}: cannot write the PNG ({e.strerror}); choose another --out"
+        ) from None
 
 
 def write_tensorboard(curves: list[FlowCurve], directory: Path) -> None:

@@ -105,3 +105,16 @@ def test_cli_on_a_trained_run_and_its_errors(tiny_files, tmp_path: Path, cli) ->
     long = invoke(cli, "diagnose", "gradient-flow", run, "--steps", "100000")
     assert long.exit_code == 2 and "lower --steps" in long.stderr
     assert "Traceback" not in bad.stderr + long.stderr
+
+
+def test_cli_refuses_an_unknown_cell_by_name(tiny_files, tmp_path: Path, cli) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(tiny_config(tmp_path, tiny_files).to_yaml())
+    result = invoke(
+        cli, "diagnose", "gradient-flow", path, "--cell", "lstn", "--out", tmp_path / "g.png"
+    )
+    assert result.exit_code == 2
+    assert (
+        "model.cell: expected one of" in result.stderr and "did you mean 'lstm'?" in result.stderr
+    )
+    assert not (tmp_path / "g.png").exists()
