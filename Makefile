@@ -45,6 +45,7 @@ bench: install
 	$(PY) scripts/bench_gpu.py
 	$(PY) scripts/bench_reliability.py
 	$(PY) scripts/bench_sentences.py
+	$(PY) scripts/bench_cells.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -259,6 +259,44 @@ def sample(
         typer.echo(text)
 
 
+diagnose_app = typer.Typer(no_args_is_help=True, help="Diagnostics of a model or config.")
+app.add_typer(diagnose_app, name="diagnose")
+
+
+@diagnose_app.command("gradient-flow")
+@_user_errors
+def gradient_flow_cmd(
+    target: Annotated[
+        Path, typer.Argument(help="Run directory, checkpoint or YAML config.", show_default=False)
+    ],
+    overrides: OverridesArg = None,
+    cell: Annotated[
+        list[str] | None,
+        typer.Option(help="Config only: one curve per cell (repeatable), fresh weights each."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("gradient_flow.png"),
+    steps: Annotated[int, typer.Option(help="Window length T.")] = 50,
+    batch: Annotated[int, typer.Option(help="Rows averaged.")] = 8,
+    tensorboard: Annotated[
+        Path | None, typer.Option(help="TensorBoard directory; default OUT's name + '-tb'.")
+    ] = None,
+) -> None:
+    """Norm of dL_T/dh_t against T - t: a PNG plus TensorBoard scalars gradient_flow/<cell>."""
+    from lmtrain import diagnose
+
+    if steps < 2 or batch < 1:
+        raise LmtrainError("--steps must be >= 2 and --batch >= 1")
+    curves = diagnose.curves_for(target, overrides or [], cell or [], steps, batch)
+    diagnose.plot(curves, out, f"gradient norm |dl/dh| by steps back, window {steps}")
+    tb = tensorboard or out.with_name(out.stem + "-tb")
+    diagnose.write_tensorboard(curves, tb)
+    shown = [d for d in (0, 1, 2, 5, 10, 20, 50, 100, 200) if d < steps]
+    typer.echo("steps back  " + "  ".join(f"{c.label:>12s}" for c in curves))
+    for d in shown:
+        typer.echo(f"{d:10d}  " + "  ".join(f"{c.norms[d]:12.3e}" for c in curves))
+    typer.echo(f"wrote {out} and TensorBoard scalars in {tb}")
+
+
 def main() -> None:
     try:
         app()

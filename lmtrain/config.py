@@ -30,7 +30,8 @@ import yaml
 
 from lmtrain.errors import ConfigError
 
-Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
+Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual"]
+Init = Literal["default", "orthogonal", "identity"]
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 Schedule = Literal["constant", "plateau", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -71,7 +72,7 @@ class AdaptiveSoftmaxConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     cell: Cell = "lstm"
-    """Recurrent cell: rnn_tanh, rnn_relu, lstm or gru."""
+    """Recurrent cell: rnn_tanh, rnn_relu, lstm, gru, or rnn_manual (tanh RNN, hand-written BPTT)."""
     embedding_dim: int = 128
     """Size of the token embedding."""
     hidden_size: int = 256
@@ -84,6 +85,24 @@ class ModelConfig:
     """Share the embedding matrix with the decoder (needs embedding_dim == hidden_size)."""
     adaptive_softmax: AdaptiveSoftmaxConfig = field(default_factory=AdaptiveSoftmaxConfig)
     """Adaptive softmax output layer (Grave et al. 2017) for large word vocabularies."""
+    layer_norm: bool = False
+    """Layer-normalise the recurrent pre-activations before tanh/sigmoid (Ba et al. 2016)."""
+    recurrent_dropout: float = 0.0
+    """Dropout on the cell's candidate update, one mask per sequence (Semeniuta et al. 2016)."""
+    locked_dropout: float = 0.0
+    """Variational dropout on each layer's input and the last output, one mask per sequence."""
+    embedding_dropout: float = 0.0
+    """Drop whole words from the embedding matrix in training (Gal & Ghahramani 2016)."""
+    leak: float = 0.0
+    """rnn_tanh/rnn_relu: h_t = leak * h_{t-1} + (1 - leak) * update; 0 = the plain cell."""
+    learn_leak: bool = False
+    """Learn the leak per unit (starting from `leak`, which must then be in (0, 1))."""
+    init: Init = "default"
+    """Recurrent weights: default (PyTorch's), orthogonal, or identity (with rnn_relu: IRNN)."""
+    residual: bool = False
+    """Add each recurrent layer's input to its output where their sizes match."""
+    learn_initial_state: bool = False
+    """Learn h0 (and c0) as parameters, used at the start of every sequence."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +225,7 @@ def _check_ranges(cfg: Config) -> list[str]:
                 "model.tie_weights: cannot tie the embedding to an adaptive softmax; set "
                 "tie_weights: false or model.adaptive_softmax.cutoffs: []"
             )
+    p += _check_recurrent_options(m)
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
     need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
@@ -234,6 +254,35 @@ def _check_ranges(cfg: Config) -> list[str]:
     need(bool(r.dir.strip()), "run.dir", "must not be empty")
     need(r.sample_tokens >= 0, "run.sample_tokens", f"must be >= 0, got {r.sample_tokens}")
     need(r.keep_last >= 0, "run.keep_last", f"must be >= 0, got {r.keep_last}")
+    return p
+
+
+def _check_recurrent_options(m: ModelConfig) -> list[str]:
+    """The recurrent toolbox (lmtrain/models/cells.py): ranges and which cells take what."""
+    p: list[str] = []
+    for name in ("recurrent_dropout", "locked_dropout", "embedding_dropout"):
+        v = getattr(m, name)
+        if not 0.0 <= v < 1.0:
+            p.append(f"model.{name}: must be in [0, 1), got {v}")
+    if m.learn_leak and not 0.0 < m.leak < 1.0:
+        p.append(f"model.leak: learn_leak needs a starting leak in (0, 1), got {m.leak}")
+    elif not 0.0 <= m.leak < 1.0:
+        p.append(f"model.leak: must be in [0, 1), got {m.leak}")
+    if (m.leak > 0 or m.learn_leak) and m.cell not in ("rnn_tanh", "rnn_relu"):
+        p.append(
+            f"model.leak: leaky units are for rnn_tanh and rnn_relu, not {m.cell}; "
+            "set model.leak=0 and model.learn_leak=false, or change model.cell"
+        )
+    if m.cell == "rnn_manual":
+        for name, on in (
+            ("layer_norm", m.layer_norm),
+            ("recurrent_dropout", m.recurrent_dropout > 0),
+        ):
+            if on:
+                p.append(
+                    f"model.{name}: not available with rnn_manual, whose hand-written BPTT is "
+                    "the plain tanh RNN; use rnn_tanh for it"
+                )
     return p
 
 

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmtrain.config import ModelConfig
+from lmtrain.models import cells
 from lmtrain.models.adaptive import AdaptiveSoftmaxOutput
 from lmtrain.models.output import SoftmaxOutput
 from lmtrain.models.state import State
@@ -64,16 +65,25 @@ class LanguageModel(nn.Module):
         self.vocab_size = vocab_size
         # padding_idx=0: the <pad> row stays zero and never receives gradient.
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=0)
-        self.rnn = TorchRecurrent(cfg)
+        # The hand-built stack only when a feature nn.* lacks is asked for (models/cells.py).
+        self.rnn = (
+            cells.CustomRecurrent(cfg) if cells.needs_custom_stack(cfg) else TorchRecurrent(cfg)
+        )
+        cells.init_recurrent(self.rnn, cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.output = build_output(cfg, vocab_size)
         if cfg.tie_weights:
             # Press & Wolf 2017, Inan et al. 2017: one matrix for input and output embeddings.
             self.output.decoder.weight = self.embedding.weight
         self._state_parts = 2 if cfg.cell == "lstm" else 1
+        self.initial_state = (
+            cells.LearnedInitialState(cfg, self._state_parts) if cfg.learn_initial_state else None
+        )
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        """Zero state at the start of every sequence."""
+        """Zero (or learned, model.learn_initial_state) state at the start of every sequence."""
+        if self.initial_state is not None:
+            return self.initial_state(batch_size)
         device = device or self.embedding.weight.device
         shape = (self.cfg.num_layers, batch_size, self.cfg.hidden_size)
         return tuple(torch.zeros(shape, device=device) for _ in range(self._state_parts))
@@ -85,7 +95,10 @@ class LanguageModel(nn.Module):
 
         `lengths` (B,) marks rows shorter than T (padding after them); see TorchRecurrent.
         """
-        x = self.dropout(self.embedding(inputs))  # (T, B, E)
+        emb = cells.embedding_dropout(
+            self.embedding, inputs, self.cfg.embedding_dropout, self.training
+        )
+        x = self.dropout(emb)  # (T, B, E)
         out, new_state = self.rnn(x, state, lengths)  # (T, B, H)
         return self.dropout(out), new_state
 

@@ -1,0 +1,191 @@
+"""Gradient flow: how much of the loss at the last step reaches the hidden state T - t steps back.
+
+For a window of T tokens the model reads them one step at a time, keeping every hidden state
+h_t; the loss L_T is the NLL of the token after the last one, and one backward pass gives
+dL_T/dh_t for every t. Its norm against the distance T - t shows the lecture's point directly:
+in a tanh RNN it shrinks geometrically (vanishing gradients) or grows (exploding), while the
+LSTM's and GRU's additive state updates keep it alive over many more steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmtrain.config import Config, load_config
+from lmtrain.data import StreamBatches, Vocab, read_text
+from lmtrain.errors import DataError, LmtrainError
+from lmtrain.models import LanguageModel, build_model
+from lmtrain.png import Canvas, Color, write_png
+
+PALETTE: list[Color] = [
+    (214, 39, 40),  # red
+    (31, 119, 180),  # blue
+    (44, 160, 44),  # green
+    (255, 127, 14),  # orange
+    (148, 103, 189),  # purple
+    (140, 86, 75),  # brown
+]
+
+
+@dataclass
+class FlowCurve:
+    label: str
+    norms: list[float]
+    """norms[d] = mean over the batch rows of ||dL_T/dh_{T-d}||, for d = 0 .. T-1."""
+
+
+def gradient_flow(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """inputs, targets (T, B) -> ||dL_T/dh_t|| by distance T - t (h: every layer's hidden state).
+
+    The model runs in eval mode, so dropout does not add noise to the measurement.
+    """
+    was_training = model.training
+    model.eval()
+    steps, batch = inputs.shape
+    device = next(model.parameters()).device
+    inputs, targets = inputs.to(device), targets.to(device)
+    x = model.embedding(inputs)  # (T, B, E)
+    state = model.init_state(batch, device)
+    hs: list[torch.Tensor] = []
+    for t in range(steps):
+        # One step at a time so that each h_t is a tensor of its own in the graph.
+        _, state = model.rnn(x[t : t + 1], state)
+        state[0].retain_grad()
+        hs.append(state[0])  # (L, B, H)
+    # The loss reads the top layer's h_T itself (equal to the output unless model.residual adds
+    # the layer input to it), so that distance 0 is measured like every other distance.
+    loss = model.output.nll(hs[-1][-1], targets[-1])
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    norms = []
+    for d in range(steps):
+        grad = hs[steps - 1 - d].grad
+        g = (
+            torch.zeros(batch, device=device)
+            if grad is None
+            else grad.transpose(0, 1).reshape(batch, -1).norm(dim=1)
+        )
+        norms.append(float(g.mean()))
+    return norms
+
+
+def _window(cfg: Config, vocab: Vocab, steps: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    spec = cfg.data.valid or cfg.data.train
+    ids = vocab.encode(read_text(spec, "valid", cfg.data.decode_errors)).ids
+    try:
+        first = next(StreamBatches(ids, batch, steps).batches())
+    except (ValueError, StopIteration):
+        raise DataError(
+            f"{spec}: too little text for {batch} rows of {steps} tokens ({ids.numel()} tokens); "
+            "lower --steps or --batch"
+        ) from None
+    if first.inputs.size(0) < steps:
+        raise DataError(
+            f"{spec}: too little text for {batch} rows of {steps} tokens; lower --steps"
+        )
+    return first.inputs, first.targets
+
+
+def curves_for(
+    target: Path, overrides: list[str], cells: list[str], steps: int, batch: int
+) -> list[FlowCurve]:
+    """One curve per cell: a trained run (its own cell), or a config (fresh weights per cell)."""
+    from lmtrain.checkpoint import load_model
+
+    if target.is_dir() or target.suffix == ".pt":
+        if cells or overrides:
+            raise LmtrainError(
+                f"{target} is a trained run: its cell and settings are fixed; --cell and "
+                "overrides apply to a config file"
+            )
+        model, vocab, cfg = load_model(target)
+        inputs, targets = _window(cfg, vocab, steps, batch)
+        return [FlowCurve(f"{cfg.model.cell} (trained)", gradient_flow(model, inputs, targets))]
+    cfg = load_config(target, overrides)
+    # Each cell through the config loader, before any data is read, so that a misspelt cell or
+    # a clash (leak with lstm) is refused at once.
+    per_cell = {c: load_config(target, [*overrides, f"model.cell={c}"]) for c in cells}
+    if not per_cell:
+        per_cell = {cfg.model.cell: cfg}
+    vocab = Vocab.build(
+        read_text(cfg.data.train, "train", cfg.data.decode_errors),
+        cfg.data.tokenizer,
+        cfg.data.min_freq,
+        cfg.data.max_size,
+    )
+    inputs, targets = _window(cfg, vocab, steps, batch)
+    curves = []
+    for cell, cell_cfg in per_cell.items():
+        torch.manual_seed(cfg.train.seed)  # each cell starts from its own seeded initialisation
+        model = build_model(cell_cfg.model, len(vocab))
+        curves.append(FlowCurve(cell, gradient_flow(model, inputs, targets)))
+    return curves
+
+
+def plot(curves: list[FlowCurve], path: Path, title: str) -> None:
+    """log10 ||dL_T/dh_t|| against T - t, one coloured line per curve, with a legend."""
+    width, height = 720, 440
+    left, right, top, bottom = 70, 20, 60, 50
+    c = Canvas(width, height)
+    logs = [[math.log10(max(n, 1e-30)) for n in curve.norms] for curve in curves]
+    lo = math.floor(min(min(v) for v in logs))
+    hi = math.ceil(max(max(v) for v in logs))
+    hi = max(hi, lo + 1)
+    steps = max(len(v) for v in logs)
+    pw, ph = width - left - right, height - top - bottom
+
+    def px(d: float) -> float:
+        return left + pw * d / max(steps - 1, 1)
+
+    def py(v: float) -> float:
+        return top + ph * (hi - v) / (hi - lo)
+
+    decade_step = max(1, math.ceil((hi - lo) / 10))
+    for v in range(lo, hi + 1, decade_step):
+        c.rect(left, round(py(v)), left + pw, round(py(v)) + 1, (225, 225, 225))
+        label = f"1e{v}"
+        c.text(left - 8 - Canvas.text_width(label), round(py(v)) - 5, label)
+    tick = max(1, round(steps / 10 / 5) * 5) if steps > 10 else 1
+    for d in range(0, steps, tick):
+        c.rect(round(px(d)), top + ph, round(px(d)) + 1, top + ph + 6, (0, 0, 0))
+        c.text(round(px(d)) - Canvas.text_width(str(d)) // 2, top + ph + 10, str(d))
+    c.rect(left, top, left + 1, top + ph + 1, (0, 0, 0))
+    c.rect(left, top + ph, left + pw + 1, top + ph + 1, (0, 0, 0))
+    for k, values in enumerate(logs):
+        color = PALETTE[k % len(PALETTE)]
+        for d in range(len(values) - 1):
+            c.line(px(d), py(values[d]), px(d + 1), py(values[d + 1]), color)
+    c.text(left, 12, title)
+    x = left
+    for k, curve in enumerate(curves):
+        color = PALETTE[k % len(PALETTE)]
+        c.rect(x, 38, x + 16, 44, color)
+        x = c.text(x + 22, 36, curve.label) + 18
+    xlabel = "steps back from the loss"
+    c.text(left + pw - Canvas.text_width(xlabel), height - 18, xlabel)
+    try:
+        write_png(path, c.pixels)
+    except OSError as e:
+        raise LmtrainError(
+            f"{path}: cannot write the PNG ({e.strerror}); choose another --out"
+        ) from None
+
+
+def write_tensorboard(curves: list[FlowCurve], directory: Path) -> None:
+    """Scalars gradient_flow/<label> with the distance T - t as the step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(directory))
+    try:
+        for curve in curves:
+            tag = "gradient_flow/" + curve.label.split(" ")[0]
+            for d, n in enumerate(curve.norms):
+                writer.add_scalar(tag, n, d)
+    finally:
+        writer.close()

@@ -1,0 +1,287 @@
+"""Hand-built recurrent cells: the lecture's toolbox on top of RNN, LSTM and GRU.
+
+`CustomRecurrent` has the interface of `TorchRecurrent` (lm.py),
+
+    forward(x (T, B, E), state, lengths or None) -> (out (T, B, H), state),
+
+and is chosen only when a feature that nn.RNN/LSTM/GRU cannot express is asked for
+(`needs_custom_stack`): layer norm, recurrent dropout, locked dropout, leaky units, residual
+connections, or the hand-written BPTT cell. With no feature on it computes exactly what nn.* does,
+with the same parameter names, shapes, gate order and default initialisation.
+
+Speed: the input projection W_ih x_t (and its layer norm) does not depend on the recurrence, so
+it is computed for all T steps in one matmul; each step then does one (B, H) x (H, G*H) matmul
+and a few element-wise ops. Eager code, because on this 2-core CPU TorchScript was slower than
+eager and torch.compile took minutes to compile (MEASURED.md); the LSTM goes further with a
+hand-written backward (fused_lstm.py). Figures: scripts/bench_cells.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmtrain.config import ModelConfig
+from lmtrain.models.fused_lstm import FusedLSTMFunction
+from lmtrain.models.state import State
+
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_manual": 1, "lstm": 4, "gru": 3}
+
+
+def needs_custom_stack(cfg: ModelConfig) -> bool:
+    """True when the config asks for something only the hand-built stack can do."""
+    return (
+        cfg.cell == "rnn_manual"
+        or cfg.layer_norm
+        or cfg.recurrent_dropout > 0
+        or cfg.locked_dropout > 0
+        or cfg.leak > 0
+        or cfg.learn_leak
+        or cfg.residual
+    )
+
+
+def length_mask(
+    lengths: torch.Tensor | None, steps: int, device: torch.device
+) -> torch.Tensor | None:
+    """(T, B, 1) bool, True at real tokens; None when every row is full length."""
+    if lengths is None:
+        return None
+    return (torch.arange(steps, device=device)[:, None] < lengths.to(device)[None, :]).unsqueeze(-1)
+
+
+def sequence_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """A dropout mask of `like`'s shape, scaled by 1/(1-p) so expectations are unchanged."""
+    return like.new_empty(like.shape).bernoulli_(1 - p) / (1 - p)
+
+
+class RecurrentLayer(nn.Module):
+    """One layer of rnn_tanh, rnn_relu, lstm or gru with optional layer norm, recurrent dropout
+    and leak. Parameters are named and laid out as in nn.RNN/LSTM/GRU (gates i, f, g, o for the
+    LSTM; r, z, n for the GRU), so weights copy across one to one.
+    """
+
+    def __init__(self, cfg: ModelConfig, input_size: int) -> None:
+        super().__init__()
+        self.cell = cfg.cell
+        h = cfg.hidden_size
+        g = GATES[cfg.cell] * h
+        self.hidden_size = h
+        self.weight_ih = nn.Parameter(torch.empty(g, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(g, h))
+        self.bias_ih = nn.Parameter(torch.empty(g))
+        self.bias_hh = nn.Parameter(torch.empty(g))
+        # nn.*'s default: every weight and bias uniform in (-1/sqrt(H), 1/sqrt(H)).
+        bound = 1 / math.sqrt(h)
+        for w in self.parameters():
+            nn.init.uniform_(w, -bound, bound)
+        self.layer_norm = cfg.layer_norm
+        if cfg.layer_norm:
+            # Ba et al. 2016, LN-LSTM (their eq. 20-22): the input and recurrent projections are
+            # normalised separately, so LN(W_ih x) is computed for all steps at once; the biases
+            # above play the part of LN's shift. The LSTM also normalises c_t before its tanh.
+            self.ln_ih = nn.LayerNorm(g, bias=False)
+            self.ln_hh = nn.LayerNorm(g, bias=False)
+            if cfg.cell == "lstm":
+                self.ln_c = nn.LayerNorm(h)
+        self.recurrent_dropout = cfg.recurrent_dropout
+        self.leak = cfg.leak
+        if cfg.learn_leak:
+            # sigmoid keeps the learned per-unit leak in (0, 1); it starts at cfg.leak.
+            self.leak_logit = nn.Parameter(torch.full((h,), math.log(cfg.leak / (1 - cfg.leak))))
+        else:
+            self.leak_logit = None
+
+    def forward(
+        self, x: torch.Tensor, state: State, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        """x (T, B, In), state of (B, H) tensors, mask (T, B, 1) or None -> out (T, B, H), state."""
+        steps, batch = x.shape[:2]
+        xw = F.linear(x, self.weight_ih)  # (T, B, G*H), all steps in one matmul
+        if self.layer_norm:
+            xw = self.ln_ih(xw)
+        # Both biases join the precomputed part, leaving one fewer op in the step loop; not for
+        # the GRU, whose b_hn sits inside r * (W_hn h + b_hn).
+        xw = xw + (self.bias_ih if self.cell == "gru" else self.bias_ih + self.bias_hh)
+        drop = None
+        if self.training and self.recurrent_dropout > 0:
+            # Semeniuta et al. 2016: drop only the candidate update, with one mask for the whole
+            # sequence, so the memory itself is never erased by dropout.
+            drop = sequence_mask(x.new_empty(batch, self.hidden_size), self.recurrent_dropout)
+        leak = None
+        if self.leak_logit is not None:
+            leak = torch.sigmoid(self.leak_logit)
+        elif self.leak > 0:
+            leak = self.leak
+        if self.cell == "lstm":
+            return self._lstm(xw, state, drop, mask)
+        step = self._gru if self.cell == "gru" else self._rnn
+        outs = []
+        for t in range(steps):
+            new = step(xw[t], state, drop, leak)
+            if mask is not None:
+                # A row past its length keeps its state and outputs zeros, as packed nn.* does.
+                m = mask[t]
+                outs.append(new[0] * m)
+                state = tuple(torch.where(m, n, s) for n, s in zip(new, state, strict=True))
+            else:
+                outs.append(new[0])
+                state = new
+        return torch.stack(outs), state
+
+    def _pre(self, xw: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """All pre-activations of one step: the precomputed input part plus W_hh h."""
+        if self.layer_norm:
+            return xw + self.ln_hh(F.linear(h, self.weight_hh))
+        return torch.addmm(xw, h, self.weight_hh.t())
+
+    def _rnn(
+        self, xw: torch.Tensor, state: State, drop: torch.Tensor | None, leak: object
+    ) -> State:
+        (h,) = state
+        a = self._pre(xw, h)
+        update = torch.tanh(a) if self.cell == "rnn_tanh" else torch.relu(a)
+        if drop is not None:
+            update = update * drop
+        if leak is not None:
+            # Leaky unit: h_t = gamma h_{t-1} + (1 - gamma) update; gamma = 0 is the plain cell.
+            update = torch.lerp(update, h, leak)  # type: ignore[arg-type]
+        return (update,)
+
+    def _lstm(
+        self, xw: torch.Tensor, state: State, drop: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        # The LSTM, the cell most used, runs its whole recurrence in one hand-differentiated
+        # Function (fused_lstm.py): on this 2-core CPU it measured about 1.2-1.3x faster
+        # forward+backward than the same maths as an autograd step loop.
+        ln = self.layer_norm
+        out, h, c = FusedLSTMFunction.apply(
+            xw,
+            state[0],
+            state[1],
+            self.weight_hh,
+            self.ln_hh.weight if ln else None,
+            self.ln_c.weight if ln else None,
+            self.ln_c.bias if ln else None,
+            drop,
+            None if mask is None else mask.to(xw.dtype),
+        )
+        return out, (h, c)
+
+    def _gru(
+        self, xw: torch.Tensor, state: State, drop: torch.Tensor | None, leak: object
+    ) -> State:
+        (h,) = state
+        if self.layer_norm:
+            hw = self.ln_hh(F.linear(h, self.weight_hh)) + self.bias_hh
+        else:
+            hw = torch.addmm(self.bias_hh, h, self.weight_hh.t())  # (B, 3H): r, z, n
+        x_r, x_z, x_n = xw.chunk(3, dim=1)
+        h_r, h_z, h_n = hw.chunk(3, dim=1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(torch.addcmul(x_n, r, h_n))
+        if drop is not None:
+            n = n * drop
+        return (torch.lerp(n, h, z),)  # (1 - z) n + z h, as nn.GRU
+
+
+class CustomRecurrent(nn.Module):
+    """A stack of RecurrentLayer (or ManualRNNLayer) with locked dropout and residual links."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        from lmtrain.models.manual_rnn import ManualRNNLayer
+
+        self.cfg = cfg
+        layers: list[nn.Module] = []
+        for k in range(cfg.num_layers):
+            size = cfg.embedding_dim if k == 0 else cfg.hidden_size
+            if cfg.cell == "rnn_manual":
+                layers.append(ManualRNNLayer(size, cfg.hidden_size))
+            else:
+                layers.append(RecurrentLayer(cfg, size))
+        self.layers = nn.ModuleList(layers)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, state: State, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        mask = length_mask(lengths, x.size(0), x.device)
+        locked = self.training and self.cfg.locked_dropout > 0
+        finals: list[State] = []
+        for k, layer in enumerate(self.layers):
+            if k > 0:
+                x = self.dropout(x)  # between layers only, as nn.* does with `dropout`
+            if locked:
+                # Gal & Ghahramani 2016, Merity et al. 2018: one mask per sequence, the same
+                # units dropped at every step.
+                x = x * sequence_mask(x[:1], self.cfg.locked_dropout)
+            out, final = layer(x, tuple(s[k] for s in state), mask)
+            if self.cfg.residual and out.shape == x.shape:
+                # He et al. 2016 / Wu et al. 2016: the identity path lets gradients reach lower
+                # layers undiminished.
+                out = out + x
+                if mask is not None:
+                    out = out * mask
+            finals.append(final)
+            x = out
+        if locked:
+            x = x * sequence_mask(x[:1], self.cfg.locked_dropout)
+        return x, tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
+
+
+def init_recurrent(module: nn.Module, cfg: ModelConfig) -> None:
+    """Apply `model.init` to every recurrent matrix of `module` (nn.* or custom).
+
+    `identity` sets each gate block of W_hh to I and the recurrent biases to zero: with rnn_relu
+    this is the IRNN of Le, Jaitly & Hinton 2015. `orthogonal` draws each gate block as a random
+    orthogonal matrix (Saxe et al. 2014), whose singular values are all 1.
+    """
+    if cfg.init == "default":
+        return
+    gates = GATES[cfg.cell]
+    h = cfg.hidden_size
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if not name.rsplit(".", 1)[-1].startswith("weight_hh"):
+                continue
+            for block in p.view(gates, h, h):
+                if cfg.init == "identity":
+                    block.copy_(torch.eye(h))
+                else:
+                    nn.init.orthogonal_(block)
+        if cfg.init == "identity":
+            for name, p in module.named_parameters():
+                if name.rsplit(".", 1)[-1].startswith(("bias_hh", "bias_ih")):
+                    p.zero_()
+
+
+class LearnedInitialState(nn.Module):
+    """h0 (and c0 for the LSTM) as parameters, shared by every sequence."""
+
+    def __init__(self, cfg: ModelConfig, parts: int) -> None:
+        super().__init__()
+        shape = (cfg.num_layers, 1, cfg.hidden_size)
+        self.states = nn.ParameterList(nn.Parameter(torch.zeros(shape)) for _ in range(parts))
+
+    def forward(self, batch_size: int) -> State:
+        return tuple(p.expand(-1, batch_size, -1) for p in self.states)
+
+
+def embedding_dropout(
+    embedding: nn.Embedding, inputs: torch.Tensor, p: float, training: bool
+) -> torch.Tensor:
+    """Embed `inputs`, dropping whole word types (rows of the matrix) with probability p.
+
+    Gal & Ghahramani 2016 (sec. 4), as used by Merity et al. 2018: every occurrence of a dropped
+    word in the batch is zero, so the model cannot lean on any single word's vector.
+    """
+    if not training or p == 0:
+        return embedding(inputs)
+    w = embedding.weight
+    keep = sequence_mask(w.new_empty(w.size(0), 1), p)
+    return F.embedding(inputs, w * keep, padding_idx=embedding.padding_idx)
