@@ -155,6 +155,10 @@ def init(device_spec: str, timeout_s: int) -> DistContext | None:
 
 def close(ctx: DistContext | None) -> None:
     if ctx is not None and dist.is_initialized():
+        # Leave together: a rank that tears down Gloo while its peer still has the connection
+        # open can abort the peer at exit ("terminate called without an active exception").
+        with contextlib.suppress(RuntimeError, ValueError):
+            dist.barrier()
         dist.destroy_process_group()
 
 
