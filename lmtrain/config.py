@@ -110,6 +110,8 @@ class TrainConfig:
     """Evaluate (and checkpoint) every N steps; null = at the end of each epoch."""
     log_every: int = 50
     """Steps between console/TensorBoard training log points."""
+    num_threads: int | None = None
+    """CPU threads for torch's matrix and row kernels; null = one per physical core."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,11 @@ def _check_ranges(cfg: Config) -> list[str]:
         need(v is None or v > 0, f"train.{name}", f"must be > 0 or null, got {v}")
     need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    need(
+        t.num_threads is None or t.num_threads >= 1,
+        "train.num_threads",
+        f"must be >= 1 or null, got {t.num_threads}",
+    )
     need(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
         "train.device",

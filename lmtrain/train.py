@@ -26,6 +26,7 @@ from lmtrain.evaluate import EvalResult, evaluate_ids
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, State, build_model, detach_state, select_rows
 from lmtrain.sample import SampleOptions, generate
+from lmtrain.threads import configure_threads
 
 # ---------------------------------------------------------------------------------------------
 # Setup helpers
@@ -441,6 +442,7 @@ def fit(
 ) -> FitResult:
     """Train the model described by `cfg`; see the module docstring for the order of events."""
     device = resolve_device(cfg.train.device)
+    configure_threads(cfg.train.num_threads)
     run_dir, payload = prepare_run_dir(cfg, resume)
     torch.manual_seed(cfg.train.seed)
     vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
