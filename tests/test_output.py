@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
+from lmtrain.models import lm
 from lmtrain.models.output import SoftmaxOutput, Workspace, fused_linear_cross_entropy
+from lmtrain.train import fit
 
 
 def _inputs(n: int, h: int, v: int, bias: bool, seed: int = 0, pad_every: int = 0):
@@ -129,3 +134,19 @@ def test_nll_matches_token_nll_sum():
     assert out.nll(hidden, targets).item() == pytest.approx(
         out.token_nll(hidden, targets).sum().item(), rel=1e-5
     )
+
+
+def test_training_with_fused_loss_follows_the_plain_loss(tmp_path, tiny_files, monkeypatch):
+    # The same run twice: per-step training losses and the final validation loss must agree.
+    def run(name: str):
+        cfg = tiny_config(tmp_path, tiny_files, "train.max_steps=12", f"run.dir={tmp_path / name}")
+        result = fit(cfg, quiet=True, echo=lambda _: None, record_losses=True)
+        return result.losses, result.progress.last_val_loss
+
+    fused_losses, fused_val = run("fused")
+    monkeypatch.setattr(lm, "SoftmaxOutput", functools.partial(SoftmaxOutput, fused=False))
+    plain_losses, plain_val = run("plain")
+    assert sorted(fused_losses) == sorted(plain_losses) == list(range(1, 13))
+    for step, loss in plain_losses.items():
+        assert fused_losses[step] == pytest.approx(loss, rel=1e-4), step
+    assert fused_val == pytest.approx(plain_val, rel=1e-4)
