@@ -41,7 +41,11 @@ MAX_BLOCK_ELEMENTS = 1 << 25
 
 
 class Workspace:
-    """A logits buffer kept between calls, so that each step reuses the same pages."""
+    """A logits buffer kept between calls, so that each step reuses the same pages.
+
+    It lives as long as the model and grows to the largest block used (at most
+    MAX_BLOCK_ELEMENTS, 128 MB); it is not part of the state_dict.
+    """
 
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
