@@ -171,14 +171,27 @@ def classic_loop(batches: StreamBatches, vocab: int, lr: float, clip: float):
 
 
 def alternate(contenders: dict[str, Callable[[int], float]], steps: int, tokens: int):
-    """Tokens/s of each contender per round, A B A B ..., after one untimed warm-up each."""
+    """Per contender: median tokens/s over rounds run A B A B ..., after one warm-up each.
+
+    Also tokens per second of this process's CPU time: on a machine shared with other work the
+    wall-clock rate depends on everyone else's load, the CPU-time rate much less so.
+    """
     for run in contenders.values():
         run(2)
     rates: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(ROUNDS):
         for name, run in contenders.items():
+            cpu = time.process_time()
             rates[name].append(steps * tokens / run(steps))
-    return {name: statistics.median(r) for name, r in rates.items()}, rates
+            cpu_rates[name].append(steps * tokens / (time.process_time() - cpu))
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    cpu_med = {name: statistics.median(r) for name, r in cpu_rates.items()}
+    return med, rates, cpu_med
+
+
+def rounds(r: list[float]) -> str:
+    return "rounds " + ", ".join(f"{x:,.0f}" for x in r)
 
 
 def matmul_peak() -> float:
@@ -209,6 +222,7 @@ def main() -> int:
             return 2
     configure_threads(None)
     print(f"machine: {machine()}")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (above the core count = shared)")
     peak0 = matmul_peak()
 
     # (a) loop overhead, on a small character model where per-step overhead shows most.
@@ -221,13 +235,16 @@ def main() -> int:
     trainer = make_trainer(cfg, corpus)
     hand = plain_loop(trainer.model, trainer.batches, cfg)
     tokens = cfg.train.batch_size * cfg.train.bptt
-    med, _ = alternate({"lmtrain": lambda n: run_trainer(trainer, n), "plain": hand}, 30, tokens)
+    med, rates, cpu = alternate(
+        {"lmtrain": lambda n: run_trainer(trainer, n), "plain": hand}, 30, tokens
+    )
     print(
         "\n(a) loop overhead: char LSTM 1x256, embedding 64, batch 32, bptt 64, Adam, "
         f"vocabulary {len(corpus.vocab)}\n"
-        f"    lmtrain Trainer.train_epoch {med['lmtrain']:9,.0f} tokens/s\n"
-        f"    plain hand-written loop     {med['plain']:9,.0f} tokens/s\n"
-        f"    lmtrain / plain = {med['lmtrain'] / med['plain']:.1%}   (goal >= 95%)"
+        f"    lmtrain Trainer.train_epoch {med['lmtrain']:9,.0f} tokens/s  ({rounds(rates['lmtrain'])})\n"
+        f"    plain hand-written loop     {med['plain']:9,.0f} tokens/s  ({rounds(rates['plain'])})\n"
+        f"    lmtrain / plain = {med['lmtrain'] / med['plain']:.1%}   (goal >= 95%); per CPU-second: "
+        f"{cpu['lmtrain'] / cpu['plain']:.1%}"
     )
 
     # (b) the reference shape.
@@ -241,7 +258,7 @@ def main() -> int:
     trainer = make_trainer(cfg, corpus)
     classic = classic_loop(trainer.batches, vocab, 20.0, 0.25)
     tokens = cfg.train.batch_size * cfg.train.bptt
-    med, rates = alternate(
+    med, rates, cpu = alternate(
         {"lmtrain": lambda n: run_trainer(trainer, n), "classic": classic}, 5, tokens
     )
     peak = statistics.median([peak0, matmul_peak()])
@@ -251,14 +268,16 @@ def main() -> int:
         "\n(b) reference shape: LSTM 2x200, embedding 200, dropout 0.2, batch 20, bptt 35, "
         f"SGD lr 20, clip 0.25, WikiText-2 vocabulary {vocab:,}, full softmax\n"
         f"    lmtrain      {med['lmtrain']:7,.0f} tokens/s  {1e3 * tokens / med['lmtrain']:6.0f} ms/step"
-        f"  (rounds: {', '.join(f'{r:,.0f}' for r in rates['lmtrain'])})\n"
+        f"  ({rounds(rates['lmtrain'])})\n"
         f"    classic loop {med['classic']:7,.0f} tokens/s  {1e3 * tokens / med['classic']:6.0f} ms/step"
-        f"  (rounds: {', '.join(f'{r:,.0f}' for r in rates['classic'])})\n"
-        f"    lmtrain / classic = {med['lmtrain'] / med['classic']:.2f}x   (goal >= 1.5x)\n"
+        f"  ({rounds(rates['classic'])})\n"
+        f"    lmtrain / classic = {med['lmtrain'] / med['classic']:.2f}x   (goal >= 1.5x); "
+        f"per CPU-second: {cpu['lmtrain'] / cpu['classic']:.2f}x\n"
         f"    matmul peak (1024^3 fp32, median of start and end) {peak:.1f} GFLOP/s\n"
         f"    lmtrain {gflops:.1f} GFLOP/s = {gflops / peak:.0%} of peak   (goal >= 70%); "
         f"classic {gflops_classic:.1f} GFLOP/s = {gflops_classic / peak:.0%}"
     )
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
     return 0
 
 
