@@ -126,6 +126,18 @@ def test_no_grad_evaluation_matches_and_builds_no_graph():
     assert fused.item() == pytest.approx(ref, rel=1e-5)
 
 
+def test_no_grad_evaluation_skips_the_gradient_work():
+    # The workspace ends holding probabilities (rows sum to 1) when no gradient was formed,
+    # and p - onehot (rows sum to 0) when it was.
+    hidden, weight, b, targets = _inputs(6, 4, 12, bias=True)
+    ws = Workspace()
+    with torch.no_grad():
+        fused_linear_cross_entropy(hidden, weight, b, targets, ws)
+    torch.testing.assert_close(ws.get(6, 12, hidden).sum(1), torch.ones(6))
+    fused_linear_cross_entropy(hidden, weight, b, targets, ws)
+    torch.testing.assert_close(ws.get(6, 12, hidden).sum(1), torch.zeros(6), atol=1e-6, rtol=0)
+
+
 def test_nll_matches_token_nll_sum():
     torch.manual_seed(3)
     out = SoftmaxOutput(5, 25)

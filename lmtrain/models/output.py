@@ -148,6 +148,12 @@ def fused_linear_cross_entropy(
     hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) int64. The same value and
     gradients, computed `max_block_elements // V` rows at a time in `workspace`.
     """
+    if not torch.is_grad_enabled():
+        # Inside torch.no_grad() autograd still reports the inputs' requires_grad to the
+        # Function; detached inputs tell it that no gradient is wanted, so evaluation runs the
+        # forward product and softmax only, not the two gradient products.
+        hidden, weight = hidden.detach(), weight.detach()
+        bias = None if bias is None else bias.detach()
     return _FusedLinearCrossEntropy.apply(
         hidden, weight, bias, targets, workspace or Workspace(), max_block_elements
     )
