@@ -1,6 +1,6 @@
 """Training throughput on this CPU: lmtrain against plain PyTorch loops, measured in one run.
 
-    python scripts/bench_train.py            (also run by `make bench`; about 3 minutes)
+    python scripts/bench_train.py     (also run by `make bench`; ~130 s of CPU time)
 
 (a) Loop overhead: lmtrain's Trainer.train_epoch (the path `lmtrain fit` runs) against a plain
     hand-written loop over the same model object and the same batches. Goal: >= 95%.
