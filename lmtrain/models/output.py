@@ -35,8 +35,9 @@ from torch.autograd.function import once_differentiable
 # Largest logits block, in elements (128 MB of fp32). A block this size still fits the rows of a
 # reference batch (35 x 20 rows x 33,278 words = 23M) in one piece, which measured fastest: the
 # big products run at full speed only with many rows: on the reference shape, blocks of 350, 175
-# and 88 rows (to stay in cache) took 5%, 9% and 15% more CPU time than one block of 700 on this
-# CPU (1 thread). Bigger batches go in several blocks, so memory stays bounded.
+# and 88 rows (to stay in cache) took -2..5%, 3..9% and 13..15% more CPU time than one block of
+# 700 on this CPU (1 thread, two runs). Bigger batches go in several blocks, so memory stays
+# bounded.
 MAX_BLOCK_ELEMENTS = 1 << 25
 
 
