@@ -41,6 +41,7 @@ format: install
 ## bench: throughput benchmarks; prints ratios against baselines measured in the same run
 bench: install
 	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_output.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

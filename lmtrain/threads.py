@@ -9,6 +9,7 @@ dependent operations, so there is nothing for it to overlap.
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -36,3 +37,20 @@ def configure_threads(num_threads: int | None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def describe_machine() -> str:
+    """CPU model, cores, torch version and threads: the label benchmark figures carry."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs / {physical_cores()} physical cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"Python {platform.python_version()}"
+    )

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,27 +34,11 @@ from lmtrain.config import Config, config_from_dict
 from lmtrain.data import StreamBatches
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, build_model, detach_state
-from lmtrain.threads import configure_threads, physical_cores
+from lmtrain.threads import configure_threads, describe_machine
 from lmtrain.train import LRSchedule, Progress, Trainer, build_optimizer, prepare_data
 
-ROUNDS = 3
+ROUNDS = 7
 DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs / {physical_cores()} physical cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def config(corpus: str, tokenizer: str, model: dict, train: dict) -> Config:
@@ -221,7 +204,7 @@ def main() -> int:
             print(f"missing {path}: set LMTRAIN_DATA to the folder of shared corpora")
             return 2
     configure_threads(None)
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     print(f"load average at start: {os.getloadavg()[0]:.1f} (above the core count = shared)")
     peak0 = matmul_peak()
 
@@ -236,7 +219,7 @@ def main() -> int:
     hand = plain_loop(trainer.model, trainer.batches, cfg)
     tokens = cfg.train.batch_size * cfg.train.bptt
     med, rates, cpu = alternate(
-        {"lmtrain": lambda n: run_trainer(trainer, n), "plain": hand}, 30, tokens
+        {"lmtrain": lambda n: run_trainer(trainer, n), "plain": hand}, 10, tokens
     )
     print(
         "\n(a) loop overhead: char LSTM 1x256, embedding 64, batch 32, bptt 64, Adam, "
@@ -259,7 +242,7 @@ def main() -> int:
     classic = classic_loop(trainer.batches, vocab, 20.0, 0.25)
     tokens = cfg.train.batch_size * cfg.train.bptt
     med, rates, cpu = alternate(
-        {"lmtrain": lambda n: run_trainer(trainer, n), "classic": classic}, 5, tokens
+        {"lmtrain": lambda n: run_trainer(trainer, n), "classic": classic}, 3, tokens
     )
     peak = statistics.median([peak0, matmul_peak()])
     gflops = med["lmtrain"] * flops_per_token(200, 200, 2, vocab) / 1e9

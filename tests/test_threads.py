@@ -10,7 +10,7 @@ import torch
 from conftest import invoke, tiny_config
 
 from lmtrain.errors import ConfigError
-from lmtrain.threads import configure_threads, physical_cores
+from lmtrain.threads import configure_threads, describe_machine, physical_cores
 from lmtrain.train import fit
 
 
@@ -52,3 +52,10 @@ def test_cli_rejects_negative_threads_with_exit_code_2(tmp_path: Path, tiny_file
     assert result.exit_code == 2
     assert "train.num_threads" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_machine_label_names_cores_torch_and_threads(restore_threads):
+    configure_threads(1)
+    label = describe_machine()
+    assert f"{physical_cores()} physical cores" in label
+    assert f"torch {torch.__version__}, 1 threads" in label
