@@ -8,17 +8,20 @@ With a large vocabulary the decoder is most of the work (91% of the FLOPs of a 2
 the 33,278 words of WikiText-2), so `nll` does not go through F.linear + F.cross_entropy. It uses
 `fused_linear_cross_entropy`: the loss and the gradients of the hidden states, weight and bias
 are computed together in the forward pass, a block of rows at a time, in one workspace that is
-reused from step to step. Measured on a 2-vCPU AMD EPYC with torch 2.13 (N=700 rows, H=200,
-V=33,278; `python scripts/bench_train.py` reports the end-to-end effect):
+reused from step to step. `python scripts/bench_output.py` measures each choice on the reference
+shape (N=700 rows, H=200, V=33,278). On a 2-vCPU AMD EPYC with torch 2.13, shared with other
+work (so only the ratios, interleaved within one run, mean much):
 
-- the (V, H) weight layout of nn.Linear is the right one: the weight-gradient product
-  G^T @ x runs at ~137 GFLOP/s with G (N, V), against ~53 GFLOP/s for x^T @ G into an (H, V)
-  weight; the forward product is the same speed in both layouts once it writes into a buffer.
+- the (V, H) weight layout of nn.Linear is the right one: the weight-gradient product G^T x
+  into (V, H) took 0.72x the time of x^T G into an (H, V) weight; the forward product is the
+  same speed in both layouts.
 - writing the logits into a reused buffer (`torch.addmm(..., out=)`) instead of a fresh 93 MB
-  tensor cuts the forward product from ~127 ms to ~100 ms: fresh pages cost page faults.
-- the in-place row softmax is one fused pass (~17 ms); exp_() over the same buffer is ~66 ms
-  and torch.logsumexp ~100 ms, so the loss is recovered from the softmax itself (below).
-- the bias gradient as a matrix-vector product G^T @ 1 takes ~4 ms; G.sum(0) takes ~24 ms.
+  tensor from F.linear took 0.83x the time: fresh pages cost page faults.
+- the in-place row softmax is one fused pass; exp_() over the same buffer took 1.3x (up to 4x)
+  its time and torch.logsumexp 4.9x, so the loss is recovered from the softmax itself (below).
+- the bias gradient as a matrix-vector product G^T 1 took 0.6x the time of G.sum(0).
+- all together, decoder + loss forward and backward: 0.70x the time of F.linear +
+  F.cross_entropy with one block of 700 rows, but 0.95x with blocks of 175 rows.
 
 The technique (never materialise more logits than one block, turn them into gradients in place)
 follows "Cut Your Losses in Large-Vocabulary Language Models" (Wijmans et al., 2024) and the
@@ -34,10 +37,9 @@ from torch.autograd.function import once_differentiable
 
 # Largest logits block, in elements (128 MB of fp32). A block this size still fits the rows of a
 # reference batch (35 x 20 rows x 33,278 words = 23M) in one piece, which measured fastest: the
-# big products run at full speed only with many rows: on the reference shape, blocks of 350, 175
-# and 88 rows (to stay in cache) took -2..5%, 3..9% and 13..15% more CPU time than one block of
-# 700 on this CPU (1 thread, two runs). Bigger batches go in several blocks, so memory stays
-# bounded.
+# big products run at full speed only with many rows, and blocks of 175 rows (to stay in cache)
+# took 1.35x the time of one block of 700 (`python scripts/bench_output.py`). Bigger batches go
+# in several blocks, so memory stays bounded.
 MAX_BLOCK_ELEMENTS = 1 << 25
 
 
