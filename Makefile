@@ -46,6 +46,7 @@ bench: install
 	$(PY) scripts/bench_reliability.py
 	$(PY) scripts/bench_sentences.py
 	$(PY) scripts/bench_cells.py
+	$(PY) scripts/bench_output.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -151,6 +151,8 @@ class TrainConfig:
     """Steps between console/TensorBoard training log points."""
     max_nonfinite_steps: int = 5
     """Stop (exit 3) after this many consecutive steps with a NaN/inf loss or gradient (each is skipped)."""
+    num_threads: int | None = None
+    """CPU threads for torch's matrix and row kernels; null = one per physical core."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,11 @@ def _check_ranges(cfg: Config) -> list[str]:
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     need(t.dist_timeout >= 1, "train.dist_timeout", f"must be >= 1, got {t.dist_timeout}")
     need(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
+    need(
+        t.num_threads is None or t.num_threads >= 1,
+        "train.num_threads",
+        f"must be >= 1 or null, got {t.num_threads}",
+    )
     need(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
         "train.device",

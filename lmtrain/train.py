@@ -32,6 +32,7 @@ from lmtrain.models import LanguageModel, State, build_model, detach_state, sele
 from lmtrain.precision import Amp, flatten_rnn_weights
 from lmtrain.sample import SampleOptions, generate
 from lmtrain.score import evaluate_sentences
+from lmtrain.threads import configure_threads
 
 # ---------------------------------------------------------------------------------------------
 # Setup helpers
@@ -604,6 +605,7 @@ def _fit(
 ) -> FitResult:
     """See the module docstring for the order of events."""
     main = ctx is None or ctx.is_main
+    configure_threads(cfg.train.num_threads)
     if ctx is None:
         device = resolve_device(cfg.train.device)
         run_dir, payload = prepare_run_dir(cfg, resume, echo)
