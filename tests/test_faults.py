@@ -27,16 +27,6 @@ from lmtrain.train import Trainer, fit
 REPO = Path(lmtrain.__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tests run many tiny steps; on a shared 2-core machine intra-op threads only add
-    # contention (measured: a 12-step tiny fit took 17.8 s with 2 threads, 5.6 s with 1).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
     cfg = tiny_config(tmp_path, files, *overrides)
     path = tmp_path / "config.yaml"

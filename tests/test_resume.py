@@ -18,16 +18,6 @@ from lmtrain.train import Trainer, fit
 DATA_MODES = ["stream", "sentences"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tests run many tiny steps; on a shared 2-core machine intra-op threads only add
-    # contention (measured: a 12-step tiny fit took 17.8 s with 2 threads, 5.6 s with 1).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(tmp_path: Path, files: dict[str, Path], mode: str, name: str, *extra: str):
     # Dropout on (so the RNG state matters), two epochs (an epoch boundary), evaluations every 5
     # steps (best-validation tracking and the plateau schedule's state matter), Adam (moments).
