@@ -30,7 +30,7 @@ import yaml
 from lmtrain.errors import ConfigError
 
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru"]
-Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
+Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "ntasgd"]
 Schedule = Literal["constant", "plateau", "cosine"]
 
 
@@ -68,6 +68,14 @@ class ModelConfig:
     """Dropout between recurrent layers and before the decoder (0 = off)."""
     tie_weights: bool = False
     """Share the embedding matrix with the decoder (needs embedding_dim == hidden_size)."""
+    weight_drop: float = 0.0
+    """DropConnect probability on the hidden-to-hidden weights (AWD-LSTM weight drop; 0 = off)."""
+    pretrained_embeddings: str | None = None
+    """Word vectors file (GloVe text, word2vec text or binary) to initialise the embedding; null = none."""
+    pretrained_format: Literal["auto", "glove", "word2vec_text", "word2vec_binary"] = "auto"
+    """Format of model.pretrained_embeddings; auto detects it from the file's first bytes."""
+    freeze_embeddings: bool = False
+    """Keep the embedding matrix fixed during training (e.g. pretrained vectors)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class TrainConfig:
     bptt: int = 64
     """Truncated BPTT window: tokens per stream per step; state is carried across windows."""
     optimizer: Optimizer = "adam"
-    """sgd (with momentum), adam, adamw or rmsprop."""
+    """sgd (with momentum), adam, adamw, rmsprop, or ntasgd (SGD, then averaged SGD; AWD-LSTM)."""
     lr: float = 0.002
     """Peak learning rate."""
     momentum: float = 0.0
@@ -110,6 +118,14 @@ class TrainConfig:
     """Evaluate (and checkpoint) every N steps; null = at the end of each epoch."""
     log_every: int = 50
     """Steps between console/TensorBoard training log points."""
+    ar_alpha: float = 0.0
+    """Activation regularisation: alpha * mean square of the dropped last-layer output (0 = off)."""
+    tar_beta: float = 0.0
+    """Temporal activation regularisation: beta * mean square step of the last layer (0 = off)."""
+    variable_bptt: bool = False
+    """AWD-LSTM variable window: bptt (p 0.95) or bptt/2, length ~ N(base, 5), lr scaled by it."""
+    nonmono: int = 5
+    """ntasgd: switch to averaging when validation is worse than the best of all but the last N."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,18 @@ def _check_ranges(cfg: Config) -> list[str]:
         need(v is None or v > 0, f"train.{name}", f"must be > 0 or null, got {v}")
     need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    need(0.0 <= m.weight_drop < 1.0, "model.weight_drop", f"must be in [0, 1), got {m.weight_drop}")
+    if m.freeze_embeddings and m.tie_weights:
+        p.append(
+            "model.freeze_embeddings: a frozen embedding tied to the decoder would freeze the "
+            "decoder too; set tie_weights: false or freeze_embeddings: false"
+        )
+    for name in ("ar_alpha", "tar_beta"):
+        v = getattr(t, name)
+        need(v >= 0, f"train.{name}", f"must be >= 0, got {v}")
+    need(t.nonmono >= 1, "train.nonmono", f"must be >= 1, got {t.nonmono}")
+    if t.optimizer == "ntasgd" and cfg.data.valid is None:
+        p.append("train.optimizer: 'ntasgd' switches on stalled validation; set data.valid")
     need(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
         "train.device",

@@ -75,6 +75,9 @@ def prepare_data(cfg: Config, vocab: Vocab | None = None) -> Corpus:
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "ntasgd":
+        # Plain SGD; NTASGDTrainer (lmtrain/awd.py) adds the averaging once validation stalls.
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -293,8 +296,18 @@ class Trainer:
         self.state = detach_state(new_state)
         nll = model.output.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1))
         loss = nll / batch.num_tokens  # mean NLL per predicted token
+        if t.ar_alpha > 0 or t.tar_beta > 0:
+            from lmtrain.awd import activation_penalty
+
+            assert model.last_output is not None
+            mask = targets != 0  # (T, B) real positions
+            loss = loss + activation_penalty(
+                hidden, model.last_output, mask, t.ar_alpha, t.tar_beta
+            )
+        # Variable-length BPTT: a window of length L steps with lr * L / bptt (AWD-LSTM).
+        lr_scale = inputs.size(0) / t.bptt if t.variable_bptt else 1.0
         for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.lr(self.progress.step)
+            group["lr"] = self.schedule.lr(self.progress.step) * lr_scale
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Clipping keeps one exploding-gradient step (common in RNNs) from wrecking the weights;
@@ -446,12 +459,24 @@ def fit(
     vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
     corpus = prepare_data(cfg, vocab)
     try:
-        batches = StreamBatches(corpus.train, cfg.train.batch_size, cfg.train.bptt)
+        if cfg.train.variable_bptt:
+            from lmtrain.data.variable_bptt import VariableStreamBatches
+
+            batches = VariableStreamBatches(
+                corpus.train, cfg.train.batch_size, cfg.train.bptt, cfg.train.seed
+            )
+        else:
+            batches = StreamBatches(corpus.train, cfg.train.batch_size, cfg.train.bptt)
     except ValueError as e:
         raise DataError(
             f"{cfg.data.train}: too little training text ({e}); lower train.batch_size"
         ) from None
     model = build_model(cfg.model, len(corpus.vocab)).to(device)
+    vectors_report = None
+    if cfg.model.pretrained_embeddings is not None and payload is None:
+        from lmtrain.data.vectors import load_pretrained
+
+        vectors_report = load_pretrained(model, corpus.vocab, cfg.model)
     optimizer = build_optimizer(cfg.train, model)
     total_steps = planned_steps(cfg.train, len(batches))
     _write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
@@ -465,7 +490,12 @@ def fit(
         echo,
         purge_step=start_step + 1 if payload is not None else None,
     )
-    trainer = Trainer(
+    trainer_cls = Trainer
+    if cfg.train.optimizer == "ntasgd":
+        from lmtrain.awd import NTASGDTrainer
+
+        trainer_cls = NTASGDTrainer
+    trainer = trainer_cls(
         cfg, run_dir, device, corpus, model, optimizer, LRSchedule(cfg.train, total_steps),
         batches, logger, Progress(), record_losses=record_losses,
     )  # fmt: skip
@@ -473,6 +503,8 @@ def fit(
         trainer.restore(payload)
     if payload is None:
         trainer.logger.text("config", cfg.to_yaml(), 0)
+    if vectors_report is not None:
+        trainer.logger.message(vectors_report)
     n_params = sum(p.numel() for p in model.parameters())
     trainer.logger.message(
         f"{cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}, "

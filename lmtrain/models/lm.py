@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from lmtrain.config import ModelConfig
 from lmtrain.models.output import SoftmaxOutput
 from lmtrain.models.state import State
+from lmtrain.models.weight_drop import run_with_weight_drop
 
 
 class TorchRecurrent(nn.Module):
@@ -24,16 +25,23 @@ class TorchRecurrent(nn.Module):
         super().__init__()
         self.rnn = _torch_rnn(cfg)
         self.is_lstm = cfg.cell == "lstm"
+        self.weight_drop = cfg.weight_drop
 
     def forward(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State]:
         hx = state if self.is_lstm else state[0]
+        rnn = self.rnn
+        if self.training and self.weight_drop > 0:
+
+            def rnn(inp, h):  # noqa: ANN001, ANN202 - same call as nn.LSTM's
+                return run_with_weight_drop(self.rnn, inp, h, self.weight_drop)
+
         if lengths is None:
-            out, new = self.rnn(x, hx)
+            out, new = rnn(x, hx)
         else:
             packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-            out, new = self.rnn(packed, hx)
+            out, new = rnn(packed, hx)
             out, _ = pad_packed_sequence(out, total_length=x.size(0))
         return out, (tuple(new) if self.is_lstm else (new,))
 
@@ -63,6 +71,8 @@ class LanguageModel(nn.Module):
         self.vocab_size = vocab_size
         # padding_idx=0: the <pad> row stays zero and never receives gradient.
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=0)
+        if cfg.freeze_embeddings:
+            self.embedding.weight.requires_grad_(False)
         self.rnn = TorchRecurrent(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.output = SoftmaxOutput(cfg.hidden_size, vocab_size)
@@ -70,6 +80,8 @@ class LanguageModel(nn.Module):
             # Press & Wolf 2017, Inan et al. 2017: one matrix for input and output embeddings.
             self.output.decoder.weight = self.embedding.weight
         self._state_parts = 2 if cfg.cell == "lstm" else 1
+        self.last_output: torch.Tensor | None = None
+        """The last layer's output (T, B, H) of the latest forward, before dropout (for TAR)."""
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
         """Zero state at the start of every sequence."""
@@ -86,6 +98,7 @@ class LanguageModel(nn.Module):
         """
         x = self.dropout(self.embedding(inputs))  # (T, B, E)
         out, new_state = self.rnn(x, state, lengths)  # (T, B, H)
+        self.last_output = out
         return self.dropout(out), new_state
 
 
