@@ -17,7 +17,9 @@ from lmtrain.train import fit
 
 OPTIONS = {
     "dynamic": AdaptOptions(dynamic_lr=0.5, dynamic_bptt=7),
-    "dynamic_rms": AdaptOptions(dynamic_lr=0.01, dynamic_bptt=7, dynamic_method="rms", dynamic_decay=0.1),
+    "dynamic_rms": AdaptOptions(
+        dynamic_lr=0.01, dynamic_bptt=7, dynamic_method="rms", dynamic_decay=0.1
+    ),
     "cache": AdaptOptions(cache_size=20, cache_theta=1.0, cache_lambda=0.3),
     "both": AdaptOptions(dynamic_lr=0.5, dynamic_bptt=7, cache_size=20),
 }
@@ -29,7 +31,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     tmp = tmp_path_factory.mktemp("adapt")
     files = {}
-    for split, text in (("train", TINY_TEXT), ("valid", TINY_TEXT[:400]), ("test", TINY_TEXT[400:800])):
+    for split, text in (
+        ("train", TINY_TEXT),
+        ("valid", TINY_TEXT[:400]),
+        ("test", TINY_TEXT[400:800]),
+    ):
         files[split] = tmp / f"{split}.txt"
         files[split].write_text(text, encoding="utf-8")
     fit(tiny_config(tmp, files, "train.epochs=2"), quiet=True, echo=lambda s: None)
@@ -74,18 +80,45 @@ def test_cache_probability_by_hand() -> None:
     query = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     # Query 0 at position 2 sees keys at 0 and 1; query 1 at position 3 sees only 1 and 2 (size 2).
     got = cache_log_probs(
-        query, keys, key_y, torch.tensor([5, 5]), torch.tensor([2, 3]), torch.tensor([0, 1, 2]), 2, 1.0
+        query,
+        keys,
+        key_y,
+        torch.tensor([5, 5]),
+        torch.tensor([2, 3]),
+        torch.tensor([0, 1, 2]),
+        2,
+        1.0,
     ).exp()
     e = math.e
     assert got[0].item() == pytest.approx(e / (e + 1))
     assert got[1].item() == pytest.approx(e**2 / (e**2 + e**2))
     # Nothing visible yet: -inf, the caller falls back to the model alone.
-    first = cache_log_probs(query[:1], keys, key_y, torch.tensor([5]), torch.tensor([0]), torch.tensor([0, 1, 2]), 2, 1.0)
+    first = cache_log_probs(
+        query[:1],
+        keys,
+        key_y,
+        torch.tensor([5]),
+        torch.tensor([0]),
+        torch.tensor([0, 1, 2]),
+        2,
+        1.0,
+    )
     assert first.item() == -math.inf
 
 
 def test_eval_cli_prints_plain_and_adapted(run: Path, cli) -> None:
-    r = invoke(cli, "eval", run, "--json", "--dynamic-lr", "0.5", "--dynamic-bptt", "10", "--cache-size", "50")
+    r = invoke(
+        cli,
+        "eval",
+        run,
+        "--json",
+        "--dynamic-lr",
+        "0.5",
+        "--dynamic-bptt",
+        "10",
+        "--cache-size",
+        "50",
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["adapted"]["tokens"] == out["tokens"]

@@ -57,7 +57,9 @@ def test_activation_penalty_by_hand_and_padding_excluded() -> None:
 
 def test_ar_tar_change_training(tmp_path: Path, tiny_files) -> None:
     def losses(name: str, *extra: str) -> list[float]:
-        cfg = tiny_config(tmp_path, tiny_files, f"run.dir={tmp_path / name}", "train.max_steps=6", *extra)
+        cfg = tiny_config(
+            tmp_path, tiny_files, f"run.dir={tmp_path / name}", "train.max_steps=6", *extra
+        )
         return list(fit(cfg, record_losses=True, **QUIET).losses.values())
 
     base, ar, tar = losses("a"), losses("b", "train.ar_alpha=5"), losses("c", "train.tar_beta=5")
@@ -93,7 +95,9 @@ def test_variable_bptt_scales_lr_and_resumes_exactly(tmp_path: Path, tiny_files,
     whole = tiny_config(tmp_path, tiny_files, f"run.dir={tmp_path / 'whole'}", *extra)
     fit(whole, **QUIET)
     # Stop part-way, then continue from the CLI: the result must be the same to the bit.
-    half = tiny_config(tmp_path, tiny_files, f"run.dir={tmp_path / 'half'}", "train.max_steps=4", *extra)
+    half = tiny_config(
+        tmp_path, tiny_files, f"run.dir={tmp_path / 'half'}", "train.max_steps=4", *extra
+    )
     fit(half, **QUIET)
     overrides = [f"{k}={v}" for k, v in (s.split("=") for s in extra)]
     cfg_file = tmp_path / "half.yaml"
@@ -107,9 +111,16 @@ def test_variable_bptt_scales_lr_and_resumes_exactly(tmp_path: Path, tiny_files,
         assert torch.equal(v, b["model"][k]), k
     # One step: its lr is the base lr scaled by that window's length / bptt.
     train_ids = prepare_data(whole).train
-    seed = next(s for s in range(100) if VariableStreamBatches(train_ids, 4, 10, s).windows(0)[0][1] != 10)
+    seed = next(
+        s for s in range(100) if VariableStreamBatches(train_ids, 4, 10, s).windows(0)[0][1] != 10
+    )
     one = tiny_config(
-        tmp_path, tiny_files, f"run.dir={tmp_path / 'one'}", "train.max_steps=1", f"train.seed={seed}", *extra
+        tmp_path,
+        tiny_files,
+        f"run.dir={tmp_path / 'one'}",
+        "train.max_steps=1",
+        f"train.seed={seed}",
+        *extra,
     )
     fit(one, **QUIET)
     windows = VariableStreamBatches(train_ids, 4, 10, seed).windows(0)
@@ -131,7 +142,9 @@ def test_ntasgd_switches_averages_and_resumes_exactly(tmp_path: Path, tiny_files
     nt = last["ntasgd"]
     assert nt["averaging"] and nt["count"] == last["progress"]["step"] - switched_at + 1
     # The checkpoint's model is the average, different from the raw weights it also keeps.
-    assert not torch.equal(last["model"]["output.decoder.weight"], nt["raw"]["output.decoder.weight"])
+    assert not torch.equal(
+        last["model"]["output.decoder.weight"], nt["raw"]["output.decoder.weight"]
+    )
     # `best` and the logged validation loss are those of the averaged weights.
     model, vocab, cfg = load_model(tmp_path / "whole/checkpoints/best.pt")
     ids = vocab.encode(read_text(cfg.data.valid, "valid")).ids
@@ -140,7 +153,9 @@ def test_ntasgd_switches_averages_and_resumes_exactly(tmp_path: Path, tiny_files
     assert nll / tokens == pytest.approx(best, rel=1e-6)
     # Resume after the switch: bit-identical to the uninterrupted run.
     stop = switched_at + 4
-    half = tiny_config(tmp_path, tiny_files, f"run.dir={tmp_path / 'half'}", f"train.max_steps={stop}", *extra)
+    half = tiny_config(
+        tmp_path, tiny_files, f"run.dir={tmp_path / 'half'}", f"train.max_steps={stop}", *extra
+    )
     fit(half, **QUIET)
     assert load_checkpoint(tmp_path / "half/checkpoints/last.pt")["ntasgd"]["averaging"]
     rest = tiny_config(tmp_path, tiny_files, f"run.dir={tmp_path / 'half'}", *extra)
@@ -162,7 +177,9 @@ def test_awd_options_train_from_the_cli(tmp_path: Path, tiny_files, cli) -> None
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "best val loss" in r.stdout
-    r = invoke(cli, "fit", path, "model.weight_drop=1.5", "train.ar_alpha=-1", "train.optimizer=ntsgd")
+    r = invoke(
+        cli, "fit", path, "model.weight_drop=1.5", "train.ar_alpha=-1", "train.optimizer=ntsgd"
+    )
     assert r.exit_code == 2
     for needle in ("model.weight_drop", "train.ar_alpha", "did you mean 'ntasgd'"):
         assert needle in r.stderr

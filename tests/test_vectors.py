@@ -71,12 +71,21 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_fit_loads_reports_and_freezes(tmp_path: Path, tiny_files, cli) -> None:
-    path = write(tmp_path / "v.bin", "word2vec_binary", {"the": [1.0, 2.0, 3.0], "mat": [4.0, 5.0, 6.0], "zebra": [0.0, 0.0, 1.0]})
+    path = write(
+        tmp_path / "v.bin",
+        "word2vec_binary",
+        {"the": [1.0, 2.0, 3.0], "mat": [4.0, 5.0, 6.0], "zebra": [0.0, 0.0, 1.0]},
+    )
     cfg = tiny_config(tmp_path, tiny_files, "model.embedding_dim=3", "train.max_steps=3")
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text(cfg.to_yaml())
     r = invoke(
-        cli, "fit", yaml_path, f"model.pretrained_embeddings={path}", "model.freeze_embeddings=true", "--quiet"
+        cli,
+        "fit",
+        yaml_path,
+        f"model.pretrained_embeddings={path}",
+        "model.freeze_embeddings=true",
+        "--quiet",
     )
     assert r.exit_code == 0, r.output
     payload = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
@@ -96,7 +105,11 @@ def test_fine_tuned_vectors_move(tmp_path: Path, tiny_files) -> None:
 
     path = write(tmp_path / "g.txt", "glove", {"the": [1.0, 2.0, 3.0]})
     cfg = tiny_config(
-        tmp_path, tiny_files, "model.embedding_dim=3", "train.max_steps=3", f"model.pretrained_embeddings={path}"
+        tmp_path,
+        tiny_files,
+        "model.embedding_dim=3",
+        "train.max_steps=3",
+        f"model.pretrained_embeddings={path}",
     )
     fit(cfg, quiet=True, echo=lambda s: None)
     payload = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
@@ -109,13 +122,24 @@ def test_dimension_mismatch_and_no_coverage_exit_2(tmp_path: Path, tiny_files, c
     cfg = tiny_config(tmp_path, tiny_files, "model.embedding_dim=4")
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text(cfg.to_yaml())
-    r = invoke(cli, "fit", yaml_path, f"model.pretrained_embeddings={write(tmp_path / 'v', 'glove')}")
+    r = invoke(
+        cli, "fit", yaml_path, f"model.pretrained_embeddings={write(tmp_path / 'v', 'glove')}"
+    )
     assert r.exit_code == 2
     assert "the vectors have 3 dimensions but model.embedding_dim is 4" in r.stderr
     assert "Traceback" not in r.output
     other = write(tmp_path / "w", "glove", {"zebra": [1.0, 2.0, 3.0, 4.0]})
-    r = invoke(cli, "fit", yaml_path, f"model.pretrained_embeddings={other}", f"run.dir={tmp_path / 'r2'}")
+    r = invoke(
+        cli, "fit", yaml_path, f"model.pretrained_embeddings={other}", f"run.dir={tmp_path / 'r2'}"
+    )
     assert r.exit_code == 2
     assert "none of the" in r.stderr and "vocabulary words is in the vectors file" in r.stderr
-    r = invoke(cli, "validate", yaml_path, "model.freeze_embeddings=true", "model.tie_weights=true", "model.hidden_size=4")
+    r = invoke(
+        cli,
+        "validate",
+        yaml_path,
+        "model.freeze_embeddings=true",
+        "model.tie_weights=true",
+        "model.hidden_size=4",
+    )
     assert r.exit_code == 2 and "model.freeze_embeddings" in r.stderr
