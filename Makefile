@@ -42,5 +42,10 @@ format: install
 bench: install
 	$(PY) scripts/bench_train.py
 
+## reproduce-quick: rerun the CPU recipes on a short budget; exit 1 on a quality regression
+.PHONY: reproduce-quick
+reproduce-quick: install
+	$(PY) scripts/reproduce.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
