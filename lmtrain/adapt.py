@@ -20,7 +20,6 @@ Only positions i < t are in the cache, so the token being predicted is never in 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -28,7 +27,7 @@ from typing import Literal
 import torch
 
 from lmtrain.evaluate import EvalResult
-from lmtrain.models import LanguageModel, detach_state
+from lmtrain.models import LanguageModel, build_model, detach_state
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,10 @@ def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptio
     """
     device = next(model.parameters()).device
     if opts.dynamic:
-        model = copy.deepcopy(model)
+        # A fresh copy (not deepcopy: the model may hold a tensor from a forward with a graph).
+        weights = model.state_dict()
+        model = build_model(model.cfg, model.vocab_size).to(device)
+        model.load_state_dict(weights)
     was_training = model.training
     model.eval()  # no dropout; gradients still flow for dynamic evaluation
     params = [p for p in model.parameters() if p.requires_grad]

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lmtrain.data import Batch
 from lmtrain.evaluate import EvalResult
 from lmtrain.train import Trainer
 
@@ -67,7 +68,7 @@ class NTASGDTrainer(Trainer):
         self.avg = [p.detach().clone() for p in self._params()]
         self.avg_count = 1
 
-    def train_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         out = super().train_step(batch)
         if self.averaging:
             self.avg_count += 1

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -31,12 +35,9 @@ class TorchRecurrent(nn.Module):
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State]:
         hx = state if self.is_lstm else state[0]
-        rnn = self.rnn
+        rnn: Callable[..., Any] = self.rnn
         if self.training and self.weight_drop > 0:
-
-            def rnn(inp, h):  # noqa: ANN001, ANN202 - same call as nn.LSTM's
-                return run_with_weight_drop(self.rnn, inp, h, self.weight_drop)
-
+            rnn = functools.partial(run_with_weight_drop, self.rnn, p=self.weight_drop)
         if lengths is None:
             out, new = rnn(x, hx)
         else:
