@@ -14,8 +14,9 @@
 set -euo pipefail
 
 DEST="${1:-data}"
-EXAMPLES="https://raw.githubusercontent.com/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8/word_language_model/data/wikitext-2"
-CHARRNN="https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare"
+# A mirror may be named with WIKITEXT2_URL / TINYSHAKESPEARE_URL; the checksums still apply.
+EXAMPLES="${WIKITEXT2_URL:-https://raw.githubusercontent.com/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8/word_language_model/data/wikitext-2}"
+CHARRNN="${TINYSHAKESPEARE_URL:-https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare}"
 
 # path under DEST | URL | sha256
 FILES=(
