@@ -80,3 +80,13 @@ def test_download_script_refuses_a_checksum_mismatch(tmp_path: Path) -> None:
     assert "expected sha256 9e9fa1ad" in r.stderr
     # Nothing half-downloaded is left where a recipe would read it.
     assert list((tmp_path / "data").rglob("*.txt*")) == []
+
+
+def test_file_split_without_blank_lines_cuts_at_line_ends(tmp_path: Path) -> None:
+    text = "".join(f" line {i} of a text whose blank lines hold a space\n \n" for i in range(300))
+    path = tmp_path / "w.txt"
+    path.write_text(text, encoding="utf-8")
+    parts = [read_text(f"{path}:{s}") for s in ("train", "valid", "test")]
+    assert "".join(parts) == text
+    assert all(p.endswith("\n") for p in parts)
+    assert [len(p) / len(text) for p in parts] == pytest.approx([0.90, 0.05, 0.05], abs=0.01)

@@ -43,7 +43,11 @@ def _split_paragraphs(text: str, split: str) -> str:
         acc += frac
         target = int(len(text) * acc)
         boundary = text.find("\n\n", target)
-        cuts.append(len(text) if boundary < 0 else boundary + 2)
+        if boundary < 0:  # no blank line after the target (e.g. WikiText's " \n"): a line end
+            line = text.find("\n", target)
+            cuts.append(len(text) if line < 0 else line + 1)
+        else:
+            cuts.append(boundary + 2)
     cuts.append(len(text))
     i = SPLITS.index(split)
     return text[cuts[i] : cuts[i + 1]]
