@@ -48,5 +48,10 @@ bench: install
 	$(PY) scripts/bench_cells.py
 	$(PY) scripts/bench_output.py
 
+## reproduce-quick: rerun the CPU recipes on a short budget; exit 1 on a quality regression
+.PHONY: reproduce-quick
+reproduce-quick: install
+	$(PY) scripts/reproduce.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -136,8 +136,30 @@ def eval_cmd(
     ] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    dynamic_lr: Annotated[
+        float, typer.Option(help="Dynamic evaluation step size (Krause et al. 2018); 0 = off.")
+    ] = 0.0,
+    dynamic_bptt: Annotated[
+        int, typer.Option(help="Dynamic evaluation: tokens per segment (scored, then a step).")
+    ] = 35,
+    dynamic_method: Annotated[
+        str, typer.Option(help="Dynamic evaluation rule: sgd or rms.")
+    ] = "sgd",
+    dynamic_decay: Annotated[
+        float, typer.Option(help="Dynamic evaluation: pull back towards the trained weights.")
+    ] = 0.0,
+    cache_size: Annotated[
+        int, typer.Option(help="Continuous cache pointer (Grave et al. 2017): states; 0 = off.")
+    ] = 0,
+    cache_theta: Annotated[float, typer.Option(help="Cache sharpness theta.")] = 0.662,
+    cache_lambda: Annotated[float, typer.Option(help="Cache weight lambda in the mix.")] = 0.1279,
 ) -> None:
-    """Loss, perplexity (bits per character for character models) and OOV rate on held-out text."""
+    """Loss, perplexity (bits per character for character models) and OOV rate on held-out text.
+
+    With --dynamic-lr or --cache-size the text is also scored with that eval-time adaptation,
+    and both figures are printed: plain first, then adapted, on the same checkpoint.
+    """
+    from lmtrain.adapt import AdaptOptions
     from lmtrain.checkpoint import load_model
     from lmtrain.data import read_text
     from lmtrain.data.coverage import check_coverage
@@ -146,6 +168,18 @@ def eval_cmd(
 
     if batch_size < 1 or streams < 1:
         raise LmtrainError("--batch-size and --streams must be >= 1")
+    if dynamic_method not in ("sgd", "rms"):
+        raise LmtrainError(f"--dynamic-method must be sgd or rms, got {dynamic_method!r}")
+    adapt = AdaptOptions(
+        dynamic_lr, dynamic_bptt, dynamic_method, dynamic_decay,  # type: ignore[arg-type]
+        cache_size, cache_theta, cache_lambda,
+    )  # fmt: skip
+    if problems := adapt.problems():
+        raise LmtrainError("; ".join(problems))
+    if (adapt.dynamic or adapt.cache) and streams > 1:
+        raise LmtrainError(
+            "--dynamic-lr and --cache-size read the text as one stream; drop --streams"
+        )
     model, vocab, cfg = load_model(run, resolve_device(device))
     spec = data or cfg.data.test
     if spec is None:
@@ -154,16 +188,35 @@ def eval_cmd(
     check_coverage(enc, vocab, spec)
     if enc.ids.numel() < streams + 1:
         raise LmtrainError(f"{spec}: too little text to evaluate ({enc.ids.numel()} tokens)")
+    adapted = None
     if cfg.data.mode == "sentences":
+        if adapt.dynamic or adapt.cache:
+            raise LmtrainError(
+                "--dynamic-lr and --cache-size read the text as one stream; this model was "
+                "trained in sentences mode, where every line starts from a fresh state"
+            )
         result = _eval_sentences(model, vocab, cfg, enc, streams, batch_size)
     else:
         result = evaluate_ids(model, enc.ids, vocab.kind, enc.oov, streams)
+        if adapt.dynamic or adapt.cache:
+            from lmtrain.adapt import evaluate_adaptive
+
+            adapted = evaluate_adaptive(model, enc.ids, vocab.kind, enc.oov, adapt)
     if as_json:
-        typer.echo(json.dumps({"data": spec, **result.to_dict()}))
+        extra = (
+            {}
+            if adapted is None
+            else {"adapted": {"method": adapt.describe(), **adapted.to_dict()}}
+        )
+        typer.echo(json.dumps({"data": spec, **result.to_dict(), **extra}))
     else:
         typer.echo(f"{spec}: {result.summary()}")
         if vocab.kind == "word":
             typer.echo(f"OOV rate {result.to_dict()['oov_rate']:.4%}")
+        if adapted is not None:
+            typer.echo(f"adapted, {adapt.describe()}: {adapted.summary()}")
+            change = adapted.ppl / result.ppl - 1
+            typer.echo(f"perplexity {result.ppl:.2f} -> {adapted.ppl:.2f} ({change:+.1%})")
 
 
 def _eval_sentences(

@@ -32,7 +32,7 @@ from lmtrain.errors import ConfigError
 
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual"]
 Init = Literal["default", "orthogonal", "identity"]
-Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
+Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "ntasgd"]
 Schedule = Literal["constant", "plateau", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -103,6 +103,14 @@ class ModelConfig:
     """Add each recurrent layer's input to its output where their sizes match."""
     learn_initial_state: bool = False
     """Learn h0 (and c0) as parameters, used at the start of every sequence."""
+    weight_drop: float = 0.0
+    """DropConnect probability on the hidden-to-hidden weights (AWD-LSTM weight drop; 0 = off)."""
+    pretrained_embeddings: str | None = None
+    """Word vectors file (GloVe text, word2vec text or binary) to initialise the embedding; null = none."""
+    pretrained_format: Literal["auto", "glove", "word2vec_text", "word2vec_binary"] = "auto"
+    """Format of model.pretrained_embeddings; auto detects it from the file's first bytes."""
+    freeze_embeddings: bool = False
+    """Keep the embedding matrix fixed during training (e.g. pretrained vectors)."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,7 @@ class TrainConfig:
     bptt: int = 64
     """Truncated BPTT window: tokens per stream per step; state is carried across windows."""
     optimizer: Optimizer = "adam"
-    """sgd (with momentum), adam, adamw or rmsprop."""
+    """sgd (with momentum), adam, adamw, rmsprop, or ntasgd (SGD, then averaged SGD; AWD-LSTM)."""
     lr: float = 0.002
     """Peak learning rate."""
     momentum: float = 0.0
@@ -153,6 +161,14 @@ class TrainConfig:
     """Stop (exit 3) after this many consecutive steps with a NaN/inf loss or gradient (each is skipped)."""
     num_threads: int | None = None
     """CPU threads for torch's matrix and row kernels; null = one per physical core."""
+    ar_alpha: float = 0.0
+    """Activation regularisation: alpha * mean square of the dropped last-layer output (0 = off)."""
+    tar_beta: float = 0.0
+    """Temporal activation regularisation: beta * mean square step of the last layer (0 = off)."""
+    variable_bptt: bool = False
+    """AWD-LSTM variable window: bptt (p 0.95) or bptt/2, length ~ N(base, 5), lr scaled by it."""
+    nonmono: int = 5
+    """ntasgd: switch to averaging when validation is worse than the best of all but the last N."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +267,41 @@ def _check_ranges(cfg: Config) -> list[str]:
         "train.num_threads",
         f"must be >= 1 or null, got {t.num_threads}",
     )
+    need(0.0 <= m.weight_drop < 1.0, "model.weight_drop", f"must be in [0, 1), got {m.weight_drop}")
+    custom = [
+        k
+        for k, on in (
+            ("cell=rnn_manual", m.cell == "rnn_manual"),
+            ("layer_norm", m.layer_norm),
+            ("recurrent_dropout", m.recurrent_dropout > 0),
+            ("locked_dropout", m.locked_dropout > 0),
+            ("leak", m.leak > 0 or m.learn_leak),
+            ("residual", m.residual),
+        )
+        if on
+    ]
+    if m.weight_drop > 0 and custom:
+        p.append(
+            "model.weight_drop: applies to the nn.RNN/LSTM/GRU layers only, and model."
+            + ", model.".join(custom)
+            + " selects the hand-built stack; drop one of them"
+        )
+    if t.variable_bptt and cfg.data.mode == "sentences":
+        p.append(
+            "train.variable_bptt: stream mode only; sentences mode already cuts each sequence "
+            "into bptt chunks (set data.mode: stream or train.variable_bptt: false)"
+        )
+    if m.freeze_embeddings and m.tie_weights:
+        p.append(
+            "model.freeze_embeddings: a frozen embedding tied to the decoder would freeze the "
+            "decoder too; set tie_weights: false or freeze_embeddings: false"
+        )
+    for name in ("ar_alpha", "tar_beta"):
+        v = getattr(t, name)
+        need(v >= 0, f"train.{name}", f"must be >= 0, got {v}")
+    need(t.nonmono >= 1, "train.nonmono", f"must be >= 1, got {t.nonmono}")
+    if t.optimizer == "ntasgd" and cfg.data.valid is None:
+        p.append("train.optimizer: 'ntasgd' switches on stalled validation; set data.valid")
     need(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
         "train.device",

@@ -214,12 +214,13 @@ class LossForward(nn.Module):
         targets: torch.Tensor,
         state: State,
         lengths: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, State]:
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """(summed NLL, final state, hidden (T, B, H)); hidden feeds AR/TAR penalties."""
         hidden, new_state = self.model(inputs, state, lengths)  # (T, B, H)
         nll = self.model.output.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1))
         for p in self.spare:
             nll = nll + 0.0 * p.sum()
-        return nll, new_state
+        return nll, new_state, hidden
 
 
 def wrap(model: nn.Module, ctx: DistContext | None) -> nn.Module:

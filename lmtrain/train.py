@@ -82,6 +82,9 @@ def prepare_data(cfg: Config, vocab: Vocab | None = None) -> Corpus:
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "ntasgd":
+        # Plain SGD; NTASGDTrainer (lmtrain/awd.py) adds the averaging once validation stalls.
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -320,14 +323,24 @@ class Trainer:
         if forward_loss is None:
             forward_loss = distributed.wrap(model, None)
         with amp.autocast():
-            nll, new_state = forward_loss(inputs, targets, state, batch.lengths)
+            nll, new_state, hidden = forward_loss(inputs, targets, state, batch.lengths)
         # Truncated BPTT: carry the state's value into the next window, not its graph.
         self.state = detach_state(new_state)
         # Mean NLL per predicted token. Under DDP each rank holds an equal share of the tokens
         # and DDP averages gradients over ranks, which gives the gradient of the global mean.
         loss = nll / batch.num_tokens
+        if t.ar_alpha > 0 or t.tar_beta > 0:
+            from lmtrain.awd import activation_penalty
+
+            assert model.last_output is not None
+            mask = targets != 0  # (T, B) real positions
+            loss = loss + activation_penalty(
+                hidden, model.last_output, mask, t.ar_alpha, t.tar_beta
+            )
+        # Variable-length BPTT: a window of length L steps with lr * L / bptt (AWD-LSTM).
+        lr_scale = inputs.size(0) / t.bptt if t.variable_bptt else 1.0
         for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.lr(self.progress.step)
+            group["lr"] = self.schedule.lr(self.progress.step) * lr_scale
         self.optimizer.zero_grad(set_to_none=True)
         amp.backward(loss)
         amp.unscale(self.optimizer)  # fp16: clip and measure the true gradients
@@ -627,6 +640,12 @@ def _fit(
             batches = SentenceBatches(
                 sequences, cfg.train.batch_size, cfg.train.bptt, cfg.train.seed
             )
+        elif cfg.train.variable_bptt:
+            from lmtrain.data.variable_bptt import VariableStreamBatches
+
+            batches = VariableStreamBatches(
+                corpus.train, cfg.train.batch_size, cfg.train.bptt, cfg.train.seed
+            )
         else:
             batches = StreamBatches(corpus.train, cfg.train.batch_size, cfg.train.bptt)
     except ValueError as e:
@@ -636,6 +655,11 @@ def _fit(
     if ctx is not None:
         batches = distributed.shard(batches, ctx)
     model = build_model(cfg.model, len(corpus.vocab)).to(device)
+    vectors_report = None
+    if cfg.model.pretrained_embeddings is not None and payload is None:
+        from lmtrain.data.vectors import load_pretrained
+
+        vectors_report = load_pretrained(model, corpus.vocab, cfg.model)
     flatten_rnn_weights(model)
     amp = Amp.for_model(cfg.train.precision, device, model.rnn)
     forward_loss = distributed.wrap(model, ctx)
@@ -655,7 +679,12 @@ def _fit(
         echo if main else _silent,
         purge_step=start_step + 1 if payload is not None else None,
     )
-    trainer = Trainer(
+    trainer_cls = Trainer
+    if cfg.train.optimizer == "ntasgd":
+        from lmtrain.awd import NTASGDTrainer
+
+        trainer_cls = NTASGDTrainer
+    trainer = trainer_cls(
         cfg, run_dir, device, corpus, model, optimizer, LRSchedule(cfg.train, total_steps),
         batches, logger, Progress(), record_losses=record_losses,
         amp=amp, dist=ctx, forward_loss=forward_loss,
@@ -664,6 +693,8 @@ def _fit(
         trainer.restore(payload)
     if payload is None:
         trainer.logger.text("config", cfg.to_yaml(), 0)
+    if vectors_report is not None:
+        trainer.logger.message(vectors_report)
     n_params = sum(p.numel() for p in model.parameters())
     trainer.logger.message(
         f"{cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}, "

@@ -46,7 +46,7 @@ def train_tokens_per_sec(
             tokens, start = 0, time.perf_counter()
         if k == warmup + steps:
             break
-        nll, state = loss_fn(batch.inputs, batch.targets, state)
+        nll, state, _ = loss_fn(batch.inputs, batch.targets, state)
         state = detach_state(state)
         opt.zero_grad(set_to_none=True)
         (nll / batch.num_tokens).backward()

@@ -55,7 +55,7 @@ def test_all_problems_reported_together() -> None:
         "model.dropout: must be in [0, 1), got 1.5",
         "model.tie_weights: tied weights need model.embedding_dim == model.hidden_size, got 8 and 16",
         "train.bptt: must be >= 1, got 0",
-        "train.optimizer: expected one of 'sgd', 'adam', 'adamw', 'rmsprop', got 'adamm'; did you mean 'adam'?",
+        "train.optimizer: expected one of 'sgd', 'adam', 'adamw', 'rmsprop', 'ntasgd', got 'adamm'; did you mean 'adam'?",
         "train.lr: expected a number, got 'fast'",
         "colour: unknown key",
     ):

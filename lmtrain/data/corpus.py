@@ -5,10 +5,17 @@ A data spec is either a file path or `builtin:NAME[:SPLIT]`. The built-in corpus
 (`pydoc_data.topics`, about 465 K characters), so the demo trains on real text with nothing
 downloaded. It is split by paragraphs into train / valid / test (90 / 5 / 5 % of characters); the
 split defaults to the role the spec is used for (data.train -> train, data.valid -> valid, ...).
+
+A one-file corpus such as Tiny Shakespeare is split the same way by naming the split after the
+path: `input.txt:train`, `input.txt:valid`, `input.txt:test` (90 / 5 / 5 %, cut at paragraphs).
+Paths may hold `${VAR}` environment variables (`${LMTRAIN_DATA}/wikitext-2/train.txt`), so a
+shipped config works wherever the corpora live.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from lmtrain.errors import DataError
@@ -36,10 +43,46 @@ def _split_paragraphs(text: str, split: str) -> str:
         acc += frac
         target = int(len(text) * acc)
         boundary = text.find("\n\n", target)
-        cuts.append(len(text) if boundary < 0 else boundary + 2)
+        if boundary < 0:  # no blank line after the target (e.g. WikiText's " \n"): a line end
+            line = text.find("\n", target)
+            cuts.append(len(text) if line < 0 else line + 1)
+        else:
+            cuts.append(boundary + 2)
     cuts.append(len(text))
     i = SPLITS.index(split)
     return text[cuts[i] : cuts[i + 1]]
+
+
+_VAR = re.compile(r"\$\{(\w+)\}")
+
+
+def expand_vars(spec: str, key: str = "data path") -> str:
+    """`spec` with every `${VAR}` replaced by the environment variable; unset = DataError."""
+
+    def sub(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            hint = (
+                " (the directory holding wikitext-2/ and tinyshakespeare/, e.g. "
+                "LMTRAIN_DATA=data after scripts/download_data.sh)"
+                if m.group(1) == "LMTRAIN_DATA"
+                else ""
+            )
+            raise DataError(
+                f"{key} {spec!r} uses ${{{m.group(1)}}}, which is not set; "
+                f"export {m.group(1)}=...{hint}"
+            )
+        return value
+
+    return _VAR.sub(sub, spec)
+
+
+def split_file_spec(spec: str) -> tuple[str, str | None]:
+    """`path:split` -> (path, split) when split is train/valid/test; else (spec, None)."""
+    path, sep, split = spec.rpartition(":")
+    if sep and path and split in SPLITS:
+        return path, split
+    return spec, None
 
 
 def is_builtin(spec: str) -> bool:
@@ -63,7 +106,9 @@ def read_text(spec: str, role: str = "train", errors: str = "strict") -> str:
         if split not in SPLITS:
             raise DataError(f"{spec!r}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
         return _split_paragraphs(BUILTINS[name](), split)
-    return read_file(Path(spec), errors)
+    path, split = split_file_spec(expand_vars(spec))
+    text = read_file(Path(path), errors)
+    return text if split is None else _split_paragraphs(text, split)
 
 
 def read_file(path: Path, errors: str = "strict") -> str:

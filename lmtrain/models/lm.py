@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -11,6 +15,7 @@ from lmtrain.models import cells
 from lmtrain.models.adaptive import AdaptiveSoftmaxOutput
 from lmtrain.models.output import SoftmaxOutput
 from lmtrain.models.state import State
+from lmtrain.models.weight_drop import run_with_weight_drop
 
 
 class TorchRecurrent(nn.Module):
@@ -26,16 +31,20 @@ class TorchRecurrent(nn.Module):
         super().__init__()
         self.rnn = _torch_rnn(cfg)
         self.is_lstm = cfg.cell == "lstm"
+        self.weight_drop = cfg.weight_drop
 
     def forward(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State]:
         hx = state if self.is_lstm else state[0]
+        rnn: Callable[..., Any] = self.rnn
+        if self.training and self.weight_drop > 0:
+            rnn = functools.partial(run_with_weight_drop, self.rnn, p=self.weight_drop)
         if lengths is None:
-            out, new = self.rnn(x, hx)
+            out, new = rnn(x, hx)
         else:
             packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-            out, new = self.rnn(packed, hx)
+            out, new = rnn(packed, hx)
             out, _ = pad_packed_sequence(out, total_length=x.size(0))
         return out, (tuple(new) if self.is_lstm else (new,))
 
@@ -65,6 +74,8 @@ class LanguageModel(nn.Module):
         self.vocab_size = vocab_size
         # padding_idx=0: the <pad> row stays zero and never receives gradient.
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=0)
+        if cfg.freeze_embeddings:
+            self.embedding.weight.requires_grad_(False)
         # The hand-built stack only when a feature nn.* lacks is asked for (models/cells.py).
         self.rnn = (
             cells.CustomRecurrent(cfg) if cells.needs_custom_stack(cfg) else TorchRecurrent(cfg)
@@ -79,6 +90,8 @@ class LanguageModel(nn.Module):
         self.initial_state = (
             cells.LearnedInitialState(cfg, self._state_parts) if cfg.learn_initial_state else None
         )
+        self.last_output: torch.Tensor | None = None
+        """The last layer's output (T, B, H) of the latest training forward, before dropout (TAR)."""
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
         """Zero (or learned, model.learn_initial_state) state at the start of every sequence."""
@@ -100,6 +113,7 @@ class LanguageModel(nn.Module):
         )
         x = self.dropout(emb)  # (T, B, E)
         out, new_state = self.rnn(x, state, lengths)  # (T, B, H)
+        self.last_output = out if self.training else None
         return self.dropout(out), new_state
 
 

@@ -1,0 +1,191 @@
+"""Pretrained word vectors: GloVe text, word2vec text and word2vec binary files.
+
+Formats (detected from the first bytes unless `model.pretrained_format` names one):
+
+    glove            word v1 v2 ... vD            one word per line, no header
+    word2vec_text    N D                          header line, then lines as in GloVe
+    word2vec_binary  N D\\n                        header line, then per word: the word's UTF-8
+                     word<space><D little-endian float32>[\\n]   bytes, a space, raw floats
+
+Every vocabulary word is looked up by its exact key; only those rows are kept in memory, so a
+multi-GB file costs one pass, not its size in RAM. Words that are not found keep their random
+initialisation and `<pad>` stays zero. The coverage (found / missing, with the most frequent
+missing words) is reported, because a low figure usually means a tokeniser mismatch
+(case, `<unk>` / `<eos>` spellings) rather than a bad file.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from lmtrain.config import ModelConfig
+from lmtrain.data.corpus import expand_vars
+from lmtrain.data.vocab import Vocab
+from lmtrain.errors import DataError
+
+FORMATS = ("glove", "word2vec_text", "word2vec_binary")
+_HEADER = re.compile(rb"\s*(\d+)\s+(\d+)\s*")
+
+
+@dataclass
+class Vectors:
+    format: str
+    dim: int
+    vectors: dict[str, torch.Tensor]
+    """Only the requested words that the file holds."""
+    total: int
+    """Words in the file."""
+
+
+def detect_format(path: Path) -> str:
+    """glove, word2vec_text or word2vec_binary, from the file's first two lines."""
+    with _open(path) as f:
+        first = f.readline()
+        if _HEADER.fullmatch(first) is None:
+            return "glove"
+        dim = int(_HEADER.fullmatch(first).group(2))  # type: ignore[union-attr]
+        second = f.read(64 * (dim + 1) + 4096).split(b"\n", 1)[0]
+    try:
+        parts = second.decode("utf-8").rstrip().split(" ")
+        [float(v) for v in parts[-dim:]]
+    except (UnicodeDecodeError, ValueError):
+        return "word2vec_binary"
+    return "word2vec_text" if len(parts) >= dim + 1 else "word2vec_binary"
+
+
+def read_vectors(path: Path, wanted: set[str] | None = None, fmt: str = "auto") -> Vectors:
+    """The vectors of the `wanted` words (all words if None) in a vectors file."""
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt not in FORMATS:
+        raise DataError(f"{path}: unknown vectors format {fmt!r}; use one of {', '.join(FORMATS)}")
+    with _open(path) as f:
+        if fmt == "word2vec_binary":
+            return _read_binary(f, path, wanted)
+        return _read_text(f, path, wanted, header=fmt == "word2vec_text")
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: vectors file not found; check model.pretrained_embeddings"
+        ) from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory; give the path of a vectors file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the vectors file ({e.strerror})") from None
+
+
+def _read_text(f: BinaryIO, path: Path, wanted: set[str] | None, header: bool) -> Vectors:
+    fmt = "word2vec_text" if header else "glove"
+    dim = None
+    if header:
+        m = _HEADER.fullmatch(f.readline())
+        if m is None:
+            raise DataError(f"{path}: word2vec text needs a first line 'COUNT DIM'")
+        dim = int(m.group(2))
+    found: dict[str, torch.Tensor] = {}
+    total = 0
+    for lineno, raw in enumerate(f, 2 if header else 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path}:{lineno}: not valid UTF-8 (byte {e.start} of the line); is this a "
+                "binary word2vec file? set model.pretrained_format: word2vec_binary"
+            ) from None
+        if not line.strip():
+            continue
+        parts = line.rstrip(" ").split(" ")
+        if dim is None:
+            dim = len(parts) - 1  # GloVe: the first line fixes the dimension
+        if len(parts) < dim + 1 or dim < 1:
+            raise DataError(
+                f"{path}:{lineno}: expected a word and {dim} numbers, got {len(parts)} fields"
+            )
+        # A few GloVe releases hold words with spaces: the numbers are always the last `dim`.
+        word = " ".join(parts[:-dim])
+        total += 1
+        if wanted is not None and word not in wanted:
+            continue
+        try:
+            found[word] = torch.tensor([float(v) for v in parts[-dim:]])
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: the vector of {word!r} holds a non-number") from None
+    if dim is None:
+        raise DataError(f"{path}: the vectors file holds no vectors")
+    return Vectors(fmt, dim, found, total)
+
+
+def _read_binary(f: BinaryIO, path: Path, wanted: set[str] | None) -> Vectors:
+    m = _HEADER.fullmatch(f.readline())
+    if m is None:
+        raise DataError(f"{path}: word2vec binary needs a first line 'COUNT DIM'")
+    count, dim = int(m.group(1)), int(m.group(2))
+    size = 4 * dim
+    found: dict[str, torch.Tensor] = {}
+    for i in range(count):
+        word_bytes = bytearray()
+        while True:
+            c = f.read(1)
+            if not c:
+                raise DataError(
+                    f"{path}: truncated: the header promises {count} words, the file ends at "
+                    f"word {i + 1}"
+                )
+            if c == b" ":
+                break
+            if c != b"\n" or word_bytes:  # the newline after the previous vector
+                word_bytes += c
+        data = f.read(size)
+        if len(data) < size:
+            raise DataError(f"{path}: truncated in the vector of word {i + 1} of {count}")
+        word = word_bytes.decode("utf-8", errors="replace")
+        if wanted is None or word in wanted:
+            found[word] = torch.tensor(struct.unpack(f"<{dim}f", data))
+    return Vectors("word2vec_binary", dim, found, count)
+
+
+def load_pretrained(model: torch.nn.Module, vocab: Vocab, cfg: ModelConfig) -> str:
+    """Copy the vectors of `cfg.pretrained_embeddings` into the model's embedding rows.
+
+    Returns the coverage report; raises DataError on a dimension mismatch or a bad file.
+    """
+    assert cfg.pretrained_embeddings is not None
+    path = Path(expand_vars(cfg.pretrained_embeddings, "model.pretrained_embeddings"))
+    words = vocab.itos[1:]  # not <pad>
+    vec = read_vectors(path, set(words), cfg.pretrained_format)
+    if vec.dim != cfg.embedding_dim:
+        raise DataError(
+            f"{path}: the vectors have {vec.dim} dimensions but model.embedding_dim is "
+            f"{cfg.embedding_dim}; set model.embedding_dim: {vec.dim}"
+        )
+    missing = [w for w in words if w not in vec.vectors]
+    if len(missing) == len(words):
+        raise DataError(
+            f"{path}: none of the {len(words):,} vocabulary words is in the vectors file "
+            f"(e.g. {', '.join(repr(w) for w in words[:5])}); check the file and data.tokenizer"
+        )
+    weight = model.embedding.weight  # type: ignore[union-attr]
+    with torch.no_grad():
+        for i, w in enumerate(vocab.itos):
+            if i > 0 and w in vec.vectors:
+                weight[i] = vec.vectors[w].to(weight.dtype)
+    found = len(words) - len(missing)
+    report = (
+        f"pretrained embeddings {path} ({vec.format}, {vec.dim}-d, {vec.total:,} words): "
+        f"found {found:,} of {len(words):,} vocabulary words ({found / len(words):.1%})"
+    )
+    if missing:
+        report += f"; missing {len(missing):,}, e.g. " + ", ".join(repr(w) for w in missing[:8])
+    if cfg.freeze_embeddings:
+        report += "; frozen"
+    return report
