@@ -119,6 +119,8 @@ class TrainConfig:
     """Passes over the training split (training stops at whichever of epochs/max_steps comes first)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps; null = run all epochs."""
+    max_minutes: float | None = None
+    """Stop after this many minutes of training steps (evaluation excluded); null = no limit."""
     batch_size: int = 32
     """Streams (stream mode) or sequences (sentences mode) per step; the GLOBAL batch under torchrun."""
     bptt: int = 64
@@ -246,6 +248,7 @@ def _check_ranges(cfg: Config) -> list[str]:
     p += _check_recurrent_options(m)
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
+    need(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "must be > 0 or null")
     need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     need(t.bptt >= 1, "train.bptt", f"must be >= 1, got {t.bptt}")
     need(t.lr > 0 and math.isfinite(t.lr), "train.lr", f"must be a positive number, got {t.lr}")

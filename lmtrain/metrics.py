@@ -75,13 +75,19 @@ class RunLogger:
     def advance(self, n: int = 1) -> None:
         self.bar.update(n)
 
-    def evaluation(self, step: int, epoch: int, result: EvalResult, best: bool) -> None:
+    def evaluation(
+        self, step: int, epoch: int, train_seconds: float, result: EvalResult, best: bool
+    ) -> None:
         values = {"val/loss": result.loss, "val/ppl": result.ppl}
         if result.kind == "char":
             values["val/bpc"] = result.bpc
         self.scalars(step, values)
         mark = " | new best" if best else ""
-        self.message(f"step {step} | epoch {epoch + 1} | val {result.summary()}{mark}")
+        # Training minutes so far (evaluation excluded): what time-to-quality is read from.
+        self.message(
+            f"step {step} | epoch {epoch + 1} | {train_seconds / 60:.1f} min | "
+            f"val {result.summary()}{mark}"
+        )
 
     def message(self, line: str) -> None:
         if self.bar.disable:

@@ -167,6 +167,10 @@ class Progress:
     """Steps skipped because their loss or gradient was NaN/inf, in total."""
     nonfinite_run: int = 0
     """Consecutive skipped steps up to now (0 after a good step)."""
+    train_seconds: float = 0.0
+    """Time spent in training steps so far, evaluation and saving excluded (train.max_minutes)."""
+    out_of_time: bool = False
+    """train.max_minutes was reached; no more steps."""
 
 
 @dataclass
@@ -305,7 +309,26 @@ class Trainer:
     """Step of the newest checkpoint written by this process."""
 
     def done(self) -> bool:
-        return self.progress.step >= planned_steps(self.cfg.train, len(self.batches))
+        p = self.progress
+        return p.out_of_time or p.step >= planned_steps(self.cfg.train, len(self.batches))
+
+    def check_time_budget(self) -> None:
+        """Mark the run out of time once train.max_minutes of training have passed.
+
+        Checked at logging points only, and under torchrun decided for all ranks at once (any
+        rank over budget stops every rank), so that no process waits for one that has stopped.
+        """
+        budget = self.cfg.train.max_minutes
+        if budget is None:
+            return
+        spent = self.progress.train_seconds >= budget * 60
+        if self.dist is not None:
+            spent = self.dist.sum([float(spent)])[0] > 0
+        if spent:
+            self.progress.out_of_time = True
+            self.logger.message(
+                f"step {self.progress.step} | train.max_minutes={budget:g} reached: stopping"
+            )
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step; returns (summed NLL, grad norm before clipping) on the device."""
@@ -374,8 +397,12 @@ class Trainer:
         window_nll = torch.zeros((), device=self.device, dtype=torch.float64)
         window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
         grad_norm = torch.zeros(())
+        clock = time.perf_counter()
         for batch in self.batches.batches(p.epoch, p.batch_in_epoch):
             nll, grad_norm = self.train_step(batch)
+            now = time.perf_counter()
+            p.train_seconds += now - clock
+            clock = now
             p.step += 1
             p.batch_in_epoch += 1
             p.tokens += batch.num_tokens * (1 if self.dist is None else self.dist.world)
@@ -405,8 +432,10 @@ class Trainer:
                 self._flush_losses()
                 window_nll.zero_()
                 window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
+                self.check_time_budget()
             if t.eval_every is not None and p.step % t.eval_every == 0:
                 self.evaluate_and_save()
+                clock = time.perf_counter()  # evaluation time is not training time
             if self.stop is not None and self.stop.requested:
                 break  # fit() saves here; the epoch is not over, so the else below must not run
             if self.done():
@@ -494,7 +523,9 @@ class Trainer:
                     f"step {p.step} | validation stalled: learning rate now "
                     f"{self.schedule.lr(p.step):.3g}"
                 )
-            self.logger.evaluation(p.step, p.epoch - (p.batch_in_epoch == 0), result, best)
+            self.logger.evaluation(
+                p.step, p.epoch - (p.batch_in_epoch == 0), p.train_seconds, result, best
+            )
         self.log_sample()
         self.save(best)
 

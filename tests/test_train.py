@@ -129,3 +129,25 @@ def test_unigram_baseline_is_the_frequency_model() -> None:
     )
     assert r.tokens == 2
     assert r.loss == pytest.approx(-(math.log(4 / 7) + math.log(2 / 7)) / 2, rel=1e-12)
+
+
+def test_max_minutes_stops_training_and_is_reported(
+    tmp_path: Path, tiny_files, monkeypatch
+) -> None:
+    from lmtrain import train as train_mod
+
+    # A clock that advances 10 s per reading: the 1-minute budget runs out after a few steps,
+    # whatever the speed of the machine.
+    ticks = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: float(next(ticks)))
+    lines: list[str] = []
+    cfg = tiny_config(
+        tmp_path, tiny_files, "train.max_minutes=1", "train.log_every=1", "train.epochs=5"
+    )
+    result = fit(cfg, quiet=True, echo=lines.append)
+    assert result.progress.out_of_time
+    assert 1 <= result.progress.step <= 8
+    assert result.progress.train_seconds >= 60
+    assert any("train.max_minutes=1 reached: stopping" in line for line in lines)
+    # The final evaluation still runs and reports the training minutes.
+    assert any(" min | val loss" in line for line in lines)
