@@ -36,7 +36,8 @@ class RunLogger:
             # purge_step: after a resume, events a crashed run wrote past the checkpoint are
             # hidden, so every step appears exactly once.
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
-        show_bar = not quiet and sys.stderr.isatty()
+        # The bar goes to stderr, but only when a person is watching: both streams on a terminal.
+        show_bar = not quiet and sys.stdout.isatty() and sys.stderr.isatty()
         self.bar = tqdm(
             total=total_steps,
             initial=initial_step,
