@@ -1,6 +1,6 @@
 """Sentences mode on WikiText-2: padding with and without length bucketing, and training speed.
 
-    python scripts/bench_sentences.py [--lines 3000] [--steps 25] [--repeats 2] [--threads N]
+    python scripts/bench_sentences.py [--lines 3000] [--steps 60] [--repeats 3] [--threads N]
 
 1. Padded-token fraction of the WikiText-2 training lines (every non-empty line one sequence,
    batches of 20): random batches each padded to their longest line, against the length-bucketed
@@ -98,8 +98,8 @@ def throughput(train: Path, steps: int, repeats: int, workdir: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=3000, help="training lines used for speed")
-    ap.add_argument("--steps", type=int, default=25, help="optimiser steps per timed run")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per mode")
+    ap.add_argument("--steps", type=int, default=60, help="optimiser steps per timed run")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per mode")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()
     if args.threads:
