@@ -60,7 +60,7 @@ class FusedLSTMFunction(torch.autograd.Function):
         cs = xw.new_empty(steps + 1, *c0.shape)
         acts = xw.new_empty(xw.shape)  # sigmoid(i, f, o) and tanh(g)
         tcs = xw.new_empty(steps, *h0.shape)  # tanh of the (normalised) cell
-        out = xw.new_empty(steps, *h0.shape)
+        out = xw.new_empty(steps, *h0.shape) if mask is not None else None
         if ln:
             hw_hats = xw.new_empty(xw.shape)
             hw_rstd = xw.new_empty(steps, h0.size(0), 1)
@@ -81,18 +81,20 @@ class FusedLSTMFunction(torch.autograd.Function):
             torch.tanh(pre[:, 2 * hsize : 3 * hsize], out=a[:, 2 * hsize : 3 * hsize])
             i, f, g, o = a.chunk(4, 1)
             gd = g if drop is None else g * drop
-            c_new = torch.addcmul(f * c, i, gd)
+            # Without a mask the new states are written straight into their buffers: each
+            # saved copy is one more kernel launch per step, which is what costs here.
+            c_new = torch.addcmul(f * c, i, gd, out=cs[t + 1] if mask is None else None)
+            tc = tcs[t]
             if ln:
                 c_hat, rstd = _ln(c_new)
                 c_hats[t], c_rstd[t] = c_hat, rstd
-                tc = torch.tanh(torch.addcmul(beta_c, c_hat, gamma_c))
+                torch.tanh(torch.addcmul(beta_c, c_hat, gamma_c), out=tc)
             else:
-                tc = torch.tanh(c_new)
-            tcs[t] = tc
-            h_new = o * tc
+                torch.tanh(c_new, out=tc)
             if mask is None:
-                out[t], hs[t + 1], cs[t + 1] = h_new, h_new, c_new
+                torch.mul(o, tc, out=hs[t + 1])
             else:
+                h_new = o * tc
                 m = mask[t]
                 out[t] = h_new * m
                 hs[t + 1] = torch.lerp(h, h_new, m)
@@ -102,6 +104,8 @@ class FusedLSTMFunction(torch.autograd.Function):
             saved += [hw_hats, hw_rstd, c_hats, c_rstd, gamma_hh, gamma_c]
         ctx.ln = ln
         ctx.save_for_backward(*saved)
+        if mask is None:
+            out = hs[1:].clone()  # one copy for all steps; hs itself is saved for backward
         return out, hs[steps].clone(), cs[steps].clone()
 
     @staticmethod
@@ -118,8 +122,22 @@ class FusedLSTMFunction(torch.autograd.Function):
         d_pre = torch.empty_like(acts)  # dL/d pre_t, which is also dL/d xw_t
         d_hw_hat = torch.empty_like(acts) if ln else None
         dh, dc = grad_h.clone(), grad_c.clone()
+        # The gate derivatives, for all steps at once: dL/d pre_t of gates i, f, g is dL/dc_t
+        # times a factor known from the forward pass, and of gate o dL/dh_t times one. In the
+        # loop each step then needs two multiplications instead of a dozen small kernels.
+        hsize = acts.size(2) // 4
+        a_i, a_f, a_g, a_o = acts.chunk(4, 2)
+        factors = torch.empty_like(acts)
+        f_i, f_f, f_g, f_o = factors.chunk(4, 2)
+        g_drop = a_g if drop is None else a_g * drop
+        i_drop = a_i if drop is None else a_i * drop
+        torch.mul(g_drop, a_i * (1 - a_i), out=f_i)
+        torch.mul(cs[:-1], a_f * (1 - a_f), out=f_f)
+        torch.mul(i_drop, 1 - a_g * a_g, out=f_g)
+        torch.mul(tcs, a_o * (1 - a_o), out=f_o)
+        batch = acts.size(1)
         for t in range(steps - 1, -1, -1):
-            i, f, g, o = acts[t].chunk(4, 1)
+            f, o = a_f[t], a_o[t]
             if mask is None:
                 dh_new, dc_new = dh + grad_out[t], dc
             else:
@@ -127,7 +145,6 @@ class FusedLSTMFunction(torch.autograd.Function):
                 dh_new, dc_new = (dh + grad_out[t]) * m, dc * m
             tc = tcs[t]
             d_tc = dh_new * o
-            d_o = dh_new * tc
             d_pre_tc = d_tc * (1 - tc * tc)  # through tanh
             if ln:
                 d_gamma_c += (d_pre_tc * c_hats[t]).sum(0)
@@ -135,15 +152,13 @@ class FusedLSTMFunction(torch.autograd.Function):
                 dc_new = dc_new + _ln_backward(d_pre_tc * gamma_c, c_hats[t], c_rstd[t])
             else:
                 dc_new = dc_new + d_pre_tc
-            gd = g if drop is None else g * drop
-            d_i = dc_new * gd
-            d_g = dc_new * i if drop is None else dc_new * i * drop
-            d_f = dc_new * cs[t]
             dp = d_pre[t]
-            dp[:, 0 * i.size(1) : 1 * i.size(1)] = d_i * i * (1 - i)
-            dp[:, 1 * i.size(1) : 2 * i.size(1)] = d_f * f * (1 - f)
-            dp[:, 2 * i.size(1) : 3 * i.size(1)] = d_g * (1 - g * g)
-            dp[:, 3 * i.size(1) : 4 * i.size(1)] = d_o * o * (1 - o)
+            torch.mul(
+                dc_new.unsqueeze(1),
+                factors[t, :, : 3 * hsize].view(batch, 3, hsize),
+                out=dp[:, : 3 * hsize].view(batch, 3, hsize),
+            )
+            torch.mul(dh_new, f_o[t], out=dp[:, 3 * hsize :])
             if ln:
                 d_hw_hat[t] = dp * gamma_hh
                 d_hw = _ln_backward(d_hw_hat[t], hw_hats[t], hw_rstd[t])
