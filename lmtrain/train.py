@@ -308,6 +308,13 @@ class Trainer:
     saved_step: int | None = None
     """Step of the newest checkpoint written by this process."""
 
+    def __post_init__(self) -> None:
+        # Built once here, not per step: fit() passes both; a bare Trainer gets the defaults.
+        if self.amp is None:
+            self.amp = Amp(self.device)
+        if self.forward_loss is None:
+            self.forward_loss = distributed.wrap(self.model, None)
+
     def done(self) -> bool:
         p = self.progress
         return p.out_of_time or p.step >= planned_steps(self.cfg.train, len(self.batches))
@@ -341,10 +348,8 @@ class Trainer:
         else:
             state = select_rows(self.state, batch.carry)
         previous_state = self.state
-        amp = Amp(self.device) if self.amp is None else self.amp
-        forward_loss = self.forward_loss
-        if forward_loss is None:
-            forward_loss = distributed.wrap(model, None)
+        amp, forward_loss = self.amp, self.forward_loss
+        assert amp is not None and forward_loss is not None  # set in __post_init__
         with amp.autocast():
             nll, new_state, hidden = forward_loss(inputs, targets, state, batch.lengths)
         # Truncated BPTT: carry the state's value into the next window, not its graph.
