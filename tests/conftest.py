@@ -38,18 +38,23 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_files(tmp_path: Path) -> dict[str, Path]:
-    """train/valid/test files of a tiny English corpus."""
+def write_tiny_files(directory: Path) -> dict[str, Path]:
+    """train/valid/test files of a tiny English corpus in `directory`."""
     files = {}
     for split, text in (
         ("train", TINY_TEXT),
         ("valid", TINY_TEXT[:400]),
         ("test", TINY_TEXT[400:800]),
     ):
-        files[split] = tmp_path / f"{split}.txt"
+        files[split] = directory / f"{split}.txt"
         files[split].write_text(text, encoding="utf-8")
     return files
+
+
+@pytest.fixture
+def tiny_files(tmp_path: Path) -> dict[str, Path]:
+    """train/valid/test files of a tiny English corpus."""
+    return write_tiny_files(tmp_path)
 
 
 def tiny_config(

@@ -27,17 +27,10 @@ OPTIONS = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import TINY_TEXT
+    from conftest import write_tiny_files
 
     tmp = tmp_path_factory.mktemp("adapt")
-    files = {}
-    for split, text in (
-        ("train", TINY_TEXT),
-        ("valid", TINY_TEXT[:400]),
-        ("test", TINY_TEXT[400:800]),
-    ):
-        files[split] = tmp / f"{split}.txt"
-        files[split].write_text(text, encoding="utf-8")
+    files = write_tiny_files(tmp)
     fit(tiny_config(tmp, files, "train.epochs=2"), quiet=True, echo=lambda s: None)
     return tmp / "run"
 

@@ -31,6 +31,18 @@ from lmtrain.models.state import State
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_manual": 1, "lstm": 4, "gru": 3}
 
 
+def add_rnn_parameters(layer: nn.Module, rows: int, input_size: int, hidden_size: int) -> None:
+    """weight_ih (rows, input), weight_hh (rows, H), bias_ih, bias_hh, named and initialised as
+    in nn.RNN/LSTM/GRU: every weight and bias uniform in (-1/sqrt(H), 1/sqrt(H))."""
+    layer.weight_ih = nn.Parameter(torch.empty(rows, input_size))
+    layer.weight_hh = nn.Parameter(torch.empty(rows, hidden_size))
+    layer.bias_ih = nn.Parameter(torch.empty(rows))
+    layer.bias_hh = nn.Parameter(torch.empty(rows))
+    bound = 1 / math.sqrt(hidden_size)
+    for w in (layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh):
+        nn.init.uniform_(w, -bound, bound)
+
+
 def needs_custom_stack(cfg: ModelConfig) -> bool:
     """True when the config asks for something only the hand-built stack can do."""
     return (
@@ -70,14 +82,7 @@ class RecurrentLayer(nn.Module):
         h = cfg.hidden_size
         g = GATES[cfg.cell] * h
         self.hidden_size = h
-        self.weight_ih = nn.Parameter(torch.empty(g, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(g, h))
-        self.bias_ih = nn.Parameter(torch.empty(g))
-        self.bias_hh = nn.Parameter(torch.empty(g))
-        # nn.*'s default: every weight and bias uniform in (-1/sqrt(H), 1/sqrt(H)).
-        bound = 1 / math.sqrt(h)
-        for w in self.parameters():
-            nn.init.uniform_(w, -bound, bound)
+        add_rnn_parameters(self, g, input_size, h)
         self.layer_norm = cfg.layer_norm
         if cfg.layer_norm:
             # Ba et al. 2016, LN-LSTM (their eq. 20-22): the input and recurrent projections are

@@ -16,12 +16,12 @@ skipped step flows straight through to h_{t-1}.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from lmtrain.models.cells import add_rnn_parameters
 from lmtrain.models.state import State
 
 
@@ -91,13 +91,7 @@ class ManualRNNLayer(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
-        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(hidden_size))
-        self.bias_hh = nn.Parameter(torch.empty(hidden_size))
-        bound = 1 / math.sqrt(hidden_size)
-        for w in self.parameters():
-            nn.init.uniform_(w, -bound, bound)
+        add_rnn_parameters(self, hidden_size, input_size, hidden_size)
 
     def forward(
         self, x: torch.Tensor, state: State, mask: torch.Tensor | None
