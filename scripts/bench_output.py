@@ -52,6 +52,18 @@ def main() -> None:
     g = torch.softmax(torch.randn(N, V), dim=1)
     out, gw, gw_hv = torch.empty(N, V), torch.empty(V, H), torch.empty(H, V)
     prod = 2 * N * H * V
+    flat = out.view(-1)
+
+    def slabs(cols: int) -> Callable[[], None]:
+        def run() -> None:
+            for s in range(0, V, cols):
+                k = min(cols, V - s)
+                torch.addmm(
+                    b[s : s + k], x, w[s : s + k].t(), out=flat[s * N : (s + k) * N].view(N, k)
+                )
+
+        return run
+
     group(
         "forward product logits = x W^T + b",
         prod,
@@ -59,6 +71,10 @@ def main() -> None:
             "F.linear, fresh output": lambda: F.linear(x, w, b),
             "addmm into a reused buffer, W (V, H)": lambda: torch.addmm(b, x, w.t(), out=out),
             "addmm into a reused buffer, W (H, V)": lambda: torch.addmm(b, x, w_hv, out=out),
+            "slabs of 512 words": slabs(512),
+            "slabs of 1,024 words": slabs(1024),
+            "slabs of 2,048 words": slabs(2048),
+            "slabs of 4,096 words": slabs(4096),
         },
     )
     group(
@@ -92,10 +108,10 @@ def main() -> None:
         xr.grad = wr.grad = br.grad = None
         F.cross_entropy(F.linear(xr, wr, br), targets, reduction="sum").backward()
 
-    def fused(block_rows: int) -> Callable[[], None]:
+    def fused(block_rows: int, slab: int) -> Callable[[], None]:
         def run() -> None:
             xr.grad = wr.grad = br.grad = None
-            fused_linear_cross_entropy(xr, wr, br, targets, ws, block_rows * V).backward()
+            fused_linear_cross_entropy(xr, wr, br, targets, ws, block_rows * V, slab).backward()
 
         return run
 
@@ -104,8 +120,11 @@ def main() -> None:
         3 * prod,
         {
             "F.linear + F.cross_entropy": plain,
-            "fused, one block of 700 rows": fused(700),
-            "fused, blocks of 175 rows": fused(175),
+            "fused, 700 rows, one slab of all words": fused(700, V),
+            "fused, 700 rows, slabs of 512 words": fused(700, 512),
+            "fused, 700 rows, slabs of 1,024 words": fused(700, 1024),
+            "fused, 700 rows, slabs of 2,048 words": fused(700, 2048),
+            "fused, blocks of 175 rows, slabs of 1,024": fused(175, 1024),
         },
     )
 

@@ -20,8 +20,12 @@ work (so only the ratios, interleaved within one run, mean much):
 - the in-place row softmax is one fused pass; exp_() over the same buffer took 1.3x (up to 4x)
   its time and torch.logsumexp 4.9x, so the loss is recovered from the softmax itself (below).
 - the bias gradient as a matrix-vector product G^T 1 took 0.6x the time of G.sum(0).
-- all together, decoder + loss forward and backward: 0.70x the time of F.linear +
-  F.cross_entropy with one block of 700 rows, but 0.95x with blocks of 175 rows.
+- the forward product cut into slabs of 1,024 words took 0.48x the time of one product over
+  the whole vocabulary (171 against 102 GFLOP/s); the weight-gradient product G^T x already ran
+  at 167 GFLOP/s whole.
+- all together, decoder + loss forward and backward: 0.48x the time of F.linear +
+  F.cross_entropy with slabs of 1,024 words, 0.63x with the whole vocabulary as one slab, and
+  0.53x with blocks of 175 rows instead of 700.
 
 The technique (never materialise more logits than one block, turn them into gradients in place)
 follows "Cut Your Losses in Large-Vocabulary Language Models" (Wijmans et al., 2024) and the
@@ -42,6 +46,12 @@ from torch.autograd.function import once_differentiable
 # in several blocks, so memory stays bounded.
 MAX_BLOCK_ELEMENTS = 1 << 25
 
+# Words per slab. The forward product of a whole block, (700, 200) x (200, 33,278), ran at about
+# 100 GFLOP/s; cut into slabs of 1,024 words (a 2.8 MB block of logits per slab) the same product
+# ran at 165 GFLOP/s, and the softmax of each slab then reads it from cache. 512 measured about
+# the same, 2,048 and more slower (`python scripts/bench_output.py`).
+SLAB_COLUMNS = 1024
+
 
 class Workspace:
     """A logits buffer kept between calls, so that each step reuses the same pages.
@@ -53,12 +63,12 @@ class Workspace:
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
 
-    def get(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-        """A (rows, cols) view of the buffer, reallocated only when it grows or moves."""
+    def get(self, numel: int, like: torch.Tensor) -> torch.Tensor:
+        """The first `numel` elements of the buffer, reallocated only when it grows or moves."""
         b = self.buffer
-        if b is None or b.numel() < rows * cols or b.device != like.device or b.dtype != like.dtype:
-            b = self.buffer = torch.empty(rows * cols, device=like.device, dtype=like.dtype)
-        return b[: rows * cols].view(rows, cols)
+        if b is None or b.numel() < numel or b.device != like.device or b.dtype != like.dtype:
+            b = self.buffer = torch.empty(numel, device=like.device, dtype=like.dtype)
+        return b[:numel]
 
 
 def _block_rows(n: int, vocab: int, max_elements: int) -> int:
@@ -70,6 +80,17 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
     Forward does all the work and keeps only the gradients (N x H, V x H, V), never the logits;
     backward scales them by the incoming gradient of the scalar loss.
+
+    Within a block of rows the vocabulary is cut into slabs of `slab` columns. Each slab's logits
+    z_s are computed, and turned into a softmax over the slab, while they are still in cache; the
+    slab's log-sum-exp lse_s is kept. The row's log-sum-exp over all slabs, lse, combines them,
+    and the true probabilities are p = p_s * f_s with the per-row factor f_s = exp(lse_s - lse).
+    The factor is never applied to the (R, slab) block: it goes on the small operands instead,
+    and the one-hot part of d nll / d z = p - onehot(target) is applied to the gradients directly:
+
+        grad_x = sum_s f_s * (p_s @ W_s)      - W[t]
+        grad_W_s = p_s^T (f_s * x)            - scatter of x into the target rows
+        grad_b_s = p_s^T f_s                  - count of each target
     """
 
     @staticmethod
@@ -81,51 +102,68 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,
         workspace: Workspace,
         max_elements: int,
+        slab: int,
     ) -> torch.Tensor:
         n, vocab = hidden.size(0), weight.size(0)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]  # type: ignore[attr-defined]
-        need_grad = need_x or need_w or need_b
         grad_x = torch.empty_like(hidden) if need_x else None
         grad_w = torch.empty_like(weight) if need_w else None
         grad_b = torch.empty_like(bias) if need_b and bias is not None else None
-        loss = hidden.new_zeros((), dtype=torch.float64)
+        valid = targets != 0
+        mask = valid.to(hidden.dtype)
+        # The target logits straight from their rows of W: N dot products, not a gather from
+        # the logits.
+        target_logit = (hidden * weight[targets]).sum(1)
+        if bias is not None:
+            target_logit += bias[targets]
+        lse = torch.empty(n, dtype=hidden.dtype, device=hidden.device)
+        slabs = [(s, min(slab, vocab - s)) for s in range(0, vocab, slab)]
         rows = _block_rows(n, vocab, max_elements)
         for start in range(0, n, rows):
             x = hidden[start : start + rows]  # (R, H)
-            t = targets[start : start + rows]  # (R,)
             r = x.size(0)
-            logits = workspace.get(r, vocab, hidden)  # (R, V)
-            if bias is None:
-                torch.mm(x, weight.t(), out=logits)
-            else:
-                torch.addmm(bias, x, weight.t(), out=logits)
-            # The loss from the softmax without a separate log-sum-exp pass:
-            # nll = lse - z_t and lse = m - log(p_max), where m is the row maximum and p_max the
-            # largest probability. p_max >= 1/V never underflows, unlike p_t.
-            row_max = logits.amax(dim=1)  # (R,)
-            target_logit = logits.gather(1, t.unsqueeze(1)).squeeze(1)  # (R,)
-            torch.softmax(logits, dim=1, out=logits)  # in place: logits are now p
-            p_max = logits.amax(dim=1)
-            valid = t != 0
-            row_nll = (row_max - p_max.log() - target_logit).double()
-            loss += torch.where(valid, row_nll, 0.0).sum()
-            if not need_grad:
+            flat = workspace.get(r * vocab, hidden)
+            probs = []  # per slab: the (R, k) softmax over the slab, in the workspace
+            slab_lse = hidden.new_empty(len(slabs), r)
+            for i, (s, k) in enumerate(slabs):
+                z = flat[s * r : (s + k) * r].view(r, k)
+                if bias is None:
+                    torch.mm(x, weight[s : s + k].t(), out=z)
+                else:
+                    torch.addmm(bias[s : s + k], x, weight[s : s + k].t(), out=z)
+                # lse_s without a separate log-sum-exp pass: with m the row maximum and p_max
+                # the largest probability, lse_s = m - log(p_max); p_max >= 1/k never underflows.
+                row_max = z.amax(dim=1)
+                torch.softmax(z, dim=1, out=z)
+                torch.sub(row_max, z.amax(dim=1).log_(), out=slab_lse[i])
+                probs.append(z)
+            block_lse = torch.logsumexp(slab_lse, dim=0)
+            lse[start : start + r] = block_lse
+            if grad_x is None and grad_w is None and grad_b is None:
                 continue
-            # d nll / d logits = p - onehot(target). Padding rows must contribute nothing; rather
-            # than a pass over the (R, V) block, the mask goes on the small factors: rows of x
-            # for the weight, rows of the hidden gradient, and the vector summing the bias.
-            logits.scatter_add_(1, t.unsqueeze(1), hidden.new_full((r, 1), -1.0))
-            mask = valid.to(hidden.dtype)  # (R,)
+            factor = slab_lse.sub_(block_lse).exp_().mul_(mask[start : start + r])  # (S, R)
             if grad_x is not None:
-                gx = grad_x[start : start + r]
-                torch.mm(logits, weight, out=gx)
-                gx.mul_(mask.unsqueeze(1))
+                gx = grad_x[start : start + r].zero_()
+                part = torch.empty_like(x)
             # The first block writes the weight and bias gradients, later ones add to them.
             beta = 0.0 if start == 0 else 1.0
-            if grad_w is not None:
-                grad_w.addmm_(logits.t(), x * mask.unsqueeze(1), beta=beta)
-            if grad_b is not None:
-                grad_b.addmv_(logits.t(), mask, beta=beta)
+            for (s, k), p, f in zip(slabs, probs, factor, strict=True):
+                f = f.unsqueeze(1)
+                if grad_x is not None:
+                    torch.mm(p, weight[s : s + k], out=part)
+                    gx.addcmul_(part, f)
+                if grad_w is not None:
+                    grad_w[s : s + k].addmm_(p.t(), x * f, beta=beta)
+                if grad_b is not None:
+                    grad_b[s : s + k].addmv_(p.t(), f.squeeze(1), beta=beta)
+        loss = torch.where(valid, (lse - target_logit).double(), 0.0).sum()
+        # The one-hot part of the gradient, for all rows at once.
+        if grad_x is not None:
+            grad_x.sub_(weight[targets] * mask.unsqueeze(1))
+        if grad_w is not None:
+            grad_w.index_add_(0, targets, hidden * mask.unsqueeze(1), alpha=-1)
+        if grad_b is not None:
+            grad_b.index_add_(0, targets, mask, alpha=-1)
         ctx.grads = (grad_x, grad_w, grad_b)  # type: ignore[attr-defined]
         return loss.to(hidden.dtype)
 
@@ -135,7 +173,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grads = ctx.grads
         del ctx.grads  # let autograd take ownership instead of copying
         scaled = tuple(None if g is None else g.mul_(grad_loss) for g in grads)
-        return (*scaled, None, None, None)
+        return (*scaled, None, None, None, None)
 
 
 def fused_linear_cross_entropy(
@@ -145,11 +183,13 @@ def fused_linear_cross_entropy(
     targets: torch.Tensor,
     workspace: Workspace | None = None,
     max_block_elements: int = MAX_BLOCK_ELEMENTS,
+    slab_columns: int = SLAB_COLUMNS,
 ) -> torch.Tensor:
     """F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=0, reduction="sum").
 
     hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) int64. The same value and
-    gradients, computed `max_block_elements // V` rows at a time in `workspace`.
+    gradients, computed `max_block_elements // V` rows and `slab_columns` words at a time in
+    `workspace`.
     """
     if not torch.is_grad_enabled():
         # Inside torch.no_grad() autograd still reports the inputs' requires_grad to the
@@ -158,7 +198,7 @@ def fused_linear_cross_entropy(
         hidden, weight = hidden.detach(), weight.detach()
         bias = None if bias is None else bias.detach()
     return _FusedLinearCrossEntropy.apply(
-        hidden, weight, bias, targets, workspace or Workspace(), max_block_elements
+        hidden, weight, bias, targets, workspace or Workspace(), max_block_elements, slab_columns
     )
 
 
