@@ -4,7 +4,8 @@
 
 Rows N = 700 (bptt 35 x batch 20), hidden H = 200, vocabulary V = 33,278 (WikiText-2): the
 measurements behind the choices in lmtrain/models/output.py. Each line is the median over rounds
-that call every case of a group in turn, in ms and as a ratio to the group's first line.
+that call every case of a group in turn, in ms and as a ratio to the group's first line. The
+last group is the embedding's gradient: dense (what lmtrain uses) against sparse.
 """
 
 from __future__ import annotations
@@ -126,6 +127,34 @@ def main() -> None:
             "fused, 700 rows, slabs of 2,048 words": fused(700, 2048),
             "fused, blocks of 175 rows, slabs of 1,024": fused(175, 1024),
         },
+    )
+    embedding_gradient()
+
+
+def embedding_gradient() -> None:
+    """Embedding backward, gradient norm and clipping, SGD update: dense against sparse rows."""
+    ids = torch.randint(0, V, (35, 20))
+
+    def step(sparse: bool) -> Callable[[], None]:
+        emb = torch.nn.Embedding(V, H, sparse=sparse)
+        opt = torch.optim.SGD(emb.parameters(), lr=1.0)
+        probe = torch.randn(H)
+
+        def run() -> None:
+            opt.zero_grad(set_to_none=True)
+            (emb(ids) @ probe).sum().backward()
+            # clip_grad_norm_ has no kernel for sparse gradients: the norm of the stored rows.
+            g = emb.weight.grad = emb.weight.grad.coalesce() if sparse else emb.weight.grad
+            norm = (g._values() if sparse else g).norm()
+            g.mul_(torch.clamp(0.25 / (norm + 1e-6), max=1.0))
+            opt.step()
+
+        return run
+
+    group(
+        "embedding gradient (V x H) for 700 ids: backward, norm, clip, SGD step",
+        0,
+        {"dense (nn.Embedding)": step(False), "sparse (nn.Embedding(sparse=True))": step(True)},
     )
 
 
