@@ -7,9 +7,11 @@
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; `init` reads them, so the same command line works
 with one process or many. What changes with several processes:
 
-- `train.batch_size` stays the GLOBAL batch: rank r reads its own block of B / world parallel
-  streams (`shard`), so a step sees exactly the columns one process would see, and DDP's
-  averaged gradients equal the single-process gradient of the global mean loss.
+- `train.batch_size` stays the GLOBAL batch: rank r reads rows r, r + world, ... of it
+  (`shard`): in stream mode B / world of the parallel streams, in sentences mode its share of
+  each batch's sequences. A step sees exactly the rows one process would see, and each rank's
+  loss is weighted so that DDP's averaged gradients equal the single-process gradient of the
+  global mean loss.
 - Logged training losses are summed over ranks token-weighted (one all-reduce per logging
   interval, never per step). Validation is computed exactly, once, on rank 0 and broadcast, so
   every rank agrees on the figure, the plateau schedule and the best checkpoint.
@@ -81,19 +83,29 @@ class DistContext:
             raise DistributedError(f"rank 0 stopped: {box[0][1]}")
         return box[0][1]
 
-    def gather_columns(self, state: State) -> State:
-        """Every rank's (L, B/world, H) state -> the full (L, B, H) state, columns in order."""
-        full = []
-        for s in state:
-            parts = [torch.empty_like(s) for _ in range(self.world)]
-            dist.all_gather(parts, s.contiguous())
-            full.append(torch.cat(parts, dim=1))
-        return tuple(full)
+    def gather_rows(self, state: State | None) -> State | None:
+        """Every rank's carried state -> the global batch's on the host, rows in global order.
 
-    def my_columns(self, state: State) -> State:
-        """This rank's block of a full (L, B, H) state (the inverse of gather_columns)."""
-        b = state[0].size(1) // self.world
-        return tuple(s[:, self.rank * b : (self.rank + 1) * b].contiguous() for s in state)
+        Rank r holds global rows r, r + world, r + 2 world, ... (`shard`), as many as are still
+        running, so a rank's part is (L, ceil((B - r) / world), H) for the B running rows, and
+        None when it has none. Sentence shards have unequal parts, so they travel as objects.
+        """
+        parts = self.gather_objects(None if state is None else tuple(s.cpu() for s in state))
+        present = [p for p in parts if p is not None]
+        if not present:
+            return None
+        rows = sum(p[0].size(1) for p in present)
+        full = tuple(s.new_empty((s.size(0), rows, *s.shape[2:])) for s in present[0])
+        for r, part in enumerate(parts):
+            if part is not None:
+                for f, s in zip(full, part, strict=True):
+                    f[:, r :: self.world] = s
+        return full
+
+    def my_rows(self, state: State) -> State | None:
+        """This rank's rows of a global state (the inverse of gather_rows); None if it has none."""
+        mine = tuple(s[:, self.rank :: self.world].contiguous() for s in state)
+        return mine if mine[0].size(1) > 0 else None
 
     def gather_objects(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world
@@ -175,19 +187,13 @@ def check_batch_size(batch_size: int, ctx: DistContext) -> None:
 def shard(batches: Any, ctx: DistContext) -> Any:
     """This rank's share of a batcher, through its `shard(rank, world)` method.
 
-    Every batcher that supports multi-process training implements `shard(rank, world)`,
-    returning a batcher of the same kind that yields only this rank's part of each global
-    batch, with the same number of batches per epoch on every rank (stream mode: a block of
-    columns; a batch-level batcher such as packed sentences: a slice of each batch's rows).
-    Stream shards hold equal token counts, so each rank's mean loss, averaged by DDP, is the
-    global mean. Row slices of padded sentence batches do not: such a batcher should put the
-    global count in its batches so the step can weight its loss as nll * world / global_tokens.
+    Every batcher implements `shard(rank, world)`, returning
+    a batcher of the same kind that yields only rows rank, rank + world, ... of each global
+    batch, with the same number of batches per epoch on every rank. Stream shards hold equal
+    token counts, so each rank's mean loss, averaged by DDP, is the global mean. Sentence
+    shards do not; their batches carry the global count (`Batch.global_tokens`) and the step
+    weights its loss as nll * world / global_tokens.
     """
-    if not hasattr(batches, "shard"):
-        raise DistributedError(
-            f"{type(batches).__name__} cannot be split over processes yet; train this data.mode "
-            "with one process"
-        )
     return batches.shard(ctx.rank, ctx.world)
 
 

@@ -353,16 +353,26 @@ class Trainer:
         with amp.autocast():
             nll, new_state, hidden = forward_loss(inputs, targets, state, batch.lengths)
         # Truncated BPTT: carry the state's value into the next window, not its graph.
-        self.state = detach_state(new_state)
-        # Mean NLL per predicted token. Under DDP each rank holds an equal share of the tokens
-        # and DDP averages gradients over ranks, which gives the gradient of the global mean.
-        loss = nll / batch.num_tokens
+        # (A placeholder's state is nobody's: the rank's next chunk starts fresh.)
+        self.state = None if batch.placeholder else detach_state(new_state)
+        # Mean NLL per predicted token. DDP averages gradients over ranks, so rank r's loss is
+        # nll_r * world / global tokens, and the average is the gradient of the global mean.
+        # Stream shards hold equal counts, where that is nll_r / num_tokens_r.
+        share = 1.0  # this rank's part of the global batch's tokens, times world
+        if batch.global_tokens is None:
+            loss = nll / batch.num_tokens
+        else:
+            world = 1 if self.dist is None else self.dist.world
+            loss = nll * (world / batch.global_tokens)
+            share = batch.num_tokens * world / batch.global_tokens
         if t.ar_alpha > 0 or t.tar_beta > 0:
             from lmtrain.awd import activation_penalty
 
             assert model.last_output is not None
             mask = targets != 0  # (T, B) real positions
-            loss = loss + activation_penalty(
+            # Each rank's mean penalty, weighted by its token share: AR's global mean exactly;
+            # TAR's (a mean over pairs of positions) up to each rank's pairs-per-token.
+            loss = loss + share * activation_penalty(
                 hidden, model.last_output, mask, t.ar_alpha, t.tar_beta
             )
         # Variable-length BPTT: a window of length L steps with lr * L / bptt (AWD-LSTM).
@@ -410,7 +420,10 @@ class Trainer:
             clock = now
             p.step += 1
             p.batch_in_epoch += 1
-            p.tokens += batch.num_tokens * (1 if self.dist is None else self.dist.world)
+            if batch.global_tokens is not None:
+                p.tokens += batch.global_tokens
+            else:
+                p.tokens += batch.num_tokens * (1 if self.dist is None else self.dist.world)
             if self.skipped:
                 self.note_nonfinite()
             else:
@@ -557,7 +570,7 @@ class Trainer:
             extra["grad_scaler"] = self.amp.state_dict()
         if self.dist is not None:  # collectives: every rank builds the payload
             rng["by_rank"] = self.dist.gather_objects(torch.get_rng_state())
-            state = None if state is None else self.dist.gather_columns(state)
+            state = self.dist.gather_rows(state)
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
@@ -612,7 +625,7 @@ class Trainer:
         carried = payload.get("carried_state")
         self.state = None if carried is None else tuple(s.to(self.device) for s in carried)
         if self.dist is not None and self.state is not None:
-            self.state = self.dist.my_columns(self.state)  # the checkpoint holds the full batch
+            self.state = self.dist.my_rows(self.state)  # the checkpoint holds the full batch
         flatten_rnn_weights(self.model)
 
 
@@ -737,7 +750,7 @@ def _fit(
         f"{n_params:,} parameters, vocabulary {len(corpus.vocab):,} ({corpus.vocab.kind}), "
         f"{corpus.train.numel():,} training tokens, {len(batches)} steps/epoch, device {device}"
         + (f"; resuming at step {start_step}" if payload is not None else "")
-        + (f"; {ctx.world} processes, {batches.batch_size} streams each" if ctx else "")
+        + (f"; {ctx.world} processes, each with {_per_rank(cfg, ctx)}" if ctx else "")
     )
     if corpus.valid is not None and payload is None:
         base = unigram_baseline(corpus.train, corpus.valid, len(corpus.vocab), corpus.vocab.kind)
@@ -762,6 +775,13 @@ def _fit(
         run_dir, trainer.progress, seconds, trainer.progress.tokens - tokens0, trainer.losses,
         is_main=main,
     )  # fmt: skip
+
+
+def _per_rank(cfg: Config, ctx: distributed.DistContext) -> str:
+    b = cfg.train.batch_size // ctx.world
+    if cfg.data.mode == "sentences":
+        return f"{b} of each batch's sequences"
+    return f"{b} streams"
 
 
 def _silent(_: str) -> None:

@@ -8,6 +8,7 @@ possible: the position in the data is just (epoch, index of the next batch).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,17 @@ class Batch:
     """(B,) CPU int64 row lengths for packed sequences; None when every row has length T."""
     carry: torch.Tensor | None = None
     """(B,) rows of the previous batch's final state that start each row here; None = fresh."""
+    global_tokens: int | None = None
+    """Under torchrun, the predicted targets of the whole global batch, when the ranks' shares
+    differ (sentence shards); None when every rank holds num_tokens (stream shards)."""
+    placeholder: bool = False
+    """A rank whose rows of a global batch have all ended runs one padding position, so that
+    every rank steps together; it predicts nothing, and its loss and gradients are exactly 0."""
+
+    @classmethod
+    def empty(cls, global_tokens: int) -> Batch:
+        pad = torch.zeros((1, 1), dtype=torch.long)
+        return cls(pad, pad, 0, global_tokens=global_tokens, placeholder=True)
 
 
 class StreamBatches:
@@ -62,19 +74,18 @@ class StreamBatches:
         return -(-(self.data.size(0) - 1) // self.bptt)
 
     def shard(self, rank: int, world: int) -> StreamBatches:
-        """Process `rank`'s block of B / world columns, for multi-process training.
+        """Process `rank`'s columns rank, rank + world, ... (B / world of them).
 
         Every shard has the same windows (so the same number of batches); the shards' columns
-        side by side are exactly the full batch's.
+        interleaved are exactly the full batch's, which is how `DistContext.gather_rows`
+        reassembles the carried state.
         """
         if self.batch_size % world != 0:
             raise ValueError(f"{self.batch_size} streams do not split over {world} processes")
-        b = self.batch_size // world
-        part = object.__new__(StreamBatches)
-        part.data = self.data[:, rank * b : (rank + 1) * b].contiguous()  # (L, B / world)
-        part.batch_size = b
-        part.bptt = self.bptt
-        part._carry = torch.arange(b)
+        part = copy.copy(self)  # keeps the subclass and its settings (variable BPTT's seed)
+        part.data = self.data[:, rank::world].contiguous()  # (L, B / world)
+        part.batch_size = self.batch_size // world
+        part._carry = torch.arange(part.batch_size)
         return part
 
     @property
@@ -111,6 +122,10 @@ class SentenceBatches:
     sequences (`carry`), sequences that ended drop out, and no state passes from one sequence to
     another. The number of chunks of a batch depends only on its longest sequence, which is the
     same whatever the tie-breaking, so `len()` is the same every epoch.
+
+    Under torchrun (`shard`), every rank draws the same plan and takes rows rank, rank + world,
+    ... of each batch. Rank 0 holds the longest row, so the batch's chunk count is everyone's:
+    a rank whose rows have ended runs placeholder chunks until the batch is done.
     """
 
     def __init__(
@@ -133,12 +148,21 @@ class SentenceBatches:
         self.bptt = bptt
         self.seed = seed
         self.shuffle = shuffle
+        self.rank, self.world = 0, 1
         longest = torch.sort(self.steps, descending=True, stable=True).values
         firsts = longest[::batch_size]  # the longest sequence of each batch
         self._chunks = ((firsts + bptt - 1) // bptt).tolist()  # chunks per batch, by rank
 
     def __len__(self) -> int:
         return sum(self._chunks)
+
+    def shard(self, rank: int, world: int) -> SentenceBatches:
+        """Process `rank`'s rows (rank, rank + world, ...) of every batch, for torchrun."""
+        if self.batch_size % world != 0:
+            raise ValueError(f"{self.batch_size} sequences do not split over {world} processes")
+        part = copy.copy(self)
+        part.rank, part.world = rank, world
+        return part
 
     @property
     def tokens_per_epoch(self) -> int:
@@ -165,12 +189,13 @@ class SentenceBatches:
             if k + n_chunks <= start:
                 k += n_chunks
                 continue
-            rows = groups[rank]
-            steps = self.steps[rows]
-            padded = self._pad(rows, steps)  # (L + 1, B), longest row first
+            every = self.steps[groups[rank]]  # the whole batch, longest first
+            rows = groups[rank][self.rank :: self.world]  # this process's rows
+            steps = every[self.rank :: self.world]
+            padded = self._pad(rows, steps) if rows.numel() else None  # (L + 1, B)
             for c in range(n_chunks):
                 if k >= start:
-                    yield self._chunk(padded, steps, c)
+                    yield self._chunk(padded, steps, c, every)
                 k += 1
 
     def _pad(self, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -186,13 +211,22 @@ class SentenceBatches:
         """The sequence indices of the rows of each chunk, in the order `batches` yields them."""
         groups, order = self._plan(epoch)
         for rank in order:
-            rows, steps = groups[rank], self.steps[groups[rank]]
+            rows = groups[rank][self.rank :: self.world]
+            steps = self.steps[rows]
             for c in range(self._chunks[rank]):
                 yield rows[: int((steps > c * self.bptt).sum())]
 
-    def _chunk(self, padded: torch.Tensor, steps: torch.Tensor, c: int) -> Batch:
+    def _chunk(
+        self, padded: torch.Tensor | None, steps: torch.Tensor, c: int, every: torch.Tensor
+    ) -> Batch:
         lo = c * self.bptt
         live = int((steps > lo).sum())  # rows still running: a prefix, longest first
+        # Under torchrun the ranks' shares differ: the step's loss needs everyone's count.
+        everyone = int((every - lo).clamp(0, self.bptt).sum()) if self.world > 1 else None
+        if live == 0:
+            assert everyone is not None  # one process always has a row in every chunk
+            return Batch.empty(everyone)
+        assert padded is not None
         lengths = (steps[:live] - lo).clamp(max=self.bptt)
         t = int(lengths[0])
         # Past its end a row holds 0: padding inputs are never read (the rows are packed) and
@@ -207,4 +241,5 @@ class SentenceBatches:
             num_tokens=int(lengths.sum()),
             lengths=None if uniform else lengths,
             carry=None if c == 0 else torch.arange(live),
+            global_tokens=everyone,
         )
