@@ -240,7 +240,9 @@ def test_sentences_mode_two_processes_give_the_single_process_losses(sentence_ru
     for step in range(1, steps + 1):
         assert ddp["losses"][step] == pytest.approx(single.losses[step], rel=1e-5), step
     assert ddp["best_val_loss"] == pytest.approx(single.progress.best_val_loss, rel=1e-6)
-    assert "2 processes, each with 2 of each batch's sequences" in sentence_runs["straight"][0].stdout
+    assert (
+        "2 processes, each with 2 of each batch's sequences" in sentence_runs["straight"][0].stdout
+    )
     assert _files(sentence_runs["root"] / "straight" / "rank1") == []
     ckpt = torch.load(
         sentence_runs["root"] / "straight/rank0/run/checkpoints/last.pt", weights_only=True
