@@ -23,20 +23,10 @@ import torch
 
 _EPS = 1e-5
 
-
-def _ln(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(v - mean) * rstd over the last dim, and rstd (B, 1)."""
-    # One fused kernel that also returns the statistics the backward needs, instead of the
-    # four ops of var_mean, rsqrt, subtract and multiply.
-    v_hat, _, rstd = torch.native_layer_norm(v, [v.size(-1)], None, None, _EPS)
-    return v_hat, rstd
-
-
-def _ln_backward(dy_hat: torch.Tensor, v_hat: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    """Gradient through (v - mean) * rstd, given the gradient of its output."""
-    return rstd * (
-        dy_hat - dy_hat.mean(-1, keepdim=True) - v_hat * (dy_hat * v_hat).mean(-1, keepdim=True)
-    )
+# The fused layer-norm input gradient (one kernel, where the formula written out took eight);
+# the gain and bias gradients are summed over all steps at once after the loop instead.
+_ln_backward = torch.ops.aten.native_layer_norm_backward.default
+_INPUT_ONLY = [True, False, False]
 
 
 class FusedLSTMFunction(torch.autograd.Function):
@@ -61,48 +51,57 @@ class FusedLSTMFunction(torch.autograd.Function):
         acts = xw.new_empty(xw.shape)  # sigmoid(i, f, o) and tanh(g)
         tcs = xw.new_empty(steps, *h0.shape)  # tanh of the (normalised) cell
         out = xw.new_empty(steps, *h0.shape) if mask is not None else None
-        if ln:
-            hw_hats = xw.new_empty(xw.shape)
-            hw_rstd = xw.new_empty(steps, h0.size(0), 1)
-            c_hats = xw.new_empty(steps, *h0.shape)
-            c_rstd = xw.new_empty(steps, h0.size(0), 1)
+        # With layer norm, the backward needs each normalised input and its statistics. The
+        # statistics stay in Python lists (one tensor per step, no copy kernel), and the fused
+        # torch.native_layer_norm applies the gain (and the cell's bias) in the same pass.
+        hws = xw.new_empty(xw.shape) if ln else None  # W_hh h_{t-1}, before its layer norm
+        stats: list[tuple[torch.Tensor, ...]] = []  # (mean_hh, rstd_hh, mean_c, rstd_c) per step
         hs[0], cs[0] = h0, c0
         wt = weight_hh.t()
+        pre = torch.empty_like(xw[0])
+        pre_g = pre[:, 2 * hsize : 3 * hsize]
+        # Every per-step view made once, up front (one unbind each instead of T selects).
+        xs, h_l, c_l, a_l, tc_l = (v.unbind(0) for v in (xw, hs, cs, acts, tcs))
+        i_l, f_l, g_l, o_l = (v.unbind(0) for v in acts.chunk(4, 2))
+        hw_l = hws.unbind(0) if ln else None
+        m_l = mask.unbind(0) if mask is not None else None
         for t in range(steps):
-            h, c = hs[t], cs[t]
+            h, c = h_l[t], c_l[t]
             if ln:
-                hw_hat, rstd = _ln(h @ wt)
-                hw_hats[t], hw_rstd[t] = hw_hat, rstd
-                pre = torch.addcmul(xw[t], hw_hat, gamma_hh)
+                hw = torch.mm(h, wt, out=hw_l[t])
+                y, mean_hh, rstd_hh = torch.native_layer_norm(hw, [4 * hsize], gamma_hh, None, _EPS)
+                torch.add(xs[t], y, out=pre)
             else:
-                pre = torch.addmm(xw[t], h, wt)
-            a = acts[t]
-            torch.sigmoid(pre, out=a)
-            torch.tanh(pre[:, 2 * hsize : 3 * hsize], out=a[:, 2 * hsize : 3 * hsize])
-            i, f, g, o = a.chunk(4, 1)
+                torch.addmm(xs[t], h, wt, out=pre)
+            torch.sigmoid(pre, out=a_l[t])
+            g = torch.tanh(pre_g, out=g_l[t])
             gd = g if drop is None else g * drop
             # Without a mask the new states are written straight into their buffers: each
             # saved copy is one more kernel launch per step, which is what costs here.
-            c_new = torch.addcmul(f * c, i, gd, out=cs[t + 1] if mask is None else None)
-            tc = tcs[t]
+            c_new = torch.addcmul(f_l[t] * c, i_l[t], gd, out=c_l[t + 1] if mask is None else None)
+            tc = tc_l[t]
             if ln:
-                c_hat, rstd = _ln(c_new)
-                c_hats[t], c_rstd[t] = c_hat, rstd
-                torch.tanh(torch.addcmul(beta_c, c_hat, gamma_c), out=tc)
+                y, mean_c, rstd_c = torch.native_layer_norm(c_new, [hsize], gamma_c, beta_c, _EPS)
+                torch.tanh(y, out=tc)
+                stats.append((mean_hh, rstd_hh, mean_c, rstd_c))
             else:
                 torch.tanh(c_new, out=tc)
             if mask is None:
-                torch.mul(o, tc, out=hs[t + 1])
+                torch.mul(o_l[t], tc, out=h_l[t + 1])
             else:
-                h_new = o * tc
-                m = mask[t]
+                h_new = o_l[t] * tc
+                m = m_l[t]
                 out[t] = h_new * m
                 hs[t + 1] = torch.lerp(h, h_new, m)
                 cs[t + 1] = torch.lerp(c, c_new, m)
+                if ln:
+                    # The cell's layer norm saw c_new; keep it for the backward.
+                    stats[-1] = (*stats[-1], c_new)
         saved = [hs, cs, acts, tcs, weight_hh, drop, mask]
         if ln:
-            saved += [hw_hats, hw_rstd, c_hats, c_rstd, gamma_hh, gamma_c]
+            saved += [hws, gamma_hh, gamma_c, beta_c]
         ctx.ln = ln
+        ctx.stats = stats
         ctx.save_for_backward(*saved)
         if mask is None:
             out = hs[1:].clone()  # one copy for all steps; hs itself is saved for backward
@@ -113,19 +112,16 @@ class FusedLSTMFunction(torch.autograd.Function):
         ctx: Any, grad_out: torch.Tensor, grad_h: torch.Tensor, grad_c: torch.Tensor
     ) -> tuple[Any, ...]:
         hs, cs, acts, tcs, weight_hh, drop, mask, *ln_saved = ctx.saved_tensors
-        ln = ctx.ln
-        if ln:
-            hw_hats, hw_rstd, c_hats, c_rstd, gamma_hh, gamma_c = ln_saved
-            d_gamma_c = torch.zeros_like(gamma_c)
-            d_beta_c = torch.zeros_like(gamma_c)
+        ln, stats = ctx.ln, ctx.stats
         steps = acts.size(0)
-        d_pre = torch.empty_like(acts)  # dL/d pre_t, which is also dL/d xw_t
-        d_hw_hat = torch.empty_like(acts) if ln else None
-        dh, dc = grad_h.clone(), grad_c.clone()
-        # The gate derivatives, for all steps at once: dL/d pre_t of gates i, f, g is dL/dc_t
-        # times a factor known from the forward pass, and of gate o dL/dh_t times one. In the
-        # loop each step then needs two multiplications instead of a dozen small kernels.
         hsize = acts.size(2) // 4
+        batch = acts.size(1)
+        d_pre = torch.empty_like(acts)  # dL/d pre_t, which is also dL/d xw_t
+        dh, dc = grad_h, grad_c
+        # The gate derivatives, for all steps at once: dL/d pre_t of gates i, f, g is dL/dc_t
+        # times a factor known from the forward pass, and of gate o dL/dh_t times one; dL/d of
+        # the cell's tanh input is dL/dh_t times o (1 - tanh^2). In the loop each step then
+        # needs a few multiplications instead of a dozen small kernels.
         a_i, a_f, a_g, a_o = acts.chunk(4, 2)
         factors = torch.empty_like(acts)
         f_i, f_f, f_g, f_o = factors.chunk(4, 2)
@@ -135,47 +131,76 @@ class FusedLSTMFunction(torch.autograd.Function):
         torch.mul(cs[:-1], a_f * (1 - a_f), out=f_f)
         torch.mul(i_drop, 1 - a_g * a_g, out=f_g)
         torch.mul(tcs, a_o * (1 - a_o), out=f_o)
-        batch = acts.size(1)
+        f_tc = a_o * (1 - tcs * tcs)  # (T, B, H)
+        if ln:
+            hws, gamma_hh, gamma_c, beta_c = ln_saved
+            d_tc_in = torch.empty_like(tcs)  # dL/d(LN(c_t) gamma_c + beta_c), for their grads
+        # Without a mask two additions per step fold into the products that precede them:
+        # dL/dh_{t-1} = grad_out[t-1] + d_hw W (one addmm), and dL/dc_{t-1} = its own term +
+        # dL/dc_t f_t (one addcmul); dc_next, f_next hold dL/dc_t and f_t until then.
+        if mask is None:
+            dh_new = grad_h + grad_out[steps - 1]
+            dc_next, f_next = grad_c, None
+        # Per-step views made once (one unbind each instead of T selects per use).
+        go_l, ftc_l, fo_l, af_l, c_l = (v.unbind(0) for v in (grad_out, f_tc, f_o, a_f, cs))
+        fac3_l = factors[:, :, : 3 * hsize].view(steps, batch, 3, hsize).unbind(0)
+        dp3_l = d_pre[:, :, : 3 * hsize].view(steps, batch, 3, hsize).unbind(0)
+        dpo_l, dp_l = d_pre[:, :, 3 * hsize :].unbind(0), d_pre.unbind(0)
+        m_l = mask.unbind(0) if mask is not None else None
+        if ln:
+            dtc_l, hw_l = d_tc_in.unbind(0), hws.unbind(0)
+        d_recs = []  # dL/d(W_hh h_{t-1}), newest step first
         for t in range(steps - 1, -1, -1):
-            f, o = a_f[t], a_o[t]
-            if mask is None:
-                dh_new, dc_new = dh + grad_out[t], dc
-            else:
-                m = mask[t]
-                dh_new, dc_new = (dh + grad_out[t]) * m, dc * m
-            tc = tcs[t]
-            d_tc = dh_new * o
-            d_pre_tc = d_tc * (1 - tc * tc)  # through tanh
+            if mask is not None:
+                m = m_l[t]
+                dh_new = (dh + go_l[t]) * m
+                dc_next, f_next = dc * m, None
             if ln:
-                d_gamma_c += (d_pre_tc * c_hats[t]).sum(0)
-                d_beta_c += d_pre_tc.sum(0)
-                dc_new = dc_new + _ln_backward(d_pre_tc * gamma_c, c_hats[t], c_rstd[t])
+                mean_hh, rstd_hh, mean_c, rstd_c, *c_in = stats[t]
+                d_y = torch.mul(dh_new, ftc_l[t], out=dtc_l[t])
+                c_t = c_in[0] if c_in else c_l[t + 1]
+                dc_new = _ln_backward(
+                    d_y, c_t, [hsize], mean_c, rstd_c, gamma_c, beta_c, _INPUT_ONLY
+                )[0]
+                if f_next is None:
+                    dc_new.add_(dc_next)
+                else:
+                    dc_new.addcmul_(dc_next, f_next)
             else:
-                dc_new = dc_new + d_pre_tc
-            dp = d_pre[t]
-            torch.mul(
-                dc_new.unsqueeze(1),
-                factors[t, :, : 3 * hsize].view(batch, 3, hsize),
-                out=dp[:, : 3 * hsize].view(batch, 3, hsize),
-            )
-            torch.mul(dh_new, f_o[t], out=dp[:, 3 * hsize :])
+                later = dc_next if f_next is None else dc_next * f_next
+                dc_new = torch.addcmul(later, dh_new, ftc_l[t])
+            torch.mul(dc_new.unsqueeze(1), fac3_l[t], out=dp3_l[t])
+            torch.mul(dh_new, fo_l[t], out=dpo_l[t])
+            dp = dp_l[t]
             if ln:
-                d_hw_hat[t] = dp * gamma_hh
-                d_hw = _ln_backward(d_hw_hat[t], hw_hats[t], hw_rstd[t])
+                d_hw = _ln_backward(
+                    dp, hw_l[t], [4 * hsize], mean_hh, rstd_hh, gamma_hh, None, _INPUT_ONLY
+                )[0]
+                d_recs.append(d_hw)
             else:
                 d_hw = dp
-            dh_prev = d_hw @ weight_hh
-            dc_prev = dc_new * f
-            if mask is not None:
-                dh_prev = dh_prev + dh * (1 - m)
-                dc_prev = dc_prev + dc * (1 - m)
-            dh, dc = dh_prev, dc_prev
-            if ln:
-                d_hw_hat[t] = d_hw  # reuse the buffer: now dL/d(W_hh h_{t-1})
-        flat = (steps * acts.size(1), -1)
-        d_rec = d_hw_hat if ln else d_pre  # dL/d(W_hh h_{t-1}) for every t
+            if mask is None:
+                later_h = go_l[t - 1] if t > 0 else None
+                dh_new = (
+                    d_hw @ weight_hh if later_h is None else torch.addmm(later_h, d_hw, weight_hh)
+                )
+                dc_next, f_next = dc_new, af_l[t]
+            else:
+                dh = torch.addcmul(d_hw @ weight_hh, dh, 1 - m)
+                dc = torch.addcmul(dc_new * af_l[t], dc, 1 - m)
+        if mask is None:
+            dh, dc = dh_new, dc_next * f_next
+        flat = (steps * batch, -1)
+        d_rec = torch.stack(d_recs[::-1]) if ln else d_pre
         d_weight = d_rec.reshape(flat).t() @ hs[:-1].reshape(flat)
-        d_gamma_hh = (d_pre * hw_hats).sum((0, 1)) if ln else None
         if not ln:
             return d_pre, dh, dc, d_weight, None, None, None, None, None
+        # The gains' and bias's gradients over all steps at once, from the normalised inputs.
+        mean_hh, rstd_hh, mean_c, rstd_c = (torch.stack([s[k] for s in stats]) for k in range(4))
+        hw_hat = (hws - mean_hh) * rstd_hh
+        c_in = torch.stack([s[4] for s in stats]) if mask is not None else cs[1:]
+        c_hat = (c_in - mean_c) * rstd_c
+        d_gamma_hh = (d_pre * hw_hat).sum((0, 1))
+        d_gamma_c = (d_tc_in * c_hat).sum((0, 1))
+        d_beta_c = d_tc_in.sum((0, 1))
         return d_pre, dh, dc, d_weight, d_gamma_hh, d_gamma_c, d_beta_c, None, None
