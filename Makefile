@@ -48,6 +48,12 @@ bench: install
 	$(PY) scripts/bench_cells.py
 	$(PY) scripts/bench_output.py
 
+## bench-quality: time for the WikiText-2 CPU recipe to reach the classic loop's one-epoch
+## validation perplexity (scripts/classic_epoch.json), against that epoch's time; ~5 minutes
+.PHONY: bench-quality
+bench-quality: install
+	$(PY) scripts/bench_quality.py
+
 ## reproduce-quick: rerun the CPU recipes on a short budget; exit 1 on a quality regression
 .PHONY: reproduce-quick
 reproduce-quick: install

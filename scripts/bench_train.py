@@ -41,10 +41,12 @@ ROUNDS = 7
 DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
 
 
-def config(corpus: str, tokenizer: str, model: dict, train: dict) -> Config:
+def config(
+    corpus: str, tokenizer: str, model: dict, train: dict, valid: str | None = None
+) -> Config:
     return config_from_dict(
         {
-            "data": {"train": str(corpus), "valid": None, "test": None, "tokenizer": tokenizer},
+            "data": {"train": str(corpus), "valid": valid, "test": None, "tokenizer": tokenizer},
             "model": model,
             "train": {"device": "cpu", "log_every": 50, **train},
             "run": {"dir": "/nonexistent-bench-run", "tensorboard": False, "sample_tokens": 0},
@@ -150,6 +152,7 @@ def classic_loop(batches: StreamBatches, vocab: int, lr: float, clip: float):
             opt.step()
         return time.perf_counter() - start
 
+    run.model = model  # type: ignore[attr-defined]  # for scripts/bench_quality.py's evaluation
     return run
 
 
