@@ -26,7 +26,6 @@ _EPS = 1e-5
 # The fused layer-norm input gradient (one kernel, where the formula written out took eight);
 # the gain and bias gradients are summed over all steps at once after the loop instead.
 _ln_backward = torch.ops.aten.native_layer_norm_backward.default
-_INPUT_ONLY = [True, False, False]
 
 
 class FusedLSTMFunction(torch.autograd.Function):
@@ -134,7 +133,11 @@ class FusedLSTMFunction(torch.autograd.Function):
         f_tc = a_o * (1 - tcs * tcs)  # (T, B, H)
         if ln:
             hws, gamma_hh, gamma_c, beta_c = ln_saved
-            d_tc_in = torch.empty_like(tcs)  # dL/d(LN(c_t) gamma_c + beta_c), for their grads
+            # The fused backward kernels also give each step's gain and bias gradients (summed
+            # over the batch in the same pass); they are added up after the loop.
+            want_hh = [True, gamma_hh.requires_grad, False]
+            want_c = [True, gamma_c.requires_grad, beta_c.requires_grad]
+            d_gains: list[tuple[torch.Tensor | None, ...]] = []
         # Without a mask two additions per step fold into the products that precede them:
         # dL/dh_{t-1} = grad_out[t-1] + d_hw W (one addmm), and dL/dc_{t-1} = its own term +
         # dL/dc_t f_t (one addcmul); dc_next, f_next hold dL/dc_t and f_t until then.
@@ -148,7 +151,7 @@ class FusedLSTMFunction(torch.autograd.Function):
         dpo_l, dp_l = d_pre[:, :, 3 * hsize :].unbind(0), d_pre.unbind(0)
         m_l = mask.unbind(0) if mask is not None else None
         if ln:
-            dtc_l, hw_l = d_tc_in.unbind(0), hws.unbind(0)
+            hw_l = hws.unbind(0)
         d_recs = []  # dL/d(W_hh h_{t-1}), newest step first
         for t in range(steps - 1, -1, -1):
             if mask is not None:
@@ -157,11 +160,11 @@ class FusedLSTMFunction(torch.autograd.Function):
                 dc_next, f_next = dc * m, None
             if ln:
                 mean_hh, rstd_hh, mean_c, rstd_c, *c_in = stats[t]
-                d_y = torch.mul(dh_new, ftc_l[t], out=dtc_l[t])
+                d_y = dh_new * ftc_l[t]
                 c_t = c_in[0] if c_in else c_l[t + 1]
-                dc_new = _ln_backward(
-                    d_y, c_t, [hsize], mean_c, rstd_c, gamma_c, beta_c, _INPUT_ONLY
-                )[0]
+                dc_new, d_gamma_c, d_beta_c = _ln_backward(
+                    d_y, c_t, [hsize], mean_c, rstd_c, gamma_c, beta_c, want_c
+                )
                 if f_next is None:
                     dc_new.add_(dc_next)
                 else:
@@ -173,10 +176,11 @@ class FusedLSTMFunction(torch.autograd.Function):
             torch.mul(dh_new, fo_l[t], out=dpo_l[t])
             dp = dp_l[t]
             if ln:
-                d_hw = _ln_backward(
-                    dp, hw_l[t], [4 * hsize], mean_hh, rstd_hh, gamma_hh, None, _INPUT_ONLY
-                )[0]
+                d_hw, d_gamma_hh, _ = _ln_backward(
+                    dp, hw_l[t], [4 * hsize], mean_hh, rstd_hh, gamma_hh, None, want_hh
+                )
                 d_recs.append(d_hw)
+                d_gains.append((d_gamma_hh, d_gamma_c, d_beta_c))
             else:
                 d_hw = dp
             if mask is None:
@@ -195,12 +199,8 @@ class FusedLSTMFunction(torch.autograd.Function):
         d_weight = d_rec.reshape(flat).t() @ hs[:-1].reshape(flat)
         if not ln:
             return d_pre, dh, dc, d_weight, None, None, None, None, None
-        # The gains' and bias's gradients over all steps at once, from the normalised inputs.
-        mean_hh, rstd_hh, mean_c, rstd_c = (torch.stack([s[k] for s in stats]) for k in range(4))
-        hw_hat = (hws - mean_hh) * rstd_hh
-        c_in = torch.stack([s[4] for s in stats]) if mask is not None else cs[1:]
-        c_hat = (c_in - mean_c) * rstd_c
-        d_gamma_hh = (d_pre * hw_hat).sum((0, 1))
-        d_gamma_c = (d_tc_in * c_hat).sum((0, 1))
-        d_beta_c = d_tc_in.sum((0, 1))
+        d_gamma_hh, d_gamma_c, d_beta_c = (
+            torch.stack(parts).sum(0) if parts[0] is not None else None
+            for parts in zip(*d_gains, strict=True)
+        )
         return d_pre, dh, dc, d_weight, d_gamma_hh, d_gamma_c, d_beta_c, None, None
