@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go: the GPU tests, then the GPU benchmark.
+# Everything that needs a GPU, in one go: the GPU tests, the GPU training benchmark, then the
+# recurrent cells (layer-norm LSTM against cuDNN nn.LSTM; the script adds a GPU table).
 #   scripts/gpu_check.sh            (from the repository root; uses .venv if present)
 # Needs the WikiText-2 corpus under $LMTRAIN_DATA (default ../shared/data).
 set -euo pipefail
@@ -11,3 +12,4 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 "$PY" -c 'import torch; print("torch", torch.__version__, "| cuda available:", torch.cuda.is_available(), "| GPUs:", torch.cuda.device_count(), "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")'
 "$PY" -m pytest -q -rs tests/test_gpu.py
 "$PY" scripts/bench_gpu.py "$@"
+"$PY" scripts/bench_cells.py
