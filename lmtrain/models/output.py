@@ -183,14 +183,17 @@ def fused_linear_cross_entropy(
     targets: torch.Tensor,
     workspace: Workspace | None = None,
     max_block_elements: int = MAX_BLOCK_ELEMENTS,
-    slab_columns: int = SLAB_COLUMNS,
+    slab_columns: int | None = None,
 ) -> torch.Tensor:
     """F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=0, reduction="sum").
 
     hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) int64. The same value and
     gradients, computed `max_block_elements // V` rows and `slab_columns` words at a time in
-    `workspace`.
+    `workspace`. Slabs are a CPU cache measure: by default SLAB_COLUMNS on the CPU and the
+    whole vocabulary elsewhere, where each slab would cost a handful of kernel launches.
     """
+    if slab_columns is None:
+        slab_columns = SLAB_COLUMNS if hidden.device.type == "cpu" else weight.size(0)
     if not torch.is_grad_enabled():
         # Inside torch.no_grad() autograd still reports the inputs' requires_grad to the
         # Function; detached inputs tell it that no gradient is wanted, so evaluation runs the
