@@ -104,15 +104,23 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+def _corpus(
+    factory: pytest.TempPathFactory, name: str, text: str, valid_chars: int
+) -> tuple[Path, Path]:
+    """A fresh root folder with data/train.txt (the text) and data/valid.txt (its start)."""
+    torch.set_num_threads(1)
+    root = factory.mktemp(name)
+    data = root / "data"
+    data.mkdir()
+    (data / "train.txt").write_text(text, encoding="utf-8")
+    (data / "valid.txt").write_text(text[:valid_chars], encoding="utf-8")
+    return root, data
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """One process, 2 processes straight through, and 2 processes stopped at 10 and resumed."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("dist")
-    data = root / "data"
-    data.mkdir()
-    (data / "train.txt").write_text(TINY_TEXT, encoding="utf-8")
-    (data / "valid.txt").write_text(TINY_TEXT[:600], encoding="utf-8")
+    root, data = _corpus(tmp_path_factory, "dist", TINY_TEXT, 600)
     raw = _raw(data)
 
     single_raw = json.loads(json.dumps(raw))
@@ -190,12 +198,7 @@ SENTENCE_STOP = 11  # mid-batch: the checkpoint carries a state
 @pytest.fixture(scope="module")
 def sentence_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Sentences mode: one process, 2 processes for a whole epoch, and 2 stopped and resumed."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("dist-sentences")
-    data = root / "data"
-    data.mkdir()
-    (data / "train.txt").write_text(_sentence_text(), encoding="utf-8")
-    (data / "valid.txt").write_text(_sentence_text()[:300], encoding="utf-8")
+    root, data = _corpus(tmp_path_factory, "dist-sentences", _sentence_text(), 300)
 
     def raw(**train: object) -> dict:
         r = _raw(
