@@ -41,9 +41,9 @@ from torch.autograd.function import once_differentiable
 
 # Largest logits block, in elements (128 MB of fp32). A block this size still fits the rows of a
 # reference batch (35 x 20 rows x 33,278 words = 23M) in one piece, which measured fastest: the
-# big products run at full speed only with many rows, and blocks of 175 rows (to stay in cache)
-# took 1.35x the time of one block of 700 (`python scripts/bench_output.py`). Bigger batches go
-# in several blocks, so memory stays bounded.
+# big products run at full speed only with many rows, and blocks of 175 rows took 1.07x the time
+# of one block of 700 (both in slabs of 1,024 words; `python scripts/bench_output.py`). Bigger
+# batches go in several blocks, so memory stays bounded.
 MAX_BLOCK_ELEMENTS = 1 << 25
 
 # Words per slab. The forward product of a whole block, (700, 200) x (200, 33,278), ran at about
