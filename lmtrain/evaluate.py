@@ -92,14 +92,21 @@ def stream_nll(
 
 
 def unigram_baseline(
-    train: torch.Tensor, ids: torch.Tensor, vocab_size: int, kind: str
+    train: torch.Tensor,
+    ids: torch.Tensor,
+    vocab_size: int,
+    kind: str,
+    targets: torch.Tensor | None = None,
 ) -> EvalResult:
     """The figure of a model that ignores context: training-split token frequencies (add-one
-    smoothed) scored on `ids`. A trained model should beat it by a wide margin."""
+    smoothed) scored on the tokens the model's evaluation predicts. A trained model should beat
+    it by a wide margin. `targets`: those tokens; by default ids[1:], as the stream evaluation
+    predicts every token after the first (sentences mode passes its own)."""
     counts = torch.bincount(train, minlength=vocab_size).double() + 1.0
     counts[0] = 0.0  # <pad> is never predicted
     logp = (counts / counts.sum()).log()
-    targets = ids[1:]
+    if targets is None:
+        targets = ids[1:]
     return EvalResult(nll=float(-logp[targets].sum()), tokens=targets.numel(), kind=kind)
 
 

@@ -753,7 +753,13 @@ def _fit(
         + (f"; {ctx.world} processes, each with {_per_rank(cfg, ctx)}" if ctx else "")
     )
     if corpus.valid is not None and payload is None:
-        base = unigram_baseline(corpus.train, corpus.valid, len(corpus.vocab), corpus.vocab.kind)
+        predicted = None  # stream mode: every token after the first
+        if cfg.data.mode == "sentences":  # every token of every sequence, end markers included
+            sequences = split_sequences(corpus.valid, corpus.vocab, cfg.data.documents)
+            predicted = torch.cat([s[1:] for s in sequences] or [corpus.valid[:0]])
+        base = unigram_baseline(
+            corpus.train, corpus.valid, len(corpus.vocab), corpus.vocab.kind, predicted
+        )
         trainer.logger.message(f"unigram baseline on validation: {base.summary()}")
     for note in amp.notes:
         trainer.logger.message(note)

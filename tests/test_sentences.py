@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,29 @@ def test_max_length_truncates_training_sequences(tmp_path, tiny_files) -> None:
     result = fit(cfg, quiet=True, echo=lambda _: None)
     lines = [line for line in tiny_files["train"].read_text().splitlines() if line.strip()]
     assert result.train_tokens == sum(min(len(line.split()) + 1, 4) for line in lines)
+
+
+@pytest.mark.parametrize("mode", ["stream", "sentences"])
+def test_unigram_baseline_scores_the_tokens_the_evaluation_predicts(
+    tmp_path, tiny_files, mode: str
+) -> None:
+    # Sentences mode predicts every token of the split (the first word after its start marker);
+    # stream mode every token after the first. The baseline line must count the same tokens.
+    lines: list[str] = []
+    cfg = _sentences_config(
+        tmp_path, tiny_files, f"data.mode={mode}", "train.max_steps=2", "train.eval_every=2"
+    )
+    fit(cfg, quiet=True, echo=lines.append)
+    # "unigram baseline on validation: ... | 123 tokens", then "step 2 | ... | 123 tokens | ..."
+    counts = [
+        int(n) for line in lines for n in re.findall(r"\| (\d+) tokens", line.replace(",", ""))
+    ]
+    baseline, evaluation = counts[0], counts[1]
+    valid = tiny_files["valid"].read_text().split()
+    lines_in_valid = len([x for x in tiny_files["valid"].read_text().splitlines() if x.strip()])
+    expected = len(valid) + lines_in_valid  # words plus one end marker per line
+    assert evaluation == (expected if mode == "sentences" else expected - 1)
+    assert baseline == evaluation
 
 
 def test_eval_and_score_cli(tmp_path, tiny_files, cli) -> None:
