@@ -8,6 +8,7 @@ decides *when*.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -503,19 +504,24 @@ class Trainer:
             self.losses[step] = n / k
         self._pending.clear()
 
+    @functools.cached_property
+    def valid_sequences(self) -> list[torch.Tensor]:
+        """The validation split as sentences-mode sequences, split once per run.
+
+        Whole sequences, never cut to data.max_length: the figure measures the text.
+        """
+        assert self.corpus.valid is not None
+        return split_sequences(self.corpus.valid, self.corpus.vocab, self.cfg.data.documents)
+
     def evaluate(self) -> EvalResult | None:
         if self.corpus.valid is None:
             return None
 
         def run() -> EvalResult:
             if self.cfg.data.mode == "sentences":
-                # Whole sequences, never cut to data.max_length: the figure measures the text.
-                sequences = split_sequences(
-                    self.corpus.valid, self.corpus.vocab, self.cfg.data.documents
-                )
                 return evaluate_sentences(
-                    self.model, sequences, self.corpus.vocab.kind, self.corpus.valid_oov,
-                    self.cfg.train.batch_size,
+                    self.model, self.valid_sequences, self.corpus.vocab.kind,
+                    self.corpus.valid_oov, self.cfg.train.batch_size,
                 )  # fmt: skip
             return evaluate_ids(
                 self.model, self.corpus.valid, self.corpus.vocab.kind, self.corpus.valid_oov
@@ -755,8 +761,7 @@ def _fit(
     if corpus.valid is not None and payload is None:
         predicted = None  # stream mode: every token after the first
         if cfg.data.mode == "sentences":  # every token of every sequence, end markers included
-            sequences = split_sequences(corpus.valid, corpus.vocab, cfg.data.documents)
-            predicted = torch.cat([s[1:] for s in sequences] or [corpus.valid[:0]])
+            predicted = torch.cat([s[1:] for s in trainer.valid_sequences] or [corpus.valid[:0]])
         base = unigram_baseline(
             corpus.train, corpus.valid, len(corpus.vocab), corpus.vocab.kind, predicted
         )

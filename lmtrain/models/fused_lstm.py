@@ -50,7 +50,7 @@ class FusedLSTMFunction(torch.autograd.Function):
         acts = xw.new_empty(xw.shape)  # sigmoid(i, f, o) and tanh(g)
         tcs = xw.new_empty(steps, *h0.shape)  # tanh of the (normalised) cell
         out = xw.new_empty(steps, *h0.shape) if mask is not None else None
-        # With layer norm, the backward needs each normalised input and its statistics. The
+        # With layer norm, the backward needs each layer norm's input and its statistics. The
         # statistics stay in Python lists (one tensor per step, no copy kernel), and the fused
         # torch.native_layer_norm applies the gain (and the cell's bias) in the same pass.
         hws = xw.new_empty(xw.shape) if ln else None  # W_hh h_{t-1}, before its layer norm

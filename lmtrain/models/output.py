@@ -112,8 +112,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         valid = targets != 0
         mask = valid.to(hidden.dtype)
         # The target logits straight from their rows of W: N dot products, not a gather from
-        # the logits.
-        target_logit = (hidden * weight[targets]).sum(1)
+        # the logits. The same rows give the one-hot part of the hidden-state gradient.
+        target_rows = weight[targets]  # (N, H)
+        target_logit = (hidden * target_rows).sum(1)
         if bias is not None:
             target_logit += bias[targets]
         lse = torch.empty(n, dtype=hidden.dtype, device=hidden.device)
@@ -159,7 +160,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         loss = torch.where(valid, (lse - target_logit).double(), 0.0).sum()
         # The one-hot part of the gradient, for all rows at once.
         if grad_x is not None:
-            grad_x.sub_(weight[targets] * mask.unsqueeze(1))
+            grad_x.sub_(target_rows * mask.unsqueeze(1))
         if grad_w is not None:
             grad_w.index_add_(0, targets, hidden * mask.unsqueeze(1), alpha=-1)
         if grad_b is not None:
