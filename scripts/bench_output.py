@@ -145,7 +145,7 @@ def embedding_gradient() -> None:
             (emb(ids) @ probe).sum().backward()
             # clip_grad_norm_ has no kernel for sparse gradients: the norm of the stored rows.
             g = emb.weight.grad = emb.weight.grad.coalesce() if sparse else emb.weight.grad
-            norm = (g._values() if sparse else g).norm()
+            norm = (g.values() if sparse else g).norm()
             g.mul_(torch.clamp(0.25 / (norm + 1e-6), max=1.0))
             opt.step()
 

@@ -171,6 +171,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record-classic", action="store_true")
     args = parser.parse_args()
+    wt2 = bench_train.DATA / "wikitext-2"
+    if not (wt2 / "train.txt").exists() or not (wt2 / "valid.txt").exists():
+        print(
+            f"missing {wt2}/train.txt or valid.txt: set LMTRAIN_DATA to the folder of shared corpora"
+        )
+        return 2
     os.environ.setdefault("LMTRAIN_DATA", str(bench_train.DATA))
     configure_threads(None)
     return record_classic() if args.record_classic else recipe_against_record()
