@@ -57,10 +57,6 @@ class Amp:
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         return cls(device, dtype, scaler, [f"mixed precision: {precision} autocast"])
 
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Context for the forward pass and the loss (never for backward or the optimiser)."""
         if self.dtype is None:
