@@ -18,10 +18,12 @@ import difflib
 import functools
 import inspect
 import math
+import os
 import re
 import reprlib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -29,6 +31,13 @@ from typing import Any, Literal, Union
 import yaml
 
 from lmtrain.errors import ConfigError
+from lmtrain.files import (
+    NotRegularFileError,
+    UnsetVariableError,
+    expand_user,
+    expand_vars,
+    read_bounded,
+)
 
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual"]
 Init = Literal["default", "orthogonal", "identity"]
@@ -176,7 +185,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RunConfig:
     dir: str = "runs/default"
-    """Run directory: resolved config, checkpoints and TensorBoard events go here."""
+    """Run directory for the resolved config, checkpoints and events; `~` and `${VAR}` expand."""
     sample_tokens: int = 200
     """Tokens of text generated and logged at each evaluation (0 = none)."""
     sample_prompt: str = ""
@@ -185,6 +194,8 @@ class RunConfig:
     """Write TensorBoard event files under run.dir/tb."""
     keep_last: int = 2
     """Also keep numbered checkpoints (checkpoints/step-NNNNNNNN.pt) of the N newest saves; 0 = none."""
+    loggers: list[str] = field(default_factory=list)
+    """Experiment trackers that also get every logged point: wandb, mlflow (packages not included)."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +218,14 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 # Range and cross-field checks. Each returns (dotted key, message) pairs.
+
+# Bounds beyond which a value cannot run, or cannot mean what it says.
+# Every integer is a 64-bit count, size or seed somewhere (torch sizes, generators, counters).
+MAX_INT = 2**63 - 1
+MAX_SEED = MAX_INT
+MAX_THREADS = 1024
+MAX_DIST_TIMEOUT = 7 * 24 * 3600
+MAX_SAMPLE_TOKENS = 100_000
 
 
 def _check_ranges(cfg: Config) -> list[str]:
@@ -239,7 +258,17 @@ def _check_ranges(cfg: Config) -> list[str]:
             x < y for x, y in zip(a.cutoffs, a.cutoffs[1:], strict=False)
         )
         need(ok, "model.adaptive_softmax.cutoffs", f"must be increasing ids >= 1, got {a.cutoffs}")
-        need(a.div_value > 0, "model.adaptive_softmax.div_value", f"must be > 0, got {a.div_value}")
+        need(
+            a.div_value >= 1,
+            "model.adaptive_softmax.div_value",
+            f"must be >= 1 (each tail cluster is this many times narrower), got {a.div_value}",
+        )
+        need(
+            _tail_widths(m.hidden_size, a) is not None,
+            "model.adaptive_softmax.div_value",
+            f"{a.div_value} ** {len(a.cutoffs)} (one power per tail cluster) overflows; "
+            "use a smaller div_value",
+        )
         if m.tie_weights:
             p.append(
                 "model.tie_weights: cannot tie the embedding to an adaptive softmax; set "
@@ -263,12 +292,35 @@ def _check_ranges(cfg: Config) -> list[str]:
         need(v is None or v > 0, f"train.{name}", f"must be > 0 or null, got {v}")
     need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
-    need(t.dist_timeout >= 1, "train.dist_timeout", f"must be >= 1, got {t.dist_timeout}")
+    known_loggers = ("wandb", "mlflow")
+    for name in r.loggers:
+        need(
+            name in known_loggers,
+            "run.loggers",
+            f"{name!r} is not one of {', '.join(known_loggers)}",
+        )
+    need(len(set(r.loggers)) == len(r.loggers), "run.loggers", f"lists a logger twice: {r.loggers}")
+    need(
+        1 <= t.dist_timeout <= MAX_DIST_TIMEOUT,
+        "train.dist_timeout",
+        f"must be in [1, {MAX_DIST_TIMEOUT}] seconds, got {t.dist_timeout}",
+    )
+    need(
+        0 <= t.seed <= MAX_SEED,
+        "train.seed",
+        f"must be in [0, 2**63 - 1] (the range torch's generators take), got {_show(t.seed)}",
+    )
     need(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
     need(
         t.num_threads is None or t.num_threads >= 1,
         "train.num_threads",
         f"must be >= 1 or null, got {t.num_threads}",
+    )
+    need(
+        t.num_threads is None or t.num_threads <= MAX_THREADS,
+        "train.num_threads",
+        f"must be at most {MAX_THREADS} (torch would try to start that many threads), "
+        f"got {t.num_threads}",
     )
     need(0.0 <= m.weight_drop < 1.0, "model.weight_drop", f"must be in [0, 1), got {m.weight_drop}")
     custom = [
@@ -313,9 +365,30 @@ def _check_ranges(cfg: Config) -> list[str]:
     if t.schedule == "plateau" and cfg.data.valid is None:
         p.append("train.schedule: 'plateau' needs validation data; set data.valid")
     need(bool(r.dir.strip()), "run.dir", "must not be empty")
-    need(r.sample_tokens >= 0, "run.sample_tokens", f"must be >= 0, got {r.sample_tokens}")
+    for key, path in (
+        ("data.train", d.train),
+        ("data.valid", d.valid),
+        ("data.test", d.test),
+        ("model.pretrained_embeddings", m.pretrained_embeddings),
+        ("run.dir", r.dir),
+    ):
+        need(path is None or "\0" not in path, key, "must not contain a NUL character")
+    need(
+        0 <= r.sample_tokens <= MAX_SAMPLE_TOKENS,
+        "run.sample_tokens",
+        f"must be in [0, {MAX_SAMPLE_TOKENS:,}], got {r.sample_tokens}",
+    )
     need(r.keep_last >= 0, "run.keep_last", f"must be >= 0, got {r.keep_last}")
     return p
+
+
+def _tail_widths(hidden_size: int, a: AdaptiveSoftmaxConfig) -> list[int] | None:
+    """Projection width of each adaptive-softmax tail cluster, as torch computes it; None if
+    a power of div_value overflows (torch would fail building the layer)."""
+    try:
+        return [int(hidden_size // a.div_value ** (i + 1)) for i in range(len(a.cutoffs))]
+    except OverflowError:
+        return None
 
 
 def _check_recurrent_options(m: ModelConfig) -> list[str]:
@@ -419,6 +492,9 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             result = value
         elif isinstance(value, float) and value.is_integer():
             result = int(value)
+        if result is not bad and not -MAX_INT <= result <= MAX_INT:
+            problems.append(f"{key}: {_show(value)} is out of range (at most 2**63 - 1)")
+            return None
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
@@ -513,9 +589,71 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+# A config holds about a hundred values. Anchors and aliases are allowed (`test: *valid`), but
+# what they expand to is counted: a 1 KB "billion laughs" of nested aliases would otherwise expand
+# into a structure far larger than memory when the sections are copied and converted.
+MAX_YAML_VALUES = 10_000
+# A config is a few KB of YAML; a file much larger than this is not one (or not the right one).
+CONFIG_MAX_BYTES = 1024 * 1024
+
+
+class _TooManyValues(Exception):
+    """The YAML, with its aliases expanded, holds more than MAX_YAML_VALUES values."""
+
+
+def _expanded_size(node: yaml.Node) -> int:
+    """Values in `node` once every alias is expanded, counting up to just past the limit.
+
+    Shared nodes (what an alias points at) are sized once, so this is linear in the document
+    even when the expansion is exponential. A node inside itself expands without end.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in open_nodes:
+            raise _TooManyValues("an alias refers to a node that contains it")
+        open_nodes.add(id(n))
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            children = n.value
+        elif isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        else:
+            children = []
+        for child in children:
+            total = min(total + size(child), MAX_YAML_VALUES + 1)
+        open_nodes.discard(id(n))
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
+
+
+def _load_yaml(text: str) -> Any:
+    """Parse one YAML document strictly; _TooManyValues when its aliases expand too far."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node) > MAX_YAML_VALUES:
+            raise _TooManyValues(
+                f"its anchors and aliases expand to more than {MAX_YAML_VALUES:,} values "
+                "(a config has about a hundred); write the values out instead of nesting aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _parse_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return _load_yaml(text)
+    except _TooManyValues as e:
+        raise ConfigError([f"refused: {e}"], source) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML: {e}".replace("\n", " ")], source) from None
     except RecursionError:
@@ -533,8 +671,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[st
             problems.append(f"override {item!r}: expected KEY=VALUE such as train.lr=0.5")
             continue
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
+            value = _load_yaml(text) if text.strip() else ""
+        except _TooManyValues as e:
+            problems.append(f"override {_show(item)}: refused: {e}")
+            continue
+        except (yaml.YAMLError, RecursionError, ValueError):
             value = text  # not YAML: take it as a plain string, the schema decides
         *parents, leaf = key.split(".")
         node = raw
@@ -549,9 +690,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[st
 
 
 def config_from_dict(
-    raw: Any, overrides: list[str] | None = None, source: str = "config"
+    raw: Any,
+    overrides: list[str] | None = None,
+    source: str = "config",
+    expand_paths: bool = False,
+    checks: Callable[[Config], list[str]] | None = None,
 ) -> Config:
-    """Build and validate a Config from a plain mapping plus dotted overrides."""
+    """Build and validate a Config from a plain mapping plus dotted overrides.
+
+    `expand_paths` expands `~` and `${VAR}` in run.dir, as a config a person wrote needs
+    (load_config sets it). The result keeps the expanded directory, so the config saved in the
+    run works later without the variable; a saved config is already expanded and is rebuilt
+    as it is. Data paths keep their `${VAR}` so that a saved config stays portable; they are
+    expanded when read. `checks` adds problems found outside the schema (files, device,
+    memory), so that `lmtrain validate` reports them in the same list.
+    """
     problems: list[str] = []
     if raw is None:
         raw = {}
@@ -568,33 +721,280 @@ def config_from_dict(
             raw[name] = {}  # an empty section (`train:` with nothing under it) means defaults
     apply_overrides(raw, overrides or [], problems)
     cfg = _build(Config, raw, "", problems)
+    if expand_paths:
+        cfg = _expand_run_dir(cfg, problems)
     # Range checks run on the values that converted; a key already reported is not re-reported.
     reported = {p.split(":", 1)[0] for p in problems}
     problems += [p for p in _check_ranges(cfg) if p.split(":", 1)[0] not in reported]
+    if checks is not None:
+        reported = {p.split(":", 1)[0] for p in problems}
+        problems += [p for p in checks(cfg) if p.split(":", 1)[0] not in reported]
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def _expand_run_dir(cfg: Config, problems: list[str]) -> Config:
+    """`cfg` with `~` and `${VAR}` expanded in run.dir (an unset variable is a problem) and in
+    the data paths where their variables are set (see expand_path_if_set)."""
+    try:
+        expanded = expand_user(expand_vars(cfg.run.dir))
+    except UnsetVariableError as e:
+        problems.append(
+            f"run.dir: {cfg.run.dir!r} uses ${{{e.name}}}, which is not set; "
+            f"export {e.name}=... or write the directory out"
+        )
+        return cfg
+    except ValueError as e:
+        problems.append(f"run.dir: {e}")
+        return cfg
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=expanded))
+    d = cfg.data
+    data = dataclasses.replace(
+        d, train=expand_path_if_set(d.train), valid=_maybe(d.valid), test=_maybe(d.test)
+    )
+    vectors = _maybe(cfg.model.pretrained_embeddings)
+    return dataclasses.replace(
+        cfg, data=data, model=dataclasses.replace(cfg.model, pretrained_embeddings=vectors)
+    )
+
+
+def expand_path_if_set(spec: str) -> str:
+    """A data path with `~` and `${VAR}` expanded when every variable is set, else unchanged.
+
+    The run's saved config then names the files themselves, so `lmtrain eval RUN` reads
+    data.test later without the variable; an unset one is left for the read to report, naming
+    the file, as it did before (a config whose data.test is never read still trains).
+    """
+    try:
+        return expand_user(expand_vars(spec))
+    except (UnsetVariableError, ValueError):
+        return spec
+
+
+def _maybe(spec: str | None) -> str | None:
+    return None if spec is None else expand_path_if_set(spec)
 
 
 def _deep_copy_dicts(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy_dicts(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config file, apply dotted overrides and validate everything at once."""
+def load_config(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    checks: Callable[[Config], list[str]] | None = None,
+) -> Config:
+    """Read a YAML config file, apply dotted overrides and validate everything at once.
+
+    `~` and `${VAR}` in run.dir are expanded; `checks` as in config_from_dict.
+    """
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data, more = read_bounded(path, CONFIG_MAX_BYTES)
     except FileNotFoundError:
         raise ConfigError(["file not found; check the path"], source) from None
     except IsADirectoryError:
         raise ConfigError(["is a directory; give a YAML file"], source) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"not UTF-8 text (byte offset {e.start})"], source) from None
+    except NotRegularFileError as e:
+        raise ConfigError([e.advice], source) from None
     except OSError as e:
         raise ConfigError([f"cannot read: {e.strerror}"], source) from None
-    return config_from_dict(_parse_yaml(text, source), overrides, source)
+    if more:
+        raise ConfigError(
+            [
+                f"larger than {CONFIG_MAX_BYTES // 1024} KB; a config is a few KB of YAML "
+                "(is this the right file?)"
+            ],
+            source,
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text (byte offset {e.start})"], source) from None
+    return config_from_dict(_parse_yaml(text, source), overrides, source, True, checks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory estimate: refuse a model that cannot fit before anything is built.
+
+_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_manual": 1, "gru": 3, "lstm": 4}
+
+
+def _optimizer_slots(t: TrainConfig) -> int:
+    """Tensors of the parameters' size the optimiser keeps."""
+    if t.optimizer in ("adam", "adamw"):
+        return 2  # first and second moments
+    if t.optimizer == "rmsprop":
+        return 1 + (t.momentum > 0)
+    if t.optimizer == "ntasgd":
+        return 1  # the running average, once averaging starts
+    return int(t.momentum > 0)  # sgd's momentum buffer
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A lower bound on what one training step holds in memory (fp32 weights)."""
+
+    parameters: int
+    state_bytes: int
+    """Weights, gradients and optimiser state."""
+    activation_bytes: int
+    """Activations kept for the backward pass of one step, logits included."""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.state_bytes + self.activation_bytes
+
+
+def estimate_memory(cfg: Config, vocab_size: int, world_size: int = 1) -> MemoryEstimate:
+    """Memory a training step of `cfg` needs at least, from the config alone.
+
+    Counted: embedding, recurrent and decoder parameters with their gradients and optimiser
+    slots, and per token of the step the embedding, each layer's gates and state, and the
+    logits with their gradient. Workspace, caches and allocator slack are not, so a model this
+    estimate refuses can never fit, while one it accepts may still be tight.
+    """
+    m, t = cfg.model, cfg.train
+    gates = _GATES[m.cell]
+    embedding = vocab_size * m.embedding_dim
+    # Layer 0 reads the embedding, the others the layer below; each has two bias vectors.
+    h = m.hidden_size
+    recurrent = gates * h * (m.embedding_dim + h + 2) + (m.num_layers - 1) * gates * h * (2 * h + 2)
+    cutoffs = m.adaptive_softmax.cutoffs
+    if cutoffs:
+        head = cutoffs[0] + len(cutoffs)  # the frequent words and one entry per tail cluster
+        bounds = [*cutoffs, max(vocab_size, cutoffs[-1] + 1)]
+        decoder = m.hidden_size * head
+        widths = _tail_widths(m.hidden_size, m.adaptive_softmax) or [0] * len(cutoffs)
+        for i, width in enumerate(widths):
+            decoder += width * (m.hidden_size + bounds[i + 1] - bounds[i])
+        logits = head
+    else:
+        decoder = vocab_size + (0 if m.tie_weights else m.hidden_size * vocab_size)
+        logits = vocab_size
+    parameters = embedding + recurrent + decoder
+    slots = _optimizer_slots(t)
+    trained = parameters - (embedding if m.freeze_embeddings else 0)
+    state = 4 * (parameters + trained * (1 + slots))
+    tokens = t.batch_size * t.bptt // max(world_size, 1)
+    per_token = m.embedding_dim + m.num_layers * (gates + 1) * m.hidden_size + 2 * logits
+    activations = tokens * per_token * (4 if t.precision == "fp32" else 2)
+    return MemoryEstimate(parameters, state, activations)
+
+
+_SIZE_KEYS = (
+    ("model", "embedding_dim"),
+    ("model", "hidden_size"),
+    ("model", "num_layers"),
+    ("train", "batch_size"),
+    ("train", "bptt"),
+)
+
+
+def _key_to_lower(cfg: Config, vocab_size: int, world_size: int) -> str:
+    """The size key whose default would shrink the estimate most: the one to name."""
+    best, best_total = "data.max_size", estimate_memory(cfg, vocab_size, world_size).total_bytes
+    for section, name in _SIZE_KEYS:
+        part = getattr(cfg, section)
+        default = getattr(type(part)(), name)
+        if getattr(part, name) <= default:
+            continue
+        smaller = dataclasses.replace(
+            cfg, **{section: dataclasses.replace(part, **{name: default})}
+        )
+        total = estimate_memory(smaller, vocab_size, world_size).total_bytes
+        if total < best_total:
+            best, best_total = f"{section}.{name}", total
+    return best
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _physical_memory() -> int:
+    """RAM this process may use: physical memory, or a lower cgroup (container) limit."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            total = min(total, int(Path(limit_file).read_text().strip()))
+    return total
+
+
+def memory_available(device: object = "cpu") -> tuple[int, str]:
+    """(bytes, description) of the memory that holds the model on `device`.
+
+    `device` is a torch.device or its spec ("cpu", "cuda:1", "auto"); a GPU's total memory
+    when one is named (or "auto" finds one), otherwise this machine's RAM.
+    """
+    spec = str(device)
+    if spec == "auto" or spec.startswith("cuda"):
+        import torch  # only here: loading a config must not pay for torch
+
+        if torch.cuda.is_available():
+            index = int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device()
+            if index < torch.cuda.device_count():
+                props = torch.cuda.get_device_properties(index)
+                return props.total_memory, f"cuda:{index} ({props.name}) has " + _format_bytes(
+                    props.total_memory
+                )
+    ram = _physical_memory()
+    return ram, f"this machine has {_format_bytes(ram)} of RAM"
+
+
+def resource_problems(
+    cfg: Config, vocab_size: int | None = None, device: object = None, world_size: int | None = None
+) -> list[str]:
+    """Problems (one line each) when `cfg` cannot train within the memory of `device`.
+
+    Before the data is read `vocab_size` is unknown (None): the smallest vocabulary the config
+    allows is assumed, so only what is certain is refused. `device` defaults to train.device;
+    `world_size` to WORLD_SIZE, which torchrun sets (each process holds its share of the batch).
+    """
+    m = cfg.model
+    if world_size is None:
+        world_size = 1
+        with contextlib.suppress(ValueError):
+            world_size = max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    if vocab_size is None:
+        vocab_size = max([2, *(c + 1 for c in m.adaptive_softmax.cutoffs)])
+        vocabulary = f"the smallest vocabulary the config allows ({vocab_size:,})"
+    else:
+        vocabulary = f"a vocabulary of {vocab_size:,}"
+    est = estimate_memory(cfg, vocab_size, world_size)
+    available, where = memory_available(cfg.train.device if device is None else device)
+    if est.total_bytes <= available:
+        return []
+    key = _key_to_lower(cfg, vocab_size, world_size)
+    todo = (
+        "limit the vocabulary with data.max_size or data.min_freq"
+        if key == "data.max_size"
+        else f"lower {key}"
+    )
+    return [
+        f"{key}: training this model needs at least {_format_bytes(est.total_bytes)} "
+        f"({est.parameters:,} parameters: {_format_bytes(est.state_bytes)} for weights, "
+        f"gradients and {cfg.train.optimizer} state; {_format_bytes(est.activation_bytes)} of "
+        f"activations for a step of {cfg.train.batch_size} x {cfg.train.bptt} tokens with "
+        f"{vocabulary}), but {where}; {todo}"
+    ]
+
+
+def check_resources(
+    cfg: Config, vocab_size: int | None = None, device: object = None, world_size: int | None = None
+) -> None:
+    """ConfigError naming the key to lower when `cfg` clearly cannot fit in memory.
+
+    Called before anything is built (vocab_size None) and again once the vocabulary is known.
+    """
+    if problems := resource_problems(cfg, vocab_size, device, world_size):
+        raise ConfigError(problems, "config")
 
 
 def describe() -> str:

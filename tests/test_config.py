@@ -120,3 +120,91 @@ def test_empty_section_means_defaults(tmp_path: Path) -> None:
     path.write_text("train:\nmodel:\n  cell: gru\n")
     cfg = load_config(path)
     assert cfg.train == Config().train and cfg.model.cell == "gru"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model.cell=gru", "model.num_layers=3"],
+        ["model.cell=rnn_tanh", "model.tie_weights=true", "model.embedding_dim=256"],
+        ["model.cell=rnn_manual", "model.num_layers=1"],
+        ["model.adaptive_softmax.cutoffs=[20, 200]", "model.adaptive_softmax.div_value=2.0"],
+    ],
+    ids=["lstm", "gru-3", "tied-rnn", "manual", "adaptive"],
+)
+def test_memory_estimate_counts_the_parameters_the_model_has(overrides: list[str]) -> None:
+    from lmtrain.config import estimate_memory
+    from lmtrain.models import build_model
+
+    cfg = config_from_dict({}, overrides)
+    model = build_model(cfg.model, 1000)
+    estimate = estimate_memory(cfg, 1000)
+    assert estimate.parameters == sum(p.numel() for p in model.parameters())
+    # adam keeps two slots: weights, gradients and both slots at 4 bytes each.
+    assert estimate.state_bytes == 16 * estimate.parameters
+
+
+def test_integers_must_fit_in_64_bits() -> None:
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({}, ["train.max_steps=9223372036854775808", "train.log_every=1.0e+19"])
+    assert "train.max_steps: 9223372036854775808 is out of range (at most 2**63 - 1)" in str(
+        e.value
+    )
+    assert "train.log_every: 1e+19 is out of range" in str(e.value)
+    assert (
+        config_from_dict({}, ["train.max_steps=9223372036854775807"]).train.max_steps == 2**63 - 1
+    )
+
+
+def test_run_dir_expands_when_a_file_is_loaded_not_when_a_saved_config_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LMTRAIN_TEST_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  dir: ${LMTRAIN_TEST_DIR}/a\ndata:\n  train: ${LMTRAIN_TEST_DIR}/t\n")
+    cfg = load_config(path)
+    assert cfg.run.dir == str(tmp_path / "runs" / "a")
+    # Data paths expand too where their variables are set (the saved config names the files);
+    # an unset one is kept, for the read to report with the file's name.
+    assert cfg.data.train == str(tmp_path / "runs" / "t")
+    monkeypatch.delenv("LMTRAIN_TEST_DIR")
+    path.write_text("data:\n  train: ${LMTRAIN_TEST_DIR}/t\n")
+    assert load_config(path).data.train == "${LMTRAIN_TEST_DIR}/t"
+    assert load_config(path, ["run.dir=~/x"]).run.dir == str(tmp_path / "home" / "x")
+    assert config_from_dict({"run": {"dir": "${UNSET_IN_A_SAVED_CONFIG}"}}).run.dir == (
+        "${UNSET_IN_A_SAVED_CONFIG}"
+    )
+
+
+def test_aliases_are_allowed_up_to_a_bound(tmp_path: Path) -> None:
+    from lmtrain.config import MAX_YAML_VALUES
+
+    items = ", ".join(["1"] * 99)
+    path = tmp_path / "c.yaml"
+    # With the mapping, keys and lists: 1 + 2 + 100 + (1 + 98 x 100) = 9,904 values, in bounds.
+    path.write_text(f"x: &a [{items}]\ny: [{', '.join(['*a'] * 98)}]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "x: unknown key" in str(e.value)
+    path.write_text(f"x: &a [{items}, 1]\ny: [{', '.join(['*a'] * 101)}]\n")
+    with pytest.raises(ConfigError, match=f"expand to more than {MAX_YAML_VALUES:,} values"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("key", ["data.train", "run.dir", "model.pretrained_embeddings"])
+def test_paths_with_a_nul_character_are_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: must not contain a NUL character"):
+        config_from_dict({}, [f'{key}="a\\0b"'])
+
+
+def test_a_div_value_whose_powers_overflow_is_refused() -> None:
+    overrides = ["model.adaptive_softmax.cutoffs=[5, 10]", "model.adaptive_softmax.div_value=1e200"]
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({}, overrides)
+    assert (
+        "model.adaptive_softmax.div_value: 1e+200 ** 2 (one power per tail cluster) overflows"
+        in (str(e.value))
+    )
+    assert config_from_dict({}, [*overrides[:1], "model.adaptive_softmax.div_value=1e100"])

@@ -9,16 +9,20 @@ split defaults to the role the spec is used for (data.train -> train, data.valid
 A one-file corpus such as Tiny Shakespeare is split the same way by naming the split after the
 path: `input.txt:train`, `input.txt:valid`, `input.txt:test` (90 / 5 / 5 %, cut at paragraphs).
 Paths may hold `${VAR}` environment variables (`${LMTRAIN_DATA}/wikitext-2/train.txt`), so a
-shipped config works wherever the corpora live.
+shipped config works wherever the corpora live, and may start with `~`. Only regular files are
+read: a pipe or a device is refused before a byte is read.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from lmtrain import files
 from lmtrain.errors import DataError
+
+if TYPE_CHECKING:
+    from lmtrain.config import Config
 
 BUILTIN_PREFIX = "builtin:"
 SPLITS = ("train", "valid", "test")
@@ -53,28 +57,22 @@ def _split_paragraphs(text: str, split: str) -> str:
     return text[cuts[i] : cuts[i + 1]]
 
 
-_VAR = re.compile(r"\$\{(\w+)\}")
-
-
 def expand_vars(spec: str, key: str = "data path") -> str:
-    """`spec` with every `${VAR}` replaced by the environment variable; unset = DataError."""
-
-    def sub(m: re.Match[str]) -> str:
-        value = os.environ.get(m.group(1))
-        if value is None:
-            hint = (
-                " (the directory holding wikitext-2/ and tinyshakespeare/, e.g. "
-                "LMTRAIN_DATA=data after scripts/download_data.sh)"
-                if m.group(1) == "LMTRAIN_DATA"
-                else ""
-            )
-            raise DataError(
-                f"{key} {spec!r} uses ${{{m.group(1)}}}, which is not set; "
-                f"export {m.group(1)}=...{hint}"
-            )
-        return value
-
-    return _VAR.sub(sub, spec)
+    """`spec` with every `${VAR}` replaced and a leading `~` expanded; unset = DataError."""
+    try:
+        return files.expand_user(files.expand_vars(spec))
+    except files.UnsetVariableError as e:
+        hint = (
+            " (the directory holding wikitext-2/ and tinyshakespeare/, e.g. "
+            "LMTRAIN_DATA=data after scripts/download_data.sh)"
+            if e.name == "LMTRAIN_DATA"
+            else ""
+        )
+        raise DataError(
+            f"{key} {spec!r} uses ${{{e.name}}}, which is not set; export {e.name}=...{hint}"
+        ) from None
+    except ValueError as e:
+        raise DataError(f"{key} {spec!r}: {e}") from None
 
 
 def split_file_spec(spec: str) -> tuple[str, str | None]:
@@ -89,6 +87,20 @@ def is_builtin(spec: str) -> bool:
     return spec.startswith(BUILTIN_PREFIX)
 
 
+def _builtin(spec: str, role: str) -> tuple[str, str]:
+    """(name, split) of a `builtin:NAME[:SPLIT]` spec; DataError for an unknown name or split."""
+    name, _, split = spec[len(BUILTIN_PREFIX) :].partition(":")
+    split = split or role
+    if name not in BUILTINS:
+        raise DataError(
+            f"unknown built-in corpus {spec!r}; available: "
+            + ", ".join(BUILTIN_PREFIX + n for n in BUILTINS)
+        )
+    if split not in SPLITS:
+        raise DataError(f"{spec!r}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return name, split
+
+
 def read_text(spec: str, role: str = "train", errors: str = "strict") -> str:
     """The text named by `spec` (a path or builtin corpus), decoded as UTF-8.
 
@@ -96,32 +108,72 @@ def read_text(spec: str, role: str = "train", errors: str = "strict") -> str:
     turns undecodable bytes into U+FFFD instead of failing.
     """
     if is_builtin(spec):
-        name, _, split = spec[len(BUILTIN_PREFIX) :].partition(":")
-        split = split or role
-        if name not in BUILTINS:
-            raise DataError(
-                f"unknown built-in corpus {spec!r}; available: "
-                + ", ".join(BUILTIN_PREFIX + n for n in BUILTINS)
-            )
-        if split not in SPLITS:
-            raise DataError(f"{spec!r}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        name, split = _builtin(spec, role)
         return _split_paragraphs(BUILTINS[name](), split)
     path, split = split_file_spec(expand_vars(spec))
-    text = read_file(Path(path), errors)
+    text = read_file(Path(path), errors, max_bytes=None)
     return text if split is None else _split_paragraphs(text, split)
 
 
-def read_file(path: Path, errors: str = "strict") -> str:
+def check_inputs(cfg: Config) -> list[str]:
+    """A problem line for each data or vectors file of `cfg` that cannot be read.
+
+    Each file is opened and at most one byte read, so that existence, type (no pipes or
+    devices), permission and emptiness are checked as training will find them, without
+    reading a corpus.
+    """
+    d = cfg.data
+    inputs = [("data.train", d.train, "train"), ("data.valid", d.valid, "valid")]
+    inputs += [("data.test", d.test, "test")]
+    inputs += [("model.pretrained_embeddings", cfg.model.pretrained_embeddings, "")]
+    problems: list[str] = []
+    for key, spec, role in inputs:
+        if spec is None:
+            continue
+        try:
+            if role and is_builtin(spec):
+                _builtin(spec, role)
+                continue
+            path = expand_vars(spec, key)
+        except DataError as e:
+            problems.append(str(e) if str(e).startswith(key) else f"{key}: {e}")
+            continue
+        if role:
+            path = split_file_spec(path)[0]
+        if (why := files.check_readable(Path(path))) is not None:
+            problems.append(f"{key}: {path}: {why}")
+    return problems
+
+
+# `lmtrain score --file` reads sentences a person wrote; more than this is surely the wrong file.
+TEXT_FILE_MAX_BYTES = 16 * 1024 * 1024
+
+
+def read_file(
+    path: Path, errors: str = "strict", max_bytes: int | None = TEXT_FILE_MAX_BYTES
+) -> str:
+    """The UTF-8 text of a regular file of at most `max_bytes` (None: no limit, for corpora).
+
+    Pipes, devices and sockets are refused before anything is read: a FIFO would hang and
+    /dev/zero would be read until memory runs out.
+    """
     try:
-        raw = path.read_bytes()
+        raw, more = files.read_bounded(path, max_bytes)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; check the path in your config") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory; give the path of a text file") from None
     except PermissionError:
         raise DataError(f"{path}: permission denied; make the file readable") from None
+    except files.NotRegularFileError as e:
+        raise DataError(f"{path}: {e.advice}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if more:
+        raise DataError(
+            f"{path}: larger than {max_bytes // (1024 * 1024)} MB; this input takes a short "
+            "text file (give a smaller file, or split it)"
+        )
     if b"\x00" in raw[:65536]:
         raise DataError(
             f"{path}: looks like a binary file (it contains NUL bytes); give a UTF-8 text file"

@@ -28,9 +28,25 @@ from lmtrain.config import ModelConfig
 from lmtrain.data.corpus import expand_vars
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import DataError
+from lmtrain.files import NotRegularFileError, open_regular
 
 FORMATS = ("glove", "word2vec_text", "word2vec_binary")
 _HEADER = re.compile(rb"\s*(\d+)\s+(\d+)\s*")
+# Released vectors have at most a few thousand dimensions; a larger header is a damaged file, and
+# reading one vector of it would allocate that much memory at once.
+MAX_DIM = 100_000
+_MAX_HEADER = 256
+
+
+def _header(line: bytes, path: Path, what: str) -> tuple[int, int]:
+    """(count, dim) from a word2vec header line; DataError when it is missing or absurd."""
+    m = _HEADER.fullmatch(line)
+    if m is None:
+        raise DataError(f"{path}: {what} needs a first line 'COUNT DIM'")
+    count, dim = int(m.group(1)), int(m.group(2))
+    if not 1 <= dim <= MAX_DIM:
+        raise DataError(f"{path}: the header says {dim} dimensions; expected 1 to {MAX_DIM:,}")
+    return count, dim
 
 
 @dataclass
@@ -46,10 +62,10 @@ class Vectors:
 def detect_format(path: Path) -> str:
     """glove, word2vec_text or word2vec_binary, from the file's first two lines."""
     with _open(path) as f:
-        first = f.readline()
+        first = f.readline(_MAX_HEADER)
         if _HEADER.fullmatch(first) is None:
             return "glove"
-        dim = int(_HEADER.fullmatch(first).group(2))  # type: ignore[union-attr]
+        dim = _header(first, path, "word2vec")[1]
         second = f.read(64 * (dim + 1) + 4096).split(b"\n", 1)[0]
     try:
         parts = second.decode("utf-8").rstrip().split(" ")
@@ -72,14 +88,17 @@ def read_vectors(path: Path, wanted: set[str] | None = None, fmt: str = "auto") 
 
 
 def _open(path: Path) -> BinaryIO:
+    """The vectors file opened for reading; a pipe or device is refused before any read."""
     try:
-        return path.open("rb")
+        return open_regular(path)
     except FileNotFoundError:
         raise DataError(
             f"{path}: vectors file not found; check model.pretrained_embeddings"
         ) from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory; give the path of a vectors file") from None
+    except NotRegularFileError as e:
+        raise DataError(f"{path}: {e.advice}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read the vectors file ({e.strerror})") from None
 
@@ -88,10 +107,7 @@ def _read_text(f: BinaryIO, path: Path, wanted: set[str] | None, header: bool) -
     fmt = "word2vec_text" if header else "glove"
     dim = None
     if header:
-        m = _HEADER.fullmatch(f.readline())
-        if m is None:
-            raise DataError(f"{path}: word2vec text needs a first line 'COUNT DIM'")
-        dim = int(m.group(2))
+        dim = _header(f.readline(_MAX_HEADER), path, "word2vec text")[1]
     found: dict[str, torch.Tensor] = {}
     total = 0
     for lineno, raw in enumerate(f, 2 if header else 1):
@@ -126,10 +142,7 @@ def _read_text(f: BinaryIO, path: Path, wanted: set[str] | None, header: bool) -
 
 
 def _read_binary(f: BinaryIO, path: Path, wanted: set[str] | None) -> Vectors:
-    m = _HEADER.fullmatch(f.readline())
-    if m is None:
-        raise DataError(f"{path}: word2vec binary needs a first line 'COUNT DIM'")
-    count, dim = int(m.group(1)), int(m.group(2))
+    count, dim = _header(f.readline(_MAX_HEADER), path, "word2vec binary")
     size = 4 * dim
     found: dict[str, torch.Tensor] = {}
     for i in range(count):

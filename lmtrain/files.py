@@ -1,0 +1,141 @@
+"""Opening input files safely: regular files only, and bounded reads where a size is implied.
+
+A named pipe, a character device such as /dev/zero or a socket given where lmtrain expects a file
+would otherwise hang (a FIFO with no writer) or be read until memory runs out (/dev/zero). Every
+input (config, data, score file, vectors) is opened here, and refused before a byte is read when
+it is not a regular file. No torch import: the config loader uses this too.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+_VAR = re.compile(r"\$\{(\w+)\}")
+
+
+class UnsetVariableError(ValueError):
+    """A `${VAR}` in a path names an environment variable that is not set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def expand_vars(spec: str) -> str:
+    """`spec` with every `${VAR}` replaced by the environment variable's value.
+
+    Only the braced form: a bare `$` stays as it is, since it is legal in a file name.
+    """
+
+    def sub(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            raise UnsetVariableError(m.group(1))
+        return value
+
+    return _VAR.sub(sub, spec)
+
+
+def expand_user(spec: str) -> str:
+    """A leading `~` or `~user` expanded to the home directory; ValueError for an unknown user."""
+    if not spec.startswith("~"):
+        return spec
+    try:
+        return str(Path(spec).expanduser())
+    except RuntimeError:  # ~user for a user that does not exist, or no HOME
+        name = spec.split("/", 1)[0]
+        raise ValueError(f"cannot expand {name!r}: no such user or home directory") from None
+
+
+class NotRegularFileError(OSError):
+    """The path exists but is a pipe, device or socket; `kind` says which."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"is {kind}, not a regular file", str(path))
+        self.kind = kind
+
+    @property
+    def advice(self) -> str:
+        """The message tail, shared by every input so that they read alike."""
+        return (
+            f"is {self.kind}, not a regular file; lmtrain reads only regular files "
+            "(save the stream to a file first)"
+        )
+
+
+def kind_of(mode: int) -> str:
+    """'a named pipe (FIFO)', 'a character device', ... for a non-regular `st_mode`."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for binary reading; NotRegularFileError for a pipe, device or socket.
+
+    O_NONBLOCK makes opening a FIFO with no writer return at once instead of waiting for one;
+    the type is then checked on the open descriptor (fstat), so a file swapped for a pipe between
+    a check and the open cannot slip through. Missing files, directories and permission errors
+    raise the usual FileNotFoundError, IsADirectoryError and PermissionError.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except ValueError:  # a NUL character, which no file name can hold
+        raise OSError(errno.EINVAL, "the path contains a NUL character", str(path)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, kind_of(mode))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(path: Path, limit: int | None) -> tuple[bytes, bool]:
+    """The bytes of a regular file, at most `limit` of them; the flag says it holds more."""
+    with open_regular(path) as f:
+        if limit is None:
+            return f.read(), False
+        data = f.read(limit + 1)
+    return data[:limit], len(data) > limit
+
+
+def check_readable(path: Path) -> str | None:
+    """Why `path` cannot be read as a regular file (a message tail), or None; reads nothing."""
+    try:
+        with open_regular(path) as f:
+            # One byte, not the size: /proc and /sys files report a size of 0 and still read.
+            empty = f.read(1) == b""
+    except FileNotFoundError:
+        return "file not found; check the path"
+    except IsADirectoryError:
+        return "is a directory; give the path of a file"
+    except NotADirectoryError:
+        return "a parent of this path is a file, not a directory; check the path"
+    except PermissionError:
+        return "permission denied; make the file readable"
+    except NotRegularFileError as e:
+        return e.advice
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+    if empty:
+        return "the file is empty"
+    return None
