@@ -13,8 +13,10 @@ statistics here come from the evaluation text already read, never from what foll
 Continuous cache pointer (Grave et al. 2017, "Improving Neural Language Models with a
 Continuous Cache"): the last `size` pairs (hidden state h_i, the token that followed it) form a
 cache; the token at t gets p = (1 - lambda) p_model + lambda p_cache, with
-p_cache(w) proportional to the sum of exp(theta * h_t . h_i) over cached i whose next token was w.
-Only positions i < t are in the cache, so the token being predicted is never in it.
+p_cache(w) proportional to the sum of exp(theta * h_t . h_i) over cached i whose next token was w
+(0 for a token the cache has not seen), so the mixture sums to 1 over the vocabulary. Only
+positions i < t are in the cache, so the token being predicted is never in it; at the first
+position the cache is empty and the model alone predicts.
 """
 
 from __future__ import annotations
@@ -56,19 +58,23 @@ class AdaptOptions:
         return self.cache_size > 0
 
     def problems(self) -> list[str]:
+        """Every out-of-range option, each message naming its command-line option."""
         p = []
-        if self.dynamic_lr < 0 or not math.isfinite(self.dynamic_lr):
-            p.append(f"--dynamic-lr must be >= 0, got {self.dynamic_lr}")
+        if not (math.isfinite(self.dynamic_lr) and self.dynamic_lr >= 0):
+            p.append(f"--dynamic-lr must be >= 0 and finite (0 = off), got {self.dynamic_lr}")
         if self.dynamic_bptt < 1:
             p.append(f"--dynamic-bptt must be >= 1, got {self.dynamic_bptt}")
-        if not 0 <= self.dynamic_decay < 1:
+        if self.dynamic_method not in ("sgd", "rms"):
+            p.append(f"--dynamic-method must be sgd or rms, got {self.dynamic_method!r}")
+        if not 0 <= self.dynamic_decay < 1:  # also refuses nan
             p.append(f"--dynamic-decay must be in [0, 1), got {self.dynamic_decay}")
         if self.cache_size < 0:
-            p.append(f"--cache-size must be >= 0, got {self.cache_size}")
-        if not 0 <= self.cache_lambda <= 1:
-            p.append(f"--cache-lambda must be in [0, 1], got {self.cache_lambda}")
-        if self.cache_theta < 0 or not math.isfinite(self.cache_theta):
-            p.append(f"--cache-theta must be >= 0, got {self.cache_theta}")
+            p.append(f"--cache-size must be >= 0 (0 = off), got {self.cache_size}")
+        if not 0 <= self.cache_lambda < 1:
+            # lambda = 1 would give every token the cache has not seen probability 0.
+            p.append(f"--cache-lambda must be in [0, 1), got {self.cache_lambda}")
+        if not (math.isfinite(self.cache_theta) and self.cache_theta >= 0):
+            p.append(f"--cache-theta must be >= 0 and finite, got {self.cache_theta}")
         return p
 
     def describe(self) -> str:
@@ -96,11 +102,29 @@ def cache_log_probs(
     size: int,
     theta: float,
 ) -> torch.Tensor:
-    """log p_cache(target) for each query row; -inf where the cache holds nothing usable.
+    """log p_cache(target) for each query row; -inf where the cache gives the target nothing.
 
     query (t, H), targets (t,), query_pos (t,); keys (m, H), key_targets (m,), key_pos (m,).
     Key i is visible to query j only when query_pos[j] - size <= key_pos[i] < query_pos[j].
+    -inf means either "the target is not among the visible keys' next tokens" (p_cache = 0) or
+    "no key is visible yet" (no cache distribution at all); the evaluation tells them apart with
+    `_cache_log_probs`, which also returns whether any key is visible.
     """
+    log_pc, _ = _cache_log_probs(query, keys, key_targets, targets, query_pos, key_pos, size, theta)
+    return log_pc
+
+
+def _cache_log_probs(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    key_targets: torch.Tensor,
+    targets: torch.Tensor,
+    query_pos: torch.Tensor,
+    key_pos: torch.Tensor,
+    size: int,
+    theta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p_cache(target), whether any key is visible) for each query row."""
     scores = theta * (query @ keys.t())  # (t, m)
     visible = (key_pos[None, :] < query_pos[:, None]) & (
         key_pos[None, :] >= query_pos[:, None] - size
@@ -111,7 +135,7 @@ def cache_log_probs(
     log_attn = torch.log_softmax(scores.masked_fill(~any_visible, 0.0), dim=1)
     match = key_targets[None, :] == targets[:, None]  # (t, m)
     log_attn = log_attn.masked_fill(~(match & visible), -math.inf)
-    return torch.logsumexp(log_attn, dim=1)
+    return torch.logsumexp(log_attn, dim=1), any_visible.squeeze(1)
 
 
 def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptions) -> torch.Tensor:
@@ -137,6 +161,9 @@ def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptio
     hist_h = torch.empty(0, model.cfg.hidden_size, device=device)
     hist_y = torch.empty(0, dtype=torch.long, device=device)
     hist_pos = torch.empty(0, dtype=torch.long, device=device)
+    # Positions are at most n apart, so a larger cache holds nothing more (and the clamp keeps
+    # query_pos - size inside int64 for any --cache-size a user types).
+    keep = min(opts.cache_size, n)
     log_keep = math.log1p(-opts.cache_lambda) if opts.cache_lambda < 1 else -math.inf
     log_lam = math.log(opts.cache_lambda) if opts.cache_lambda > 0 else -math.inf
     # cuDNN refuses RNN backward in eval mode; dynamic evaluation on a GPU uses the native kernels.
@@ -160,14 +187,15 @@ def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptio
                 keys = torch.cat([hist_h, h.detach()])
                 key_y = torch.cat([hist_y, y])
                 key_pos = torch.cat([hist_pos, pos])
-                log_pc = cache_log_probs(
+                log_pc, has_cache = _cache_log_probs(
                     h.detach().double(), keys.double(), key_y, y, pos, key_pos,
-                    opts.cache_size, opts.cache_theta,
+                    keep, opts.cache_theta,
                 )  # fmt: skip
+                # A token the cache never saw still gets (1 - lambda) p_model (log_pc is -inf),
+                # so the mixture sums to 1 over the vocabulary. Before the first token there is
+                # no cache distribution at all, and the model alone predicts (also a distribution).
                 mixed = torch.logaddexp(log_keep - score, log_lam + log_pc)
-                # No usable cache entry yet: the model alone predicts.
-                score = torch.where(torch.isfinite(log_pc), -mixed, score)
-                keep = opts.cache_size
+                score = torch.where(has_cache.to(score.device), -mixed, score)
                 hist_h, hist_y, hist_pos = keys[-keep:], key_y[-keep:], key_pos[-keep:]
             out[start : start + t] = score.cpu()
             if opts.dynamic:
@@ -203,4 +231,6 @@ def evaluate_adaptive(
     model: LanguageModel, ids: torch.Tensor, kind: str, oov: int, opts: AdaptOptions
 ) -> EvalResult:
     nll = adaptive_token_nll(model, ids, opts)
-    return EvalResult(nll=float(nll.sum()), tokens=nll.numel(), kind=kind, oov=oov)
+    return EvalResult(
+        nll=float(nll.sum()), tokens=nll.numel(), kind=kind, oov=oov, text_tokens=ids.numel()
+    )

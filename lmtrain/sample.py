@@ -6,6 +6,8 @@ the recurrent network. All samples of a call run as one batch.
 
 from __future__ import annotations
 
+import math
+import secrets
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +15,19 @@ import torch
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import LmtrainError
 from lmtrain.models import LanguageModel
+
+# Bounds on what one call may generate: the ids are held in one (max_tokens, num_samples) tensor
+# and every text is decoded in memory, so a typo such as --max-tokens 2000000000 is refused up
+# front instead of failing on an allocation.
+MAX_TOKENS = 1_000_000
+MAX_SAMPLES = 10_000
+MAX_TOTAL_TOKENS = 10_000_000
+SEED_RANGE = 2**63  # torch.Generator.manual_seed takes 0 .. 2**63 - 1 on every device
+
+
+def draw_seed() -> int:
+    """A fresh seed short enough to retype: --seed N regenerates the same text."""
+    return secrets.randbelow(2**31)
 
 
 @dataclass(frozen=True)
@@ -26,23 +41,36 @@ class SampleOptions:
     seed: int | None = None
 
     def problems(self) -> list[str]:
+        """Every out-of-range option, each message naming its command-line option."""
         p = []
-        if self.max_tokens < 0:
-            p.append(f"--max-tokens must be >= 0, got {self.max_tokens}")
-        if not self.temperature > 0:
-            p.append(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.max_tokens <= MAX_TOKENS:
+            p.append(f"--max-tokens must be in [0, {MAX_TOKENS:,}], got {self.max_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            p.append(f"--temperature must be > 0 and finite, got {self.temperature}")
         if self.top_k < 0:
             p.append(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            p.append(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.num_samples < 1:
-            p.append(f"--num-samples must be >= 1, got {self.num_samples}")
+        if not 0 < self.top_p <= 1:  # also refuses nan
+            p.append(f"--top-p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not 1 <= self.num_samples <= MAX_SAMPLES:
+            p.append(f"--num-samples must be in [1, {MAX_SAMPLES:,}], got {self.num_samples}")
+        elif 0 <= self.max_tokens <= MAX_TOKENS:
+            total = self.max_tokens * self.num_samples
+            if total > MAX_TOTAL_TOKENS:
+                p.append(
+                    f"--max-tokens {self.max_tokens} x --num-samples {self.num_samples} is "
+                    f"{total:,} tokens, more than the {MAX_TOTAL_TOKENS:,} one call generates; "
+                    "ask for fewer"
+                )
+        if self.seed is not None and not 0 <= self.seed < SEED_RANGE:
+            p.append(f"--seed must be in [0, 2**63 - 1], got {self.seed}")
         return p
 
 
 @dataclass
 class SampleResult:
     texts: list[str]
+    seed: int
+    """The seed the texts were drawn with (the one given, or a fresh one)."""
     warnings: list[str] = field(default_factory=list)
 
 
@@ -95,8 +123,9 @@ def generate(model: LanguageModel, vocab: Vocab, prompt: str, opts: SampleOption
     model.eval()
     device = next(model.parameters()).device
     ids, warnings = prompt_ids(vocab, prompt)
+    seed = opts.seed if opts.seed is not None else draw_seed()
     gen = torch.Generator(device=device)
-    gen.manual_seed(opts.seed if opts.seed is not None else torch.seed() % (2**63))
+    gen.manual_seed(seed)
     b = opts.num_samples
     inputs = torch.tensor(ids, device=device).unsqueeze(1).expand(-1, b)  # (P, B)
     hidden, state = model(inputs, model.init_state(b, device))
@@ -108,6 +137,10 @@ def generate(model: LanguageModel, vocab: Vocab, prompt: str, opts: SampleOption
         if opts.greedy:
             nxt = logits.argmax(-1)
         else:
+            # Shift the best log-probability to 0 and divide in float64, where every positive
+            # temperature is non-zero: a tiny one then sends every other token to -inf (greedy)
+            # instead of all of them to -inf or NaN, which multinomial refuses.
+            logits = (logits - logits.max(-1, keepdim=True).values).double()
             logits = filter_logits(logits / opts.temperature, opts.top_k, opts.top_p)
             nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
         out[t] = nxt
@@ -115,4 +148,4 @@ def generate(model: LanguageModel, vocab: Vocab, prompt: str, opts: SampleOption
         last = hidden[-1]
     sep = "" if vocab.kind == "char" or not prompt.strip() else " "
     texts = [prompt + sep + vocab.decode(out[:, i]) for i in range(b)]
-    return SampleResult(texts, warnings)
+    return SampleResult(texts, seed, warnings)

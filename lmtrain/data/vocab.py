@@ -3,6 +3,13 @@
 Index 0 is always `<pad>` and index 1 `<unk>`; word vocabularies add `<eos>` at index 2, which
 ends every line. The vocabulary is built from the training split only and travels inside the
 checkpoint, so eval, score and sample never need the training corpus again.
+
+Text can never produce the padding id or the end-of-line id by spelling them: a word `<pad>` or
+`<eos>` written in the text is an ordinary word with its own entry (listed as `<pad> (literal)`,
+a name no whitespace-split word can have), so the loss counts it like any other token. A written
+`<unk>` is the unknown word itself, as in WikiText and the Penn Treebank, whose texts spell
+every rare word `<unk>`: it gets the `<unk>` id and is not counted again as out-of-vocabulary.
+Characters are single code points, so the characters of `<pad>` are just characters.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from typing import Any
 import torch
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+# Suffix of the entry of a text word spelled like a reserved special (see the module docstring).
+LITERAL = " (literal)"
+_RESERVED_WORDS = (PAD, EOS)
 
 # Characters handled per piece when encoding: bounds the temporary copies (UTF-32 bytes, index
 # tensors, lists of words) to tens of MB however long the text or a single line of it is, while
@@ -56,12 +66,25 @@ def _word_pieces(text: str) -> Iterator[tuple[str, bool]]:
         start = end + 1
 
 
+def _surface(entry: str) -> str:
+    """The text spelling of a vocabulary entry (a literal `<pad> (literal)` is written `<pad>`)."""
+    if entry.endswith(LITERAL) and entry[: -len(LITERAL)] in _RESERVED_WORDS:
+        return entry[: -len(LITERAL)]
+    return entry
+
+
 @dataclass(frozen=True)
 class Encoded:
     """Token ids of a text plus how many of its tokens were not in the vocabulary."""
 
     ids: torch.Tensor  # (N,) int64
     oov: int
+
+    @property
+    def oov_rate(self) -> float:
+        """Out-of-vocabulary tokens over all tokens of the text (line ends included), so the same
+        text has the same rate whatever the evaluation mode or number of streams."""
+        return self.oov / max(self.ids.numel(), 1)
 
 
 class Vocab:
@@ -72,8 +95,14 @@ class Vocab:
             raise ValueError(f"unknown tokenizer kind {kind!r}")
         self.itos = list(itos)
         self.kind = kind
-        self.stoi = {s: i for i, s in enumerate(self.itos)}
         assert self.itos[0] == PAD and self.itos[1] == UNK
+        # Word vocabularies keep <eos> at index 2 (Vocab.build); older files are searched.
+        eos = self.itos.index(EOS) if kind == "word" and EOS in self.itos else None
+        self._eos = eos
+        reserved = {self.pad_id, eos}
+        # Text token -> id. The padding and end-of-line ids are absent, so no text can spell
+        # them; a literal entry is found under the word the text writes.
+        self.stoi = {_surface(s): i for i, s in enumerate(self.itos) if i not in reserved}
         self._lut: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -89,7 +118,7 @@ class Vocab:
 
     @property
     def eos_id(self) -> int | None:
-        return self.stoi.get(EOS) if self.kind == "word" else self.stoi.get("\n")
+        return self._eos if self.kind == "word" else self.stoi.get("\n")
 
     # --- building -------------------------------------------------------------------------
 
@@ -97,15 +126,17 @@ class Vocab:
     def build(cls, text: str, kind: str, min_freq: int = 1, max_size: int | None = None) -> Vocab:
         """Vocabulary of `text`: most frequent first (ties alphabetically), specials first."""
         if kind == "char":
-            counts = Counter(text)
+            counts = Counter(text)  # single characters: none can equal a special's name
             specials = [PAD, UNK]
         else:
             counts = Counter()
             for piece, _ in _word_pieces(text):
                 counts.update(piece.split())
             specials = [PAD, UNK, EOS]
-        for s in specials:
-            counts.pop(s, None)
+            counts.pop(UNK, None)  # a written <unk> is the unknown word (module docstring)
+            for word in _RESERVED_WORDS:
+                if word in counts:
+                    counts[word + LITERAL] = counts.pop(word)
         tokens = sorted(
             (t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t)
         )
@@ -121,7 +152,8 @@ class Vocab:
         """Token ids of `text`. Word level appends `<eos>` after every line when add_eos."""
         if self.kind == "char":
             return self._encode_chars(text)
-        eos = self.stoi[EOS]
+        eos = self._eos
+        assert eos is not None, "word vocabularies always hold <eos>"
         get = self.stoi.get
         ids = array("q")  # 8 bytes per id, not a Python int object each
         for piece, ends_line in _word_pieces(text):
@@ -165,10 +197,16 @@ class Vocab:
     def decode(self, ids: list[int] | torch.Tensor) -> str:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
-        toks = [self.itos[i] for i in ids]
         if self.kind == "char":
-            return "".join(t if len(t) == 1 else "" for t in toks)
-        return " ".join(toks).replace(f" {EOS} ", "\n").replace(EOS, "\n")
+            return "".join(t if len(t) == 1 else "" for t in (self.itos[i] for i in ids))
+        # Lines of space-separated words; the end-of-line id (never a literal `<eos>`) ends one.
+        lines: list[list[str]] = [[]]
+        for i in ids:
+            if i == self._eos:
+                lines.append([])
+            else:
+                lines[-1].append(_surface(self.itos[i]))
+        return "\n".join(" ".join(line) for line in lines)
 
     # --- persistence ----------------------------------------------------------------------
 

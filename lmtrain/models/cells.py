@@ -113,8 +113,10 @@ class RecurrentLayer(nn.Module):
         xw = xw + (self.bias_ih if self.cell == "gru" else self.bias_ih + self.bias_hh)
         drop = None
         if self.training and self.recurrent_dropout > 0:
-            # Semeniuta et al. 2016: drop only the candidate update, with one mask for the whole
-            # sequence, so the memory itself is never erased by dropout.
+            # Semeniuta et al. 2016: drop only the candidate update, with one mask for every step
+            # of this forward, so the memory itself is never erased by dropout. A forward is one
+            # training window: a whole sequence when it fits in train.bptt steps; a longer one
+            # (and a stream) draws a new mask for each further window of bptt steps.
             drop = sequence_mask(x.new_empty(batch, self.hidden_size), self.recurrent_dropout)
         leak = None
         if self.leak_logit is not None:
@@ -222,8 +224,8 @@ class CustomRecurrent(nn.Module):
             if k > 0:
                 x = self.dropout(x)  # between layers only, as nn.* does with `dropout`
             if locked:
-                # Gal & Ghahramani 2016, Merity et al. 2018: one mask per sequence, the same
-                # units dropped at every step.
+                # Gal & Ghahramani 2016, Merity et al. 2018: the same units dropped at every
+                # step of the window (one mask per forward, as for recurrent dropout above).
                 x = x * sequence_mask(x[:1], self.cfg.locked_dropout)
             out, final = layer(x, tuple(s[k] for s in state), mask)
             if self.cfg.residual and out.shape == x.shape:
