@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from lmtrain.checkpoint import Checkpoint
 from lmtrain.data import Batch
+from lmtrain.errors import CheckpointError
 from lmtrain.evaluate import EvalResult
 from lmtrain.train import Trainer
 
@@ -113,24 +115,32 @@ class NTASGDTrainer(Trainer):
             state[name] = by_param[id(p)].clone()
         return state
 
-    def payload(self) -> dict[str, Any]:
-        d = super().payload()
-        extra: dict[str, Any] = {
+    def payload(self) -> Checkpoint:
+        ck = super().payload()
+        averager: dict[str, Any] = {
             "averaging": self.averaging,
             "count": self.avg_count,
             "history": list(self.val_history),
         }
         if self.averaging:
-            extra["raw"] = d["model"]
-            d["model"] = self._averaged_state()
-        d["ntasgd"] = extra
-        return d
+            averager["raw"] = ck.model
+            ck.model = self._averaged_state()
+        ck.averager = averager
+        return ck
 
-    def restore(self, payload: dict[str, Any]) -> None:
-        super().restore(payload)  # loads `model`: the averaged weights while averaging
-        extra = payload.get("ntasgd", {})
-        self.val_history = [float(v) for v in extra.get("history", [])]
-        if extra.get("averaging"):
+    def restore(self, ck: Checkpoint) -> None:
+        super().restore(ck)  # loads `model`: the averaged weights while averaging
+        # The checkpoint was validated on load (types, and `raw` present while averaging).
+        averager = ck.averager or {}
+        self.val_history = [float(v) for v in averager.get("history", [])]
+        if averager.get("averaging"):
             self.start_averaging()  # the mean is what was just loaded ...
-            self.avg_count = int(extra["count"])
-            self.model.load_state_dict(extra["raw"])  # ... and training continues from raw
+            self.avg_count = int(averager["count"])
+            try:
+                self.model.load_state_dict(averager["raw"])  # ... and training continues from raw
+            except RuntimeError as e:
+                detail = " ".join(str(e).split())[:500]
+                raise CheckpointError(
+                    f"cannot resume: the checkpoint's NT-ASGD raw weights do not fit this model "
+                    f"({detail}). Resume with the settings it was trained with."
+                ) from None

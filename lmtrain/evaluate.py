@@ -10,6 +10,7 @@ streams, each starting from a zero state); results from it are labelled approxim
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,10 @@ from lmtrain.models import LanguageModel, detach_state, select_rows
 
 # Rows of logits materialised at once during evaluation; bounds memory for large vocabularies.
 _LOGIT_ELEMENTS = 1 << 23
+
+
+class EvaluationInterrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM) while evaluating; no figure was computed."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class EvalResult:
     """Tokens of the text that were not in the vocabulary."""
     streams: int = 1
     """1 = exact; more = the parallel-stream approximation."""
+    text_tokens: int | None = None
+    """Tokens of the evaluated text, line ends included: what oov_rate is a share of. None: one
+    stream's count (tokens + 1), which a caller without the text may rely on."""
 
     @property
     def loss(self) -> float:
@@ -51,7 +59,10 @@ class EvalResult:
         if self.kind == "char":
             d["bpc"] = self.bpc
         else:
-            d["oov_rate"] = self.oov / max(self.tokens + 1, 1)
+            # A share of the text's tokens, not of the predicted ones (whose count depends on
+            # the mode and the streams): the same text has the same rate in every mode.
+            of = self.text_tokens if self.text_tokens is not None else self.tokens + 1
+            d["oov_rate"] = self.oov / max(of, 1)
         d["approximate"] = self.streams > 1
         d["streams"] = self.streams
         d["nll"] = self.nll
@@ -69,9 +80,16 @@ class EvalResult:
 
 @torch.no_grad()
 def stream_nll(
-    model: LanguageModel, ids: torch.Tensor, streams: int = 1, window: int | None = None
+    model: LanguageModel,
+    ids: torch.Tensor,
+    streams: int = 1,
+    window: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[float, int]:
-    """(total NLL, predicted tokens) of `ids` read as `streams` parallel streams."""
+    """(total NLL, predicted tokens) of `ids` read as `streams` parallel streams.
+
+    `stop` is polled before each window; when it returns True, EvaluationInterrupted is raised.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -80,14 +98,18 @@ def stream_nll(
     batches = StreamBatches(ids, streams, window)
     total = torch.zeros((), dtype=torch.float64, device=device)
     state = model.init_state(streams, device)
-    for batch in batches.batches():
-        if batch.carry is not None:
-            state = select_rows(state, batch.carry)
-        hidden, state = model(batch.inputs.to(device), state)
-        state = detach_state(state)
-        h = hidden.reshape(-1, hidden.size(-1))
-        total += model.output.nll(h, batch.targets.reshape(-1).to(device)).double()
-    model.train(was_training)
+    try:
+        for batch in batches.batches():
+            if stop is not None and stop():
+                raise EvaluationInterrupted
+            if batch.carry is not None:
+                state = select_rows(state, batch.carry)
+            hidden, state = model(batch.inputs.to(device), state)
+            state = detach_state(state)
+            h = hidden.reshape(-1, hidden.size(-1))
+            total += model.output.nll(h, batch.targets.reshape(-1).to(device)).double()
+    finally:
+        model.train(was_training)
     return float(total), batches.tokens_per_epoch
 
 
@@ -111,7 +133,14 @@ def unigram_baseline(
 
 
 def evaluate_ids(
-    model: LanguageModel, ids: torch.Tensor, kind: str, oov: int = 0, streams: int = 1
+    model: LanguageModel,
+    ids: torch.Tensor,
+    kind: str,
+    oov: int = 0,
+    streams: int = 1,
+    stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
-    nll, tokens = stream_nll(model, ids, streams)
-    return EvalResult(nll=nll, tokens=tokens, kind=kind, oov=oov, streams=streams)
+    nll, tokens = stream_nll(model, ids, streams, stop=stop)
+    return EvalResult(
+        nll=nll, tokens=tokens, kind=kind, oov=oov, streams=streams, text_tokens=ids.numel()
+    )

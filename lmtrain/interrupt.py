@@ -3,10 +3,13 @@
 The first signal only sets a flag. The loop checks it after each optimiser step, writes a
 checkpoint there (so `--resume auto` continues exactly) and raises `TrainingStopped` with the
 conventional code 128 + signal number: 130 for Ctrl-C, 143 for SIGTERM (what `kill`, Slurm and
-Kubernetes send before they preempt a job). A second signal stops at once by raising
-`ImmediateStop` wherever the program is; every checkpoint write is atomic, so this can at worst
-abandon a temporary file (removed on the way out, or by the next `--resume`), never damage a
-checkpoint that already exists.
+Kubernetes send before they preempt a job). Evaluation checks the flag between windows too, so a
+signal during a long evaluation stops within one window, not after the whole text.
+
+A second signal stops at once by raising `ImmediateStop` wherever the program is; every
+checkpoint write is atomic and removes its temporary file on the way out, so this never damages
+a checkpoint that already exists. Further signals after that are ignored, so that a third
+Ctrl-C cannot interrupt the clean-up itself.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.immediate = False
+        """A second signal came and ImmediateStop was raised."""
+
+    def __call__(self) -> bool:
+        """Whether a stop was requested: the check evaluation loops poll."""
+        return self.signum is not None
 
     @property
     def requested(self) -> bool:
@@ -66,12 +75,16 @@ def graceful_stop() -> Iterator[StopRequest]:
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        if request.immediate:
+            return  # already stopping at once; let the clean-up finish
         if request.requested:
+            request.immediate = True
             raise ImmediateStop(signum)
         request.request(signum)
         print(
-            f"\n{signal.Signals(signum).name} received: stopping after the current step and "
-            "saving a checkpoint; send it again to stop at once.",
+            f"\n{signal.Signals(signum).name} received: stopping after the current step (an "
+            "evaluation in progress is abandoned) and saving a checkpoint; send it again to stop "
+            "at once.",
             file=sys.stderr,
             flush=True,
         )

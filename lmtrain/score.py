@@ -9,6 +9,7 @@ carried over exactly, and the NLL of each row is summed on its own.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,11 +18,42 @@ from lmtrain.data.batching import SentenceBatches
 from lmtrain.data.sentences import sentence_ids
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import DataError
-from lmtrain.evaluate import EvalResult
+from lmtrain.evaluate import EvalResult, EvaluationInterrupted
 from lmtrain.models import LanguageModel, detach_state, select_rows
 
 # Rows of logits materialised at once; bounds memory for large vocabularies (as in evaluate.py).
 _LOGIT_ELEMENTS = 1 << 23
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `lmtrain eval` / `lmtrain score` read a text; never changes a figure except `streams`."""
+
+    batch_size: int = 1
+    """Sequences evaluated together (sentences mode, score)."""
+    streams: int = 1
+    """Stream mode: parallel streams, each from a zero state (1 = exact)."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.batch_size < 1:
+            p.append(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.streams < 1:
+            p.append(f"--streams must be >= 1 (1 = exact), got {self.streams}")
+        return p
+
+    def text_problems(self, tokens: int, where: str) -> list[str]:
+        """Problems of reading a text of `tokens` tokens with these options."""
+        # Every stream needs two tokens: one to read and one to predict.
+        if tokens < 2:
+            return [f"{where}: too little text to evaluate ({tokens} tokens; at least 2 needed)"]
+        if self.streams > tokens // 2:
+            return [
+                f"--streams {self.streams} is more than {where} allows: its {tokens:,} tokens "
+                f"make at most {tokens // 2:,} streams of 2 tokens; use a smaller --streams "
+                "(1 = exact)"
+            ]
+        return []
 
 
 @torch.no_grad()
@@ -30,8 +62,12 @@ def sequence_nlls(
     sequences: list[torch.Tensor],
     batch_size: int = 32,
     bptt: int | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """(N,) float64 total NLL in nats of each marker-framed sequence, in input order."""
+    """(N,) float64 total NLL in nats of each marker-framed sequence, in input order.
+
+    `stop` is polled before each batch; when it returns True, EvaluationInterrupted is raised.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -41,6 +77,9 @@ def sequence_nlls(
     totals = torch.zeros(len(sequences), dtype=torch.float64, device=device)
     state = model.init_state(1, device)
     for batch, rows in zip(batches.batches(), batches.sequence_rows(), strict=True):
+        if stop is not None and stop():
+            model.train(was_training)
+            raise EvaluationInterrupted
         n = batch.inputs.size(1)
         if batch.carry is None:
             state = model.init_state(n, device)
@@ -61,13 +100,19 @@ def evaluate_sentences(
     kind: str,
     oov: int = 0,
     batch_size: int = 32,
+    stop: Callable[[], bool] | None = None,
+    text_tokens: int | None = None,
 ) -> EvalResult:
-    """Total NLL over all sequences; the batch size changes only the speed, not the figure."""
+    """Total NLL over all sequences; the batch size changes only the speed, not the figure.
+
+    `stop`: polled between batches; a stop request raises EvaluationInterrupted.
+    `text_tokens`: tokens of the whole text the sequences came from (the oov_rate's base).
+    """
     if not sequences:
         raise DataError("no non-empty lines to evaluate")
-    nll = float(sequence_nlls(model, sequences, batch_size).sum())
+    nll = float(sequence_nlls(model, sequences, batch_size, stop=stop).sum())
     tokens = sum(s.numel() - 1 for s in sequences)
-    return EvalResult(nll=nll, tokens=tokens, kind=kind, oov=oov)
+    return EvalResult(nll=nll, tokens=tokens, kind=kind, oov=oov, text_tokens=text_tokens)
 
 
 @dataclass(frozen=True)
