@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from lmtrain import resume
-from lmtrain.checkpoint import LAST, save_checkpoint
-from lmtrain.config import ModelConfig
+from lmtrain.checkpoint import LAST, Checkpoint, Progress
+from lmtrain.config import ModelConfig, config_from_dict
 from lmtrain.models import build_model, detach_state
+from lmtrain.rundir import open_run
 
 
 def machine() -> str:
@@ -67,30 +67,35 @@ def guard_cost(repeats: int = 20) -> tuple[float, float]:
 
 
 def save_cost(repeats: int = 8) -> tuple[float, float, int]:
-    cfg = ModelConfig(cell="lstm", embedding_dim=200, hidden_size=200, num_layers=2)
-    model = build_model(cfg, 33278)
+    """Median seconds of one save with keep_last 0 and 2, through the run directory's own save
+    (what Trainer.save calls: one write, hard-linked names, manifest, pruning)."""
+    model_cfg = ModelConfig(cell="lstm", embedding_dim=200, hidden_size=200, num_layers=2)
+    model = build_model(model_cfg, 33278)
     opt = torch.optim.Adam(model.parameters())
     model.output.nll(torch.randn(4, 200), torch.tensor([1, 2, 3, 4])).backward()
     opt.step()
-    payload = {"model": model.state_dict(), "optimizer": opt.state_dict()}
     times: dict[int, list[float]] = {0: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="lmtrain-bench-") as tmp:
-        directory = Path(tmp)
-        step = 0
-        for _ in range(repeats):
-            for keep in (0, 2):
-                step += 1
-                t0 = time.perf_counter()
-                if keep:
-                    # What Trainer.save does: one write, hard-linked names, then pruning.
-                    resume.save_copies(
-                        [directory / resume.step_name(step), directory / LAST], payload
+        cfg = config_from_dict({"run": {"dir": str(Path(tmp) / "run")}})
+        with open_run(cfg, None, lambda _: None) as (run, _start):
+            step = 0
+            for _ in range(repeats):
+                for keep in (0, 2):
+                    step += 1
+                    ck = Checkpoint(
+                        config=cfg.to_dict(),
+                        vocab={"kind": "word", "itos": ["<pad>"]},
+                        model=model.state_dict(),
+                        optimizer=opt.state_dict(),
+                        schedule={"scale": 1.0, "bad_evals": 0},
+                        progress=Progress(step=step),
+                        rng={"torch": torch.get_rng_state()},
+                        run_id=run.run_id,
                     )
-                    resume.prune(directory, keep)
-                else:
-                    save_checkpoint(directory / LAST, payload)
-                times[keep].append(time.perf_counter() - t0)
-        size = (directory / LAST).stat().st_size
+                    t0 = time.perf_counter()
+                    run.save_checkpoint(ck, best=False, keep_last=keep)
+                    times[keep].append(time.perf_counter() - t0)
+            size = (run.checkpoints / LAST).stat().st_size
     return statistics.median(times[0]), statistics.median(times[2]), size
 
 
