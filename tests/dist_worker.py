@@ -38,7 +38,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
     try:
-        result = fit(config_from_dict(raw), resume=resume, quiet=True, record_losses=True)
+        result = fit(
+            config_from_dict(raw), resume=resume, quiet=True, echo=print, record_losses=True
+        )
     except LmtrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -67,7 +67,7 @@ def test_fp16_uses_a_grad_scaler_and_unscales_before_clipping(
             "run.tensorboard=true",
         )
         fit(c, quiet=True, echo=lambda _: None)
-        norms[precision] = _scalar(tmp_path / precision / "run/tb", "grad_norm")
+        norms[precision] = _scalar(tmp_path / precision / "run/tb", "watch/grad_norm")
     # Measured after unscaling: the true norm, not 65536 times it.
     assert norms["fp16"] == pytest.approx(norms["fp32"], rel=5e-2)
     ckpt = torch.load(tmp_path / "fp16/run/checkpoints/last.pt", weights_only=True)

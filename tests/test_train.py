@@ -77,9 +77,11 @@ def test_tensorboard_holds_the_documented_tags(tmp_path: Path) -> None:
         "val/loss",
         "val/ppl",
         "val/bpc",
-        "lr",
-        "grad_norm",
-        "tokens_per_sec",
+        "train/bpc",
+        "watch/lr",
+        "watch/grad_norm",
+        "watch/grad_norm_max",
+        "watch/tokens_per_sec",
     } <= scalars
     assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6]
     assert [e.step for e in acc.Scalars("val/loss")] == [3, 6]
