@@ -9,9 +9,9 @@ LSTM's and GRU's additive state updates keep it alive over many more steps.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,16 +19,10 @@ from lmtrain.config import Config, load_config
 from lmtrain.data import StreamBatches, Vocab, read_text
 from lmtrain.errors import DataError, LmtrainError
 from lmtrain.models import LanguageModel, build_model
-from lmtrain.png import Canvas, Color, write_png
 
-PALETTE: list[Color] = [
-    (214, 39, 40),  # red
-    (31, 119, 180),  # blue
-    (44, 160, 44),  # green
-    (255, 127, 14),  # orange
-    (148, 103, 189),  # purple
-    (140, 86, 75),  # brown
-]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 
 @dataclass
@@ -128,57 +122,13 @@ def curves_for(
     return curves
 
 
-def plot(curves: list[FlowCurve], path: Path, title: str) -> None:
-    """log10 ||dL_T/dh_t|| against T - t, one coloured line per curve, with a legend."""
-    width, height = 720, 440
-    left, right, top, bottom = 70, 20, 60, 50
-    c = Canvas(width, height)
-    logs = [[math.log10(max(n, 1e-30)) for n in curve.norms] for curve in curves]
-    lo = math.floor(min(min(v) for v in logs))
-    hi = math.ceil(max(max(v) for v in logs))
-    hi = max(hi, lo + 1)
-    steps = max(len(v) for v in logs)
-    pw, ph = width - left - right, height - top - bottom
+def write_tensorboard(
+    curves: list[FlowCurve], directory: Path, image: npt.NDArray[np.uint8] | None = None
+) -> None:
+    """Scalars gradient_flow/<label> with the distance T - t as the step, and the figure.
 
-    def px(d: float) -> float:
-        return left + pw * d / max(steps - 1, 1)
-
-    def py(v: float) -> float:
-        return top + ph * (hi - v) / (hi - lo)
-
-    decade_step = max(1, math.ceil((hi - lo) / 10))
-    for v in range(lo, hi + 1, decade_step):
-        c.rect(left, round(py(v)), left + pw, round(py(v)) + 1, (225, 225, 225))
-        label = f"1e{v}"
-        c.text(left - 8 - Canvas.text_width(label), round(py(v)) - 5, label)
-    tick = max(1, round(steps / 10 / 5) * 5) if steps > 10 else 1
-    for d in range(0, steps, tick):
-        c.rect(round(px(d)), top + ph, round(px(d)) + 1, top + ph + 6, (0, 0, 0))
-        c.text(round(px(d)) - Canvas.text_width(str(d)) // 2, top + ph + 10, str(d))
-    c.rect(left, top, left + 1, top + ph + 1, (0, 0, 0))
-    c.rect(left, top + ph, left + pw + 1, top + ph + 1, (0, 0, 0))
-    for k, values in enumerate(logs):
-        color = PALETTE[k % len(PALETTE)]
-        for d in range(len(values) - 1):
-            c.line(px(d), py(values[d]), px(d + 1), py(values[d + 1]), color)
-    c.text(left, 12, title)
-    x = left
-    for k, curve in enumerate(curves):
-        color = PALETTE[k % len(PALETTE)]
-        c.rect(x, 38, x + 16, 44, color)
-        x = c.text(x + 22, 36, curve.label) + 18
-    xlabel = "steps back from the loss"
-    c.text(left + pw - Canvas.text_width(xlabel), height - 18, xlabel)
-    try:
-        write_png(path, c.pixels)
-    except OSError as e:
-        raise LmtrainError(
-            f"{path}: cannot write the PNG ({e.strerror}); choose another --out"
-        ) from None
-
-
-def write_tensorboard(curves: list[FlowCurve], directory: Path) -> None:
-    """Scalars gradient_flow/<label> with the distance T - t as the step."""
+    image: the figure as an (H, W, 3) uint8 array, shown as gradient_flow/figure beside them.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(directory))
@@ -187,5 +137,7 @@ def write_tensorboard(curves: list[FlowCurve], directory: Path) -> None:
             tag = "gradient_flow/" + curve.label.split(" ")[0]
             for d, n in enumerate(curve.norms):
                 writer.add_scalar(tag, n, d)
+        if image is not None:
+            writer.add_image("gradient_flow/figure", image, 0, dataformats="HWC")
     finally:
         writer.close()

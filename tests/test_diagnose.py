@@ -1,4 +1,4 @@
-"""`lmtrain diagnose gradient-flow` and the PNG writer behind it."""
+"""`lmtrain diagnose gradient-flow`: the measurement, its table, PNG and TensorBoard output."""
 
 from __future__ import annotations
 
@@ -10,34 +10,25 @@ import torch
 
 from lmtrain.diagnose import gradient_flow
 from lmtrain.models import build_model
-from lmtrain.png import write_png
 from tests.conftest import invoke, tiny_config
 
 
-def read_png(path: Path) -> tuple[int, int, bytes]:
-    """(width, height, raw RGB bytes), checking the signature and every chunk's CRC."""
+def read_png(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG, checking the signature and every chunk's CRC."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
+    pos, kinds = 8, []
     while pos < len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
         kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
         (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert crc == zlib.crc32(kind + body)
-        chunks[kind] = body
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+        kinds.append(kind)
         pos += 12 + length
-    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, color) == (8, 2)
-    raw = zlib.decompress(chunks[b"IDAT"])
-    rows = [raw[r * (3 * width + 1) : (r + 1) * (3 * width + 1)] for r in range(height)]
-    assert all(row[0] == 0 for row in rows)
-    return width, height, b"".join(row[1:] for row in rows)
-
-
-def test_png_round_trips_pixels(tmp_path: Path) -> None:
-    pixels = torch.arange(2 * 3 * 3, dtype=torch.uint8).view(2, 3, 3) * 7
-    write_png(tmp_path / "p.png", pixels)
-    assert read_png(tmp_path / "p.png") == (3, 2, bytes(pixels.flatten().tolist()))
+    assert kinds[0] == b"IHDR" and b"IDAT" in kinds and kinds[-1] == b"IEND"
+    return size
 
 
 def test_gradient_flow_without_recurrence_stops_after_one_step(tiny_files, tmp_path: Path) -> None:
@@ -83,8 +74,8 @@ def test_cli_writes_png_and_tensorboard_for_several_cells(tiny_files, tmp_path: 
     # rnn_manual and rnn_tanh start from the same seeded weights: the same curve.
     assert all(r[0] == r[2] for r in rows.values())
     assert rows[10][0] < rows[0][0]  # the tanh RNN's gradient fades with distance
-    width, height, _ = read_png(out)
-    assert (width, height) == (720, 440)
+    width, height = read_png(out)
+    assert 600 <= width <= 1600 and 400 <= height <= 1200
     events = list((tmp_path / "flow" / "gf-tb").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
 
