@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Fetch the corpora the shipped recipes use and check them byte for byte.
 #
-#   scripts/download_data.sh [DEST]        (DEST defaults to ./data)
+#   scripts/download_data.sh [DEST]        (DEST defaults to $LMTRAIN_DATA, else ./data)
 #   export LMTRAIN_DATA=$PWD/data           then run the configs in configs/
+#
+# `lmtrain download wikitext-2|tinyshakespeare [DEST]` does the same from an installed lmtrain
+# (lmtrain/download.py, exit 2 on a mismatch); this script needs only bash and curl or wget.
+# tests/test_recipes.py checks that the two pin the same URLs and checksums.
 #
 # Sources (pinned commits, so the bytes cannot change under a recipe):
 #   WikiText-2 (Merity et al. 2016, CC BY-SA 3.0), tokenised v1 files as used by
@@ -13,7 +17,7 @@
 # and only then moved into place; a mismatch deletes the download and exits 1.
 set -euo pipefail
 
-DEST="${1:-data}"
+DEST="${1:-${LMTRAIN_DATA:-data}}"
 # A mirror may be named with WIKITEXT2_URL / TINYSHAKESPEARE_URL; the checksums still apply.
 EXAMPLES="${WIKITEXT2_URL:-https://raw.githubusercontent.com/pytorch/examples/77f55b912142e11fcfdf5b530231fb9c52f181e8/word_language_model/data/wikitext-2}"
 CHARRNN="${TINYSHAKESPEARE_URL:-https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare}"

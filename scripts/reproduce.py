@@ -4,7 +4,7 @@
     python scripts/reproduce.py --record   # measure and write the expectation file
     python scripts/reproduce.py --only quickstart
 
-Each recipe in configs/reproduce_expected.json is trained from its YAML with the recorded
+Each recipe in scripts/reproduce_expected.json is trained from its YAML with the recorded
 shortened-budget overrides (a few hundred thousand tokens), and its final validation loss
 (nats per token) is compared with the recorded one. Training on a CPU with a fixed seed is
 deterministic, so on the recording machine the figure repeats exactly; the relative tolerance
@@ -31,7 +31,7 @@ from lmtrain.errors import LmtrainError
 from lmtrain.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ROOT / "configs" / "reproduce_expected.json"
+EXPECTED = ROOT / "scripts" / "reproduce_expected.json"
 # Settings that only save time and never change the trained weights.
 QUIET = ["run.tensorboard=false", "run.sample_tokens=0"]
 

@@ -125,3 +125,32 @@ def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
         )
         assert out.returncode == 2
         assert "file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_version_and_short_help_on_every_command(cli) -> None:
+    import typer
+
+    import lmtrain
+    from lmtrain.cli import app
+
+    for flag in ("--version", "-V"):
+        r = invoke(cli, flag)
+        assert r.exit_code == 0 and r.stdout == f"lmtrain {lmtrain.__version__}\n"
+    root = invoke(cli, "-h")
+    assert root.exit_code == 0 and root.stdout == invoke(cli, "--help").stdout
+    assert "--install-completion" in root.stdout and "--version" in root.stdout
+
+    def paths(group: typer.core.TyperGroup, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = []
+        for name, command in group.commands.items():
+            found.append((*prefix, name))
+            if isinstance(command, typer.core.TyperGroup):
+                found += paths(command, (*prefix, name))
+        return found
+
+    commands = paths(typer.main.get_command(app), ())
+    assert {("fit",), ("export",), ("diagnose", "gradient-flow")} <= set(commands)
+    for path in commands:
+        r = invoke(cli, *path, "-h")
+        assert r.exit_code == 0, (path, r.output)
+        assert f" {' '.join(path)} [OPTIONS]" in r.stdout  # its own help, not the root's

@@ -1,4 +1,4 @@
-"""Recipe plumbing: one-file splits, ${VAR} paths, the download script's checks."""
+"""Recipe plumbing: one-file splits, ${VAR} paths, downloads, the shipped recipes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
+from conftest import invoke, shared_data
 from lmtrain.data.corpus import read_text
 from lmtrain.errors import DataError
 
@@ -90,3 +90,159 @@ def test_file_split_without_blank_lines_cuts_at_line_ends(tmp_path: Path) -> Non
     assert "".join(parts) == text
     assert all(p.endswith("\n") for p in parts)
     assert [len(p) / len(text) for p in parts] == pytest.approx([0.90, 0.05, 0.05], abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes shipped in the package, `lmtrain recipes` / `init`, a recipe name as CONFIG
+
+
+def test_configs_is_the_packaged_recipes_folder() -> None:
+    configs = ROOT / "configs"
+    assert configs.is_symlink()
+    assert configs.resolve() == (ROOT / "lmtrain" / "recipes").resolve()
+    assert sorted(p.name for p in configs.glob("*.yaml")) == [
+        "quickstart.yaml",
+        "shakespeare_char_cpu.yaml",
+        "wikitext2_awd_gpu.yaml",
+        "wikitext2_word_cpu.yaml",
+        "wikitext2_word_cpu_quick.yaml",
+    ]
+
+
+def test_every_recipe_has_a_summary_and_recipes_lists_them(cli) -> None:
+    from lmtrain.catalog import RECIPES_DIR, recipes
+
+    items = recipes()
+    assert [r.path for r in items] == sorted(RECIPES_DIR.glob("*.yaml"))
+    for r in items:
+        assert "?" not in (r.task, r.data, r.hardware, r.result), r.name
+    r = invoke(cli, "recipes")
+    assert r.exit_code == 0
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["name", "task", "data", "hardware", "result"]
+    assert [line.split()[0] for line in lines[1:]] == [x.name for x in items]
+    quick = next(line for line in lines if line.startswith("quickstart "))
+    assert "builtin:python-docs" in quick and "valid 1.865 bits/char" in quick
+    assert "lmtrain init NAME" in r.stderr
+
+
+def test_init_copies_a_recipe_and_never_overwrites(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shipped = (ROOT / "configs" / "quickstart.yaml").read_bytes()
+    r = invoke(cli, "init", "quickstart")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "quickstart.yaml").read_bytes() == shipped
+    assert "lmtrain fit quickstart.yaml" in r.stdout
+    (tmp_path / "mine.yaml").write_text("edited\n")
+    r = invoke(cli, "init", "quickstart", "mine.yaml")
+    assert r.exit_code == 2 and "already exists" in r.stderr
+    assert (tmp_path / "mine.yaml").read_text() == "edited\n"
+    (tmp_path / "sub").mkdir()
+    assert invoke(cli, "init", "wikitext2_word_cpu", "sub").exit_code == 0
+    assert (tmp_path / "sub" / "wikitext2_word_cpu.yaml").is_file()
+    r = invoke(cli, "init", "nope")
+    assert r.exit_code == 2 and "the recipes are: quickstart, shakespeare_char_cpu" in r.stderr
+    assert "config > my.yaml" in invoke(cli, "init", "--help").stdout
+    assert "lmtrain config > my.yaml" in invoke(cli, "config", "--help").stdout
+
+
+def test_a_recipe_name_works_as_config_and_a_file_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = invoke(cli, "validate", "quickstart", "train.lr=0.5")
+    assert r.exit_code == 0, r.output
+    assert "hidden_size: 256" in r.stdout and "lr: 0.5" in r.stdout
+    assert invoke(cli, "validate", "quickstart.yaml").exit_code == 0
+    (tmp_path / "quickstart").write_text("model:\n  hidden_size: 7\n")
+    r = invoke(cli, "validate", "quickstart")
+    assert r.exit_code == 0 and "hidden_size: 7" in r.stdout
+    r = invoke(cli, "fit", "quikstart")
+    assert r.exit_code == 2
+    assert "quikstart: no such file, and no recipe of that name" in r.stderr
+    assert "wikitext2_word_cpu_quick" in r.stderr and not (tmp_path / "runs").exists()
+    r = invoke(cli, "validate", "sub/quikstart.yaml")  # a path stays a path
+    assert r.exit_code == 2 and "file not found" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# `lmtrain download`
+
+
+def _mirror(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name, data in files.items():
+        (mirror / name).write_bytes(data)
+    return mirror
+
+
+def test_download_python_and_script_pin_the_same_files() -> None:
+    from lmtrain.download import CORPORA
+
+    script = SCRIPT.read_text()
+    entries = re.findall(r'"([a-z0-9-]+)/([a-z.]+)\|\$[A-Z]+/[a-z.]+\|([0-9a-f]{64})"', script)
+    assert sorted(entries) == sorted(
+        (name, f, sha) for name, src in CORPORA.items() for f, sha in src.files
+    )
+    for src in CORPORA.values():
+        assert src.base_url in script and f"${{{src.mirror_env}:-" in script
+
+
+def test_download_verifies_and_moves_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli
+) -> None:
+    import hashlib
+
+    from lmtrain import download
+
+    data = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
+    mirror = _mirror(tmp_path, {"input.txt": data})
+    source = download.Source(
+        f"file://{mirror}",
+        "TINYSHAKESPEARE_URL",
+        (("input.txt", hashlib.sha256(data).hexdigest()),),
+    )
+    monkeypatch.setitem(download.CORPORA, "tinyshakespeare", source)
+    monkeypatch.delenv("TINYSHAKESPEARE_URL", raising=False)
+    monkeypatch.setenv("LMTRAIN_DATA", str(tmp_path / "data"))
+    r = invoke(cli, "download", "tinyshakespeare")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "data/tinyshakespeare/input.txt").read_bytes() == data
+    assert f"export LMTRAIN_DATA={tmp_path / 'data'}" in r.stdout
+    assert [p.name for p in (tmp_path / "data/tinyshakespeare").iterdir()] == ["input.txt"]
+    # Present and correct: kept, nothing fetched.
+    (mirror / "input.txt").unlink()
+    r = invoke(cli, "download", "tinyshakespeare")
+    assert r.exit_code == 0 and "already present, checksum matches" in r.stderr
+    # DEST given: ./DEST/CORPUS; a missing file at the source is a clear error.
+    r = invoke(cli, "download", "tinyshakespeare", tmp_path / "elsewhere")
+    assert r.exit_code == 2 and "download of file://" in r.stderr and "failed" in r.stderr
+    assert list((tmp_path / "elsewhere").rglob("*.txt*")) == []
+
+
+def test_download_refuses_a_checksum_mismatch_and_replaces_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli
+) -> None:
+    import hashlib
+
+    fake = b"not the real corpus\n"
+    mirror = _mirror(tmp_path, {n: fake for n in ("train.txt", "valid.txt", "test.txt")})
+    monkeypatch.setenv("WIKITEXT2_URL", f"file://{mirror}")
+    dest = tmp_path / "data"
+    (dest / "wikitext-2").mkdir(parents=True)
+    (dest / "wikitext-2/train.txt").write_bytes(b"an older copy\n")
+    r = invoke(cli, "download", "wikitext-2", dest)
+    assert r.exit_code == 2
+    assert "checksum mismatch for" in r.stderr and "wikitext-2/train.txt" in r.stderr
+    assert "expected sha256 9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f" in (
+        r.stderr
+    )
+    assert f"got      sha256 {hashlib.sha256(fake).hexdigest()}" in r.stderr
+    assert "Traceback" not in r.output
+    assert [p.name for p in (dest / "wikitext-2").iterdir()] == ["train.txt"]
+    assert (dest / "wikitext-2/train.txt").read_bytes() == b"an older copy\n"
+    r = invoke(cli, "download", "wikitext-3")
+    assert r.exit_code == 2 and "choose one of: wikitext-2, tinyshakespeare" in r.stderr

@@ -1,0 +1,299 @@
+"""The Python API, for notebooks and scripts: `from lmtrain import fit, load`.
+
+    import lmtrain
+
+    result = lmtrain.fit("quickstart", {"train.max_steps": 200, "run.dir": "runs/nb"})
+    model = lmtrain.load(result.run_dir)
+    model.generate("The ", max_tokens=100, seed=0)       # -> str
+    model.score(["the cat sat .", "sat cat the ."])      # -> [SentenceScore, ...]
+    model.evaluate()                                     # -> EvalResult on data.test
+
+`lmtrain.generate`, `lmtrain.score` and `lmtrain.evaluate` do the same as the methods and also
+take a run directory, checkpoint or export folder in place of a Model. Mistakes raise
+lmtrain.errors.LmtrainError subclasses with the message the command line would print.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+import torch
+
+from lmtrain.config import Config, config_from_dict, load_config
+from lmtrain.errors import LmtrainError
+
+if TYPE_CHECKING:  # loading a model for sampling need not import the training stack
+    from lmtrain.data.vocab import Vocab
+    from lmtrain.evaluate import EvalResult
+    from lmtrain.models import LanguageModel
+    from lmtrain.score import SentenceScore
+    from lmtrain.train import FitResult
+
+ConfigLike = str | Path | Mapping[str, Any] | Config
+Overrides = Sequence[str] | Mapping[str, Any] | None
+
+
+def _silent(_: str) -> None:
+    """fit(quiet=True) prints nothing at all."""
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _keyword(option: re.Match[str]) -> str:
+    return option.group(1).replace("-", "_")
+
+
+def _override_list(overrides: Overrides) -> list[str]:
+    """Dotted overrides as `key=value` strings; a mapping's values are written as JSON, which
+    the override parser reads back as the same YAML value (numbers, strings, lists, null)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    if isinstance(overrides, str):
+        return [overrides]
+    return list(overrides)
+
+
+def config(source: ConfigLike, overrides: Overrides = None) -> Config:
+    """A validated Config from a file path, a recipe name, a nested dict or a Config."""
+    from lmtrain.catalog import resolve_config
+
+    extra = _override_list(overrides)
+    if isinstance(source, Config):
+        return config_from_dict(source.to_dict(), extra, "config")
+    if isinstance(source, Mapping):
+        return config_from_dict(dict(source), extra, "config")
+    return load_config(resolve_config(source), extra)
+
+
+def fit(
+    source: ConfigLike,
+    overrides: Overrides = None,
+    *,
+    resume: str | None = None,
+    quiet: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train a model; returns the FitResult (run_dir, progress with best_val_loss, timing).
+
+    `source`: a YAML path, a shipped recipe's name (`lmtrain recipes`), a nested dict or a
+    Config. `overrides`: {"train.lr": 0.01} or ["train.lr=0.01"]. quiet=True (the default)
+    prints nothing; quiet=False shows the progress bar and log lines, sent to `echo` (default:
+    stderr, as the command line does).
+    """
+    from lmtrain.train import fit as train_fit
+
+    cfg = config(source, overrides)
+    say = _silent if quiet else (echo or _to_stderr)
+    return train_fit(cfg, resume=resume, quiet=quiet, echo=say)
+
+
+@dataclass
+class Model:
+    """A trained model with its vocabulary and config; `lmtrain.load` makes one."""
+
+    module: LanguageModel
+    """The torch module, in eval mode."""
+    vocab: Vocab
+    config: Config
+    """The config it was trained with."""
+    source: Path
+    """The run directory, checkpoint or export folder it was loaded from."""
+
+    def __repr__(self) -> str:
+        m = self.config.model
+        return (
+            f"Model({m.cell} {m.num_layers}x{m.hidden_size}, {self.vocab.kind} vocabulary of "
+            f"{len(self.vocab):,}, from {str(self.source)!r})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def to(self, device: torch.device | str) -> Model:
+        """Move the weights (for example to "cuda"); returns the model itself."""
+        from lmtrain.device import resolve_device
+
+        self.module.to(resolve_device(str(device), "device"))
+        return self
+
+    @overload
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_k: int = ...,
+        top_p: float = ...,
+        greedy: bool = ...,
+        seed: int | None = ...,
+        num_samples: None = None,
+    ) -> str: ...
+    @overload
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_k: int = ...,
+        top_p: float = ...,
+        greedy: bool = ...,
+        seed: int | None = ...,
+        num_samples: int,
+    ) -> list[str]: ...
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        max_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+        num_samples: int | None = None,
+    ) -> str | list[str]:
+        """The prompt followed by generated text; with num_samples=N a list of N samples
+        (drawn as one batch). The same seed gives the same text. Prompt tokens missing from
+        the vocabulary are read as <unk> with a warning."""
+        from lmtrain.sample import SampleOptions
+        from lmtrain.sample import generate as sample
+
+        opts = SampleOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples or 1, seed)
+        if problems := opts.problems():
+            # The messages name command-line options (--max-tokens); say max_tokens here.
+            raise LmtrainError("; ".join(re.sub(r"--([a-z-]+)", _keyword, p) for p in problems))
+        result = sample(self.module, self.vocab, prompt, opts)
+        for w in result.warnings:
+            warnings.warn(w, stacklevel=2)
+        return result.texts if num_samples is not None else result.texts[0]
+
+    @overload
+    def score(self, texts: str, *, batch_size: int = ...) -> SentenceScore: ...
+    @overload
+    def score(self, texts: Sequence[str], *, batch_size: int = ...) -> list[SentenceScore]: ...
+    def score(
+        self, texts: str | Sequence[str], *, batch_size: int = 32
+    ) -> SentenceScore | list[SentenceScore]:
+        """Log-probability (.logprob nats, .log2prob), .tokens and .ppl of each sentence, each
+        read from a fresh state; one text gives one score, a list gives a list in order."""
+        from lmtrain.score import score_texts
+
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if not items:
+            return []
+        for i, t in enumerate(items):
+            if not isinstance(t, str) or not t.strip():
+                raise LmtrainError(f"text {i} to score is empty or not a string: {t!r}")
+        if batch_size < 1:
+            raise LmtrainError(f"batch_size must be >= 1, got {batch_size}")
+        scores = score_texts(self.module, self.vocab, items, batch_size)
+        return scores[0] if single else scores
+
+    def evaluate(
+        self,
+        text: str | Path | None = None,
+        *,
+        file: str | Path | None = None,
+        batch_size: int = 1,
+        streams: int = 1,
+    ) -> EvalResult:
+        """Loss (.loss nats per token), .ppl, .bpc and .tokens on held-out text, exactly as
+        `lmtrain eval` computes them.
+
+        `text`: the text itself (a str), or a file (a Path); `file=`: a file path or a
+        `builtin:NAME` corpus. With neither, the run's data.test.
+        """
+        from lmtrain.data import read_text
+
+        if isinstance(text, Path):
+            text, file = None, text
+        if text is not None and file is not None:
+            raise LmtrainError("give the text or file=, not both")
+        if text is None:
+            spec = str(file) if file is not None else self.config.data.test
+            if spec is None:
+                raise LmtrainError("no text or file= given and the run's config has no data.test")
+            text = read_text(spec, "test", self.config.data.decode_errors)
+            source = spec
+        else:
+            if "\n" not in text and len(text) < 4096 and Path(text).is_file():
+                raise LmtrainError(
+                    f"{text!r} names a file, but a str is evaluated as the text itself; pass "
+                    f"file={text!r} or Path({text!r}) to evaluate the file"
+                )
+            source = "text"
+        return _evaluate_text(self, text, source, batch_size, streams)
+
+
+def _evaluate_text(
+    model: Model, text: str, source: str, batch_size: int, streams: int
+) -> EvalResult:
+    from lmtrain.data.coverage import check_coverage
+    from lmtrain.evaluate import evaluate_ids
+
+    if batch_size < 1 or streams < 1:
+        raise LmtrainError("batch_size and streams must be >= 1")
+    enc = model.vocab.encode(text)
+    check_coverage(enc, model.vocab, source)
+    if model.config.data.mode == "sentences":
+        from lmtrain.data.sentences import split_sequences
+        from lmtrain.score import evaluate_sentences
+
+        if streams != 1:
+            raise LmtrainError("streams applies to stream-mode models only")
+        sequences = split_sequences(enc.ids, model.vocab, model.config.data.documents)
+        return evaluate_sentences(
+            model.module, sequences, model.vocab.kind, enc.oov, batch_size,
+            text_tokens=enc.ids.numel(),
+        )  # fmt: skip
+    if enc.ids.numel() < streams + 1:
+        raise LmtrainError(f"{source}: too little text to evaluate ({enc.ids.numel()} tokens)")
+    return evaluate_ids(model.module, enc.ids, model.vocab.kind, enc.oov, streams)
+
+
+def load(source: str | Path, device: torch.device | str = "cpu") -> Model:
+    """A trained model from a run directory (its best checkpoint), a checkpoint file or an
+    export folder (`lmtrain export`)."""
+    from lmtrain.checkpoint import load_model
+    from lmtrain.device import resolve_device
+
+    module, vocab, cfg = load_model(source, resolve_device(str(device), "device"))
+    return Model(module, vocab, cfg, Path(source))
+
+
+def _model(model: Model | str | Path) -> Model:
+    return model if isinstance(model, Model) else load(model)
+
+
+def generate(model: Model | str | Path, prompt: str = "", **options: Any) -> str | list[str]:
+    """`load(model).generate(prompt, **options)`; see Model.generate."""
+    return _model(model).generate(prompt, **options)
+
+
+def score(
+    model: Model | str | Path, texts: str | Sequence[str], *, batch_size: int = 32
+) -> SentenceScore | list[SentenceScore]:
+    """`load(model).score(texts)`; see Model.score."""
+    return _model(model).score(texts, batch_size=batch_size)
+
+
+def evaluate(
+    model: Model | str | Path, text: str | Path | None = None, **options: Any
+) -> EvalResult:
+    """`load(model).evaluate(text, **options)`; see Model.evaluate."""
+    return _model(model).evaluate(text, **options)

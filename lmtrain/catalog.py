@@ -1,0 +1,130 @@
+"""The recipes shipped inside the package: lmtrain/recipes/*.yaml (`configs/` in a checkout).
+
+A recipe is an ordinary config file. Its header comment ends with a summary that
+`lmtrain recipes` lists, one `key: value` per line:
+
+    # Summary for `lmtrain recipes`:
+    #   task: char LM, CPython's docs
+    #   data: builtin:python-docs
+    #   hardware: CPU, ~1 min
+    #   result: valid 1.865 bits/char, test 1.752
+
+Wherever a command takes a CONFIG file it also takes a recipe's name; a file of that name, when
+one exists, always wins.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmtrain.errors import LmtrainError
+
+RECIPES_DIR = Path(__file__).with_name("recipes")
+SUMMARY_KEYS = ("task", "data", "hardware", "result")
+_SUMMARY_LINE = re.compile(r"^#\s+(task|data|hardware|result):\s*(.*?)\s*$")
+
+
+class RecipeError(LmtrainError):
+    """An unknown recipe name, or a copy that would overwrite a file."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    """The file name without .yaml; what `lmtrain fit NAME` takes."""
+    path: Path
+    task: str
+    data: str
+    hardware: str
+    result: str
+    """The measured result, as the recipe's header states it."""
+
+
+def _summary(path: Path) -> dict[str, str]:
+    """The summary keys of the header: the comment lines before the first YAML line."""
+    found: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            break
+        if m := _SUMMARY_LINE.match(line):
+            found[m.group(1)] = m.group(2)
+    return found
+
+
+def recipes() -> list[Recipe]:
+    """Every shipped recipe, by name."""
+    out = []
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        s = _summary(path)
+        out.append(Recipe(path.stem, path, *(s.get(k, "?") for k in SUMMARY_KEYS)))
+    return out
+
+
+def names() -> list[str]:
+    return [r.name for r in recipes()]
+
+
+def find(name: str) -> Recipe:
+    """The recipe called `name` (a trailing .yaml is allowed), or RecipeError listing them all."""
+    stem = name.removesuffix(".yaml").removesuffix(".yml")
+    for r in recipes():
+        if r.name == stem:
+            return r
+    raise RecipeError(
+        f"no recipe named {name!r}; the recipes are: {', '.join(names())} (`lmtrain recipes` "
+        "describes them)"
+    )
+
+
+def resolve_config(arg: str | Path) -> Path:
+    """The file a CONFIG argument names: the path itself when it exists, else a recipe.
+
+    A path with a directory part (`configs/x.yaml`, `./x`) is always a path, so a typo there is
+    reported as a missing file, not as an unknown recipe.
+    """
+    path = Path(arg)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    try:
+        return find(path.name).path
+    except RecipeError:
+        raise RecipeError(
+            f"{arg}: no such file, and no recipe of that name; the recipes are: "
+            f"{', '.join(names())} (`lmtrain recipes` describes them)"
+        ) from None
+
+
+def copy_recipe(name: str, dest: Path | None = None) -> Path:
+    """Write a copy of recipe `name` to edit; `dest` defaults to ./NAME.yaml, and a directory
+    receives NAME.yaml. Never overwrites a file."""
+    recipe = find(name)
+    target = dest if dest is not None else Path(f"{recipe.name}.yaml")
+    if target.is_dir():
+        target = target / f"{recipe.name}.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Mode "x" creates the file or fails: no window in which another file could be replaced.
+        with target.open("x", encoding="utf-8") as f:
+            f.write(recipe.path.read_text(encoding="utf-8"))
+    except FileExistsError:
+        raise RecipeError(
+            f"{target}: already exists; lmtrain init never overwrites a file. Give another "
+            "PATH, or remove that file first."
+        ) from None
+    except OSError as e:
+        raise RecipeError(f"{target}: cannot write the copy ({e.strerror or e})") from None
+    return target
+
+
+def table(items: list[Recipe]) -> str:
+    """One aligned line per recipe, under a heading line."""
+    rows = [("name", *SUMMARY_KEYS)]
+    rows += [(r.name, r.task, r.data, r.hardware, r.result) for r in items]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]))  # the last column is not padded
+    return "\n".join(lines)
