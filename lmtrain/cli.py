@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from lmtrain import __version__, catalog
 from lmtrain import config as config_mod
 from lmtrain.errors import LmtrainError
 
@@ -26,11 +28,35 @@ if TYPE_CHECKING:  # the commands import torch lazily, so that --help stays fast
     from lmtrain.models import LanguageModel
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Train, evaluate and sample recurrent language models from a YAML config.",
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"lmtrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_show_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options that come before the command."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,59 +86,195 @@ def _err(line: str) -> None:
     typer.echo(line, err=True)
 
 
-ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
+ConfigArg = Annotated[
+    Path,
+    typer.Argument(
+        help="YAML config file, or the name of a shipped recipe (lmtrain recipes).",
+        show_default=False,
+    ),
+]
 OverridesArg = Annotated[
     list[str] | None,
     typer.Argument(
         help="Dotted overrides such as train.lr=0.5 model.cell=gru.", show_default=False
     ),
 ]
+ConfigOverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Dotted overrides: train.lr=0.5, --train.lr 0.5 or --train.lr=0.5.",
+        show_default=False,
+    ),
+]
+# fit and validate pass options they do not know (`--train.lr 0.1`) through to their overrides
+# argument, where _config_overrides turns dotted ones into KEY=VALUE and refuses the rest.
+_DOTTED_OPTIONS = {"ignore_unknown_options": True}
+
+
+def _is_dotted(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) > 1 and all(parts)
+
+
+def _unknown_option(ctx: typer.Context, option: str) -> LmtrainError:
+    import difflib
+
+    names = [o for param in ctx.command.params for o in getattr(param, "opts", []) if "-" in o]
+    close = difflib.get_close_matches(option.split("=", 1)[0], names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return LmtrainError(
+        f"no such option: {option}{hint}; config keys are set as section.key=VALUE or "
+        f"--section.key VALUE (lmtrain config lists them); see lmtrain {ctx.command.name} --help"
+    )
+
+
+def _config_overrides(ctx: typer.Context, config: Path, tokens: list[str]) -> list[str]:
+    """The overrides as KEY=VALUE; `--a.b VALUE` and `--a.b=VALUE` are accepted as `a.b=VALUE`.
+
+    An option that is not a dotted key (a typo such as `--resum`) is refused with the closest
+    real option, so a mistake never passes silently as a config value.
+    """
+    first = str(config)
+    if first.startswith("-"):
+        if _is_dotted(first.lstrip("-").split("=", 1)[0]):
+            raise LmtrainError(
+                f"{first}: the config file comes first, then the overrides: "
+                f"lmtrain {ctx.command.name} CONFIG {first} ..."
+            )
+        raise _unknown_option(ctx, first)
+    result: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not token.startswith("-"):
+            result.append(token)
+            continue
+        name, sep, value = token.lstrip("-").partition("=")
+        if not token.startswith("--") or not _is_dotted(name):
+            raise _unknown_option(ctx, token)
+        if not sep:
+            if i == len(tokens) or tokens[i].startswith("--"):
+                raise LmtrainError(f"option {token} needs a value: {token} VALUE or {token}=VALUE")
+            value = tokens[i]
+            i += 1
+        result.append(f"{name}={value}")
+    return result
+
+
 RunArg = Annotated[
-    Path, typer.Argument(help="Run directory or checkpoint file.", show_default=False)
+    Path,
+    typer.Argument(help="Run directory, checkpoint file or export folder.", show_default=False),
 ]
 
 
-@app.command()
+@app.command(context_settings=_DOTTED_OPTIONS)
 @_user_errors
 def fit(
+    ctx: typer.Context,
     config: ConfigArg,
-    overrides: OverridesArg = None,
+    overrides: ConfigOverridesArg = None,
     resume: Annotated[
         str | None,
         typer.Option(
-            help="Continue a run: 'auto' (run.dir's newest readable checkpoint) or a "
-            "checkpoint path."
+            help="Continue a run: 'auto' (run.dir's newest readable checkpoint), a run "
+            "directory (its newest readable checkpoint) or a checkpoint file. A checkpoint of "
+            "another run starts a fork into a new or empty run.dir; an older checkpoint of "
+            "run.dir rewinds it (newer checkpoints move to checkpoints/abandoned-*/)."
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress bar or progress lines; evaluations, warnings, errors and the "
+            "final summary still print.",
+        ),
+    ] = False,
 ) -> None:
-    """Train a model; checkpoints, TensorBoard events and the resolved config go to run.dir."""
+    """Train a model; checkpoints, metrics.jsonl, results.json, TensorBoard events and the
+    resolved config go to run.dir (lmtrain fit RECIPE works too: see lmtrain recipes)."""
     from lmtrain.train import fit as run_fit
 
-    cfg = config_mod.load_config(config, overrides or [])
+    settings = _config_overrides(ctx, config, overrides or [])
+    cfg = config_mod.load_config(catalog.resolve_config(config), settings)
+    config_mod.check_resources(cfg)
     result = run_fit(cfg, resume=resume, quiet=quiet, echo=_err)
     if not result.is_main:
         return  # under torchrun, rank 0 reports for the job
     p = result.progress
     best = f"best val loss {p.best_val_loss:.4f}" if p.best_val_loss < float("inf") else "no val"
+    # Seconds and tokens/s of this session's training steps, evaluation and checkpoints excluded.
     typer.echo(
         f"done: {p.step} steps, {result.train_tokens:,} tokens in {result.train_seconds:.1f}s "
-        f"({result.tokens_per_sec:,.0f} tokens/s), {best}; run in {result.run_dir}"
+        f"of training ({result.tokens_per_sec:,.0f} tokens/s), {best}; run in {result.run_dir}"
     )
+    run = shlex.quote(str(result.run_dir))
+    best_val = result.results.get("best_val")
+    if best_val is not None:
+        figure = f"bpc {best_val['bpc']:.4f}" if "bpc" in best_val else f"ppl {best_val['ppl']:.2f}"
+        typer.echo(f"best validation: {figure} at step {best_val['step']}")
+    typer.echo(f"figures: {result.run_dir / 'results.json'}, {result.run_dir / 'metrics.jsonl'}")
+    typer.echo(f"evaluate: lmtrain eval {run}")
+    prompt = f" --prompt {shlex.quote(cfg.run.sample_prompt)}" if cfg.run.sample_prompt else ""
+    typer.echo(f"sample:   lmtrain sample {run}{prompt}")
 
 
-@app.command()
+@app.command(context_settings=_DOTTED_OPTIONS)
 @_user_errors
-def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
-    """Check a config (and overrides) without doing any work; exit 2 listing every problem."""
-    cfg = config_mod.load_config(config, overrides or [])
+def validate(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg = None) -> None:
+    """Check a config, its files, device and memory without training.
+
+    Exit 2 listing every problem: each data and vectors file must be a readable
+    regular file (opened, not read), train.device must exist here, run.dir must
+    be creatable and the model must fit in memory. Prints the config that fit
+    would save, with run.dir expanded.
+    """
+    from lmtrain.data.corpus import check_inputs
+    from lmtrain.device import resolve_device
+
+    def environment(cfg: Config) -> list[str]:
+        """What the schema cannot know: files, device, memory and run.dir on this machine."""
+        problems = check_inputs(cfg)
+        device: object = "cpu"  # a device that does not exist: at least the model must fit in RAM
+        try:
+            device = resolve_device(cfg.train.device)
+        except LmtrainError as e:
+            problems.append(str(e))
+        problems += config_mod.resource_problems(cfg, device=device)
+        return problems + _run_dir_problems(Path(cfg.run.dir))
+
+    settings = _config_overrides(ctx, config, overrides or [])
+    cfg = config_mod.load_config(catalog.resolve_config(config), settings, checks=environment)
     typer.echo(f"{config}: OK")
     typer.echo(cfg.to_yaml().rstrip())
 
 
+def _run_dir_problems(run_dir: Path) -> list[str]:
+    """run.dir must be a directory, or creatable: its nearest existing parent is writable."""
+    import os
+
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == run_dir and not existing.is_dir():
+        return [f"run.dir: {run_dir} exists and is not a directory; choose another run.dir"]
+    if not existing.is_dir():
+        return [f"run.dir: {existing} is not a directory, so {run_dir} cannot be created there"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"run.dir: {existing} is not writable; choose another run.dir"]
+    return []
+
+
 @app.command("config")
 def show_config() -> None:
-    """Print every config key with its default and a one-line description."""
+    """Print every config key with its default and a one-line description.
+
+    The output is itself a valid config: `lmtrain config > my.yaml` starts one to edit.
+
+    `lmtrain init RECIPE` copies a tuned recipe instead (lmtrain recipes lists them).
+    """
     typer.echo(config_mod.describe())
 
 
@@ -163,31 +325,27 @@ def eval_cmd(
     from lmtrain.checkpoint import load_model
     from lmtrain.data import read_text
     from lmtrain.data.coverage import check_coverage
+    from lmtrain.device import resolve_device
     from lmtrain.evaluate import evaluate_ids
-    from lmtrain.train import resolve_device
+    from lmtrain.score import EvalOptions
 
-    if batch_size < 1 or streams < 1:
-        raise LmtrainError("--batch-size and --streams must be >= 1")
-    if dynamic_method not in ("sgd", "rms"):
-        raise LmtrainError(f"--dynamic-method must be sgd or rms, got {dynamic_method!r}")
+    options = EvalOptions(batch_size, streams)
     adapt = AdaptOptions(
         dynamic_lr, dynamic_bptt, dynamic_method, dynamic_decay,  # type: ignore[arg-type]
         cache_size, cache_theta, cache_lambda,
     )  # fmt: skip
-    if problems := adapt.problems():
+    if problems := options.problems() + adapt.problems():
         raise LmtrainError("; ".join(problems))
     if (adapt.dynamic or adapt.cache) and streams > 1:
         raise LmtrainError(
             "--dynamic-lr and --cache-size read the text as one stream; drop --streams"
         )
-    model, vocab, cfg = load_model(run, resolve_device(device))
+    model, vocab, cfg = load_model(run, resolve_device(device, "--device"))
     spec = data or cfg.data.test
     if spec is None:
         raise LmtrainError("no --data given and the run's config has no data.test")
     enc = vocab.encode(read_text(spec, "test", cfg.data.decode_errors))
     check_coverage(enc, vocab, spec)
-    if enc.ids.numel() < streams + 1:
-        raise LmtrainError(f"{spec}: too little text to evaluate ({enc.ids.numel()} tokens)")
     adapted = None
     if cfg.data.mode == "sentences":
         if adapt.dynamic or adapt.cache:
@@ -197,22 +355,25 @@ def eval_cmd(
             )
         result = _eval_sentences(model, vocab, cfg, enc, streams, batch_size)
     else:
+        if problems := options.text_problems(enc.ids.numel(), spec):
+            raise LmtrainError("; ".join(problems))
         result = evaluate_ids(model, enc.ids, vocab.kind, enc.oov, streams)
         if adapt.dynamic or adapt.cache:
             from lmtrain.adapt import evaluate_adaptive
 
             adapted = evaluate_adaptive(model, enc.ids, vocab.kind, enc.oov, adapt)
+    figures = result.to_dict()
     if as_json:
         extra = (
             {}
             if adapted is None
             else {"adapted": {"method": adapt.describe(), **adapted.to_dict()}}
         )
-        typer.echo(json.dumps({"data": spec, **result.to_dict(), **extra}))
+        typer.echo(json.dumps({"data": spec, **figures, **extra}))
     else:
         typer.echo(f"{spec}: {result.summary()}")
         if vocab.kind == "word":
-            typer.echo(f"OOV rate {result.to_dict()['oov_rate']:.4%}")
+            typer.echo(f"OOV rate {enc.oov_rate:.4%} ({enc.oov:,} of {enc.ids.numel():,} tokens)")
         if adapted is not None:
             typer.echo(f"adapted, {adapt.describe()}: {adapted.summary()}")
             change = adapted.ppl / result.ppl - 1
@@ -232,7 +393,9 @@ def _eval_sentences(
             "data.mode: sentences, whose evaluation is exact at any --batch-size"
         )
     sequences = split_sequences(enc.ids, vocab, cfg.data.documents)
-    return evaluate_sentences(model, sequences, vocab.kind, enc.oov, batch_size)
+    return evaluate_sentences(
+        model, sequences, vocab.kind, enc.oov, batch_size, text_tokens=enc.ids.numel()
+    )
 
 
 @app.command()
@@ -256,11 +419,11 @@ def score(
     """Log-probability (natural log and log2), token count and perplexity of each sentence."""
     from lmtrain.checkpoint import load_model
     from lmtrain.data.corpus import read_file
-    from lmtrain.score import score_texts
-    from lmtrain.train import resolve_device
+    from lmtrain.device import resolve_device
+    from lmtrain.score import EvalOptions, score_texts
 
-    if batch_size < 1:
-        raise LmtrainError(f"--batch-size must be >= 1, got {batch_size}")
+    if problems := EvalOptions(batch_size=batch_size).problems():
+        raise LmtrainError("; ".join(problems))
     texts: list[str] = []
     if file is not None:
         texts += [line for line in read_file(file).splitlines() if line.strip()]
@@ -270,14 +433,25 @@ def score(
         texts.append(text)
     if not texts:
         raise LmtrainError("nothing to score: give sentences as arguments or --file FILE")
-    model, vocab, _ = load_model(run, resolve_device(device))
+    model, vocab, _ = load_model(run, resolve_device(device, "--device"))
     scores = score_texts(model, vocab, texts, batch_size)
+    unknown = sum(s.oov > 0 for s in scores)
+    if unknown:
+        # An unknown word is scored as <unk>, often a likely token: such a sentence can score
+        # better than real text, so the figure must not pass without notice.
+        _err(
+            f"warning: {unknown} of {len(scores)} sentence(s) hold tokens not in the model's "
+            "vocabulary, scored as <unk>; their figures are not comparable with the others "
+            "(see the oov count)"
+        )
     if as_json:
         typer.echo(json.dumps([s.to_dict() for s in scores], ensure_ascii=False))
         return
-    typer.echo("logprob\tlog2prob\ttokens\tppl\ttext")
+    # The oov column appears whenever some sentence has unknown tokens.
+    typer.echo("logprob\tlog2prob\ttokens\tppl\t" + ("oov\t" if unknown else "") + "text")
     for s in scores:
-        typer.echo(f"{s.logprob:.4f}\t{s.log2prob:.4f}\t{s.tokens}\t{s.ppl:.2f}\t{s.text}")
+        oov = f"{s.oov}\t" if unknown else ""
+        typer.echo(f"{s.logprob:.4f}\t{s.log2prob:.4f}\t{s.tokens}\t{s.ppl:.2f}\t{oov}{s.text}")
 
 
 @app.command()
@@ -290,22 +464,27 @@ def sample(
     top_k: Annotated[int, typer.Option(help="Sample among the K likeliest tokens (0 = off).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (1 = off).")] = 1.0,
     greedy: Annotated[bool, typer.Option(help="Always take the likeliest token.")] = False,
-    seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Same seed, same text; without it a fresh seed is printed on stderr."),
+    ] = None,
     num_samples: Annotated[int, typer.Option(help="Independent samples.")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
 ) -> None:
     """Generate text from a trained model."""
     from lmtrain.checkpoint import load_model
+    from lmtrain.device import resolve_device
     from lmtrain.sample import SampleOptions, generate
-    from lmtrain.train import resolve_device
 
     opts = SampleOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed)
     if problems := opts.problems():
         raise LmtrainError("; ".join(problems))
-    model, vocab, _ = load_model(run, resolve_device(device))
+    model, vocab, _ = load_model(run, resolve_device(device, "--device"))
     result = generate(model, vocab, prompt, opts)
     for w in result.warnings:
         _err(f"warning: {w}")
+    if seed is None:
+        _err(f"seed: {result.seed} (pass --seed {result.seed} to repeat)")
     for i, text in enumerate(result.texts):
         if num_samples > 1:
             typer.echo(f"--- sample {i + 1} ---")
@@ -334,20 +513,128 @@ def gradient_flow_cmd(
         Path | None, typer.Option(help="TensorBoard directory; default OUT's name + '-tb'.")
     ] = None,
 ) -> None:
-    """Norm of dL_T/dh_t against T - t: a PNG plus TensorBoard scalars gradient_flow/<cell>."""
-    from lmtrain import diagnose
+    """Norm of dL_T/dh_t against T - t: a PNG, plus TensorBoard scalars and the figure."""
+    from lmtrain import diagnose, plot
 
     if steps < 2 or batch < 1:
         raise LmtrainError("--steps must be >= 2 and --batch >= 1")
+    plot.require_matplotlib()  # before the measurement, which can take a while
     curves = diagnose.curves_for(target, overrides or [], cell or [], steps, batch)
-    diagnose.plot(curves, out, f"gradient norm |dl/dh| by steps back, window {steps}")
+    figure = plot.gradient_flow_figure(
+        curves, f"Gradient of the loss at step $T$ reaching $h_t$ ($T$ = {steps}, {batch} rows)"
+    )
+    plot.save_png(figure, out)
     tb = tensorboard or out.with_name(out.stem + "-tb")
-    diagnose.write_tensorboard(curves, tb)
+    diagnose.write_tensorboard(curves, tb, plot.pixels(figure))
     shown = [d for d in (0, 1, 2, 5, 10, 20, 50, 100, 200) if d < steps]
     typer.echo("steps back  " + "  ".join(f"{c.label:>12s}" for c in curves))
     for d in shown:
         typer.echo(f"{d:10d}  " + "  ".join(f"{c.norms[d]:12.3e}" for c in curves))
-    typer.echo(f"wrote {out} and TensorBoard scalars in {tb}")
+    typer.echo(f"wrote {out} and TensorBoard scalars and figure in {tb}")
+
+
+@app.command("plot")
+@_user_errors
+def plot_cmd(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories to compare.", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
+    metric: Annotated[str, typer.Option(help="loss, ppl or bpc (character models).")] = "ppl",
+    x: Annotated[
+        str, typer.Option("--x", help="step, minutes (of training) or tokens (trained on).")
+    ] = "step",
+) -> None:
+    """Validation curves of several runs in one PNG, one line per run (from RUN/metrics.jsonl)."""
+    from lmtrain import plot
+
+    plot.require_matplotlib()
+    curves = plot.run_curves(runs, metric, x)
+    plot.save_png(plot.runs_figure(curves, metric, x), out)
+    typer.echo(f"wrote {out}")
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """List the recipes shipped with lmtrain: task, data, hardware and measured result."""
+    typer.echo(catalog.table(catalog.recipes()))
+    _err(
+        "run one: lmtrain fit NAME; copy one to edit: lmtrain init NAME [PATH]; "
+        "fetch its data: lmtrain download NAME"
+    )
+
+
+@app.command("init")
+@_user_errors
+def init_cmd(
+    recipe: Annotated[
+        str, typer.Argument(help="Recipe name (lmtrain recipes).", show_default=False)
+    ],
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="File or folder to write; default ./RECIPE.yaml. Never overwritten.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Write a copy of a shipped recipe to edit, then run it with `lmtrain fit PATH`.
+
+    To start from every key and its default instead: lmtrain config > my.yaml
+    """
+    target = catalog.copy_recipe(recipe, path)
+    typer.echo(f"wrote {target}; edit it, then: lmtrain fit {target}")
+
+
+@app.command("download")
+@_user_errors
+def download_cmd(
+    corpus: Annotated[
+        str, typer.Argument(help="wikitext-2 or tinyshakespeare.", show_default=False)
+    ],
+    dest: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Folder that receives CORPUS/; default $LMTRAIN_DATA, else ./data.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Fetch a corpus of the recipes from a pinned commit and check its sha256.
+
+    A file is moved into place only when its checksum matches; a mismatch deletes it, exit 2.
+
+    Files already present and correct are kept. Mirrors: WIKITEXT2_URL, TINYSHAKESPEARE_URL.
+    """
+    from lmtrain.download import default_dest, download
+
+    root = dest if dest is not None else default_dest()
+    download(corpus, root, echo=_err)
+    typer.echo(f"done: export LMTRAIN_DATA={root.resolve()}")
+
+
+@app.command("export")
+@_user_errors
+def export_cmd(
+    run: RunArg,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder to write; default RUN/export. Only a previous export is replaced."
+        ),
+    ] = None,
+) -> None:
+    """Write the model as safetensors weights, config.json, vocab.json and a README model card.
+
+    Loading an export (lmtrain eval/sample/score EXPORT, lmtrain.load) never unpickles anything.
+    """
+    from lmtrain.export import FILES, export_run
+
+    result = export_run(run, out)
+    typer.echo(
+        f"exported {result.checkpoint} ({result.parameters:,} parameters) to {result.out}: "
+        + ", ".join(FILES)
+    )
 
 
 def main() -> None:

@@ -8,11 +8,13 @@ decides *when*.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,39 +23,24 @@ from torch import nn
 
 from lmtrain import checkpoint as ckpt
 from lmtrain import distributed
-from lmtrain import resume as resume_mod
-from lmtrain.config import Config, TrainConfig
+from lmtrain.checkpoint import Checkpoint, Progress
+from lmtrain.config import Config, TrainConfig, check_resources
 from lmtrain.data import Batch, SentenceBatches, StreamBatches, Vocab, read_text
 from lmtrain.data.sentences import split_sequences
+from lmtrain.device import resolve_device
 from lmtrain.errors import CheckpointError, DataError, LmtrainError, TrainingStopped
-from lmtrain.evaluate import EvalResult, evaluate_ids, unigram_baseline
+from lmtrain.evaluate import EvalResult, EvaluationInterrupted, evaluate_ids, unigram_baseline
 from lmtrain.interrupt import StopRequest, graceful_stop
-from lmtrain.metrics import RunLogger
+from lmtrain.metrics import RunLogger, TrainPoint, check_loggers
 from lmtrain.models import LanguageModel, State, build_model, detach_state, select_rows
 from lmtrain.precision import Amp, flatten_rnn_weights
+from lmtrain.rundir import RunDirectory, open_run
 from lmtrain.sample import SampleOptions, generate
 from lmtrain.score import evaluate_sentences
 from lmtrain.threads import configure_threads
 
 # ---------------------------------------------------------------------------------------------
 # Setup helpers
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise LmtrainError(
-                f"train.device is {spec!r} but no CUDA GPU is available here; "
-                "use train.device=cpu (or auto)"
-            )
-        index = int(spec.split(":")[1]) if ":" in spec else 0
-        if index >= torch.cuda.device_count():
-            raise LmtrainError(
-                f"train.device is {spec!r} but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-    return torch.device(spec)
 
 
 @dataclass
@@ -150,31 +137,6 @@ class LRSchedule:
 
 
 @dataclass
-class Progress:
-    """Counters saved in every checkpoint; together with the RNG states they fix the future."""
-
-    step: int = 0
-    """Optimiser steps completed."""
-    epoch: int = 0
-    """Current epoch, 0-based."""
-    batch_in_epoch: int = 0
-    """Index of the next batch within the current epoch."""
-    tokens: int = 0
-    """Training tokens consumed."""
-    best_val_loss: float = math.inf
-    last_val_loss: float = math.nan
-    last_eval_step: int = -1
-    nonfinite_steps: int = 0
-    """Steps skipped because their loss or gradient was NaN/inf, in total."""
-    nonfinite_run: int = 0
-    """Consecutive skipped steps up to now (0 after a good step)."""
-    train_seconds: float = 0.0
-    """Time spent in training steps so far, evaluation and saving excluded (train.max_minutes)."""
-    out_of_time: bool = False
-    """train.max_minutes was reached; no more steps."""
-
-
-@dataclass
 class FitResult:
     run_dir: Path
     progress: Progress
@@ -184,9 +146,13 @@ class FitResult:
     """Per-step mean training loss by step number (filled when record_losses is on)."""
     is_main: bool = True
     """False on torchrun ranks other than 0, which report nothing."""
+    results: dict[str, Any] = field(default_factory=dict)
+    """What RUN/results.json holds (lmtrain.metrics.RunLogger.results)."""
 
     @property
     def tokens_per_sec(self) -> float:
+        """This session's training tokens over its training seconds (evaluation and
+        checkpoints excluded)."""
         return self.train_tokens / max(self.train_seconds, 1e-9)
 
 
@@ -194,84 +160,6 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """Total optimiser steps: all epochs, or max_steps if that comes first."""
     total = steps_per_epoch * cfg.epochs
     return min(total, cfg.max_steps or total)
-
-
-# ---------------------------------------------------------------------------------------------
-# Run directory and resume
-
-
-def _run_has_outputs(run_dir: Path) -> bool:
-    return (run_dir / ckpt.CHECKPOINT_DIR).exists() or (run_dir / "config.yaml").exists()
-
-
-def prepare_run_dir(
-    cfg: Config, resume: str | None, warn: Callable[[str], None] = print
-) -> tuple[Path, dict[str, Any] | None]:
-    """Create or check the run directory; load the checkpoint to resume from, if asked."""
-    run_dir = Path(cfg.run.dir)
-    if resume is None:
-        if _run_has_outputs(run_dir):
-            raise CheckpointError(
-                f"run directory {run_dir} already holds a run; nothing was changed. Continue it "
-                "with --resume auto, or choose a new run.dir (e.g. run.dir=runs/NAME)."
-            )
-        payload = None
-    else:
-        if resume == "auto":
-            # Falls back past a damaged newest checkpoint (with a warning), never to scratch.
-            path, payload = resume_mod.load_latest(run_dir, warn)
-        else:
-            path = Path(resume)
-            payload = ckpt.load_checkpoint(path)
-        _check_resumable(cfg, ckpt.config_of(payload, path), path)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise LmtrainError(
-            f"run directory {run_dir} cannot be written ({e.strerror}); choose another run.dir"
-        ) from None
-    return run_dir, payload
-
-
-# Settings that change what the checkpoint's tensors mean; everything else (epochs, lr, ...)
-# may change on resume.
-_FIXED_ON_RESUME = ("model", "data.tokenizer", "data.mode", "data.min_freq", "data.max_size")
-
-
-def _check_resumable(cfg: Config, saved: Config, path: Path) -> None:
-    new, old = _flatten(cfg.to_dict()), _flatten(saved.to_dict())
-    differ = [
-        f"{k} (checkpoint: {old.get(k)!r}, now: {new.get(k)!r})"
-        for k in sorted(set(new) | set(old))
-        if any(k == f or k.startswith(f + ".") for f in _FIXED_ON_RESUME)
-        and new.get(k) != old.get(k)
-    ]
-    if differ:
-        raise CheckpointError(
-            f"cannot resume from {path}: the architecture or vocabulary settings differ: "
-            + "; ".join(differ)
-            + ". Resume with the original settings, or start a new run.dir."
-        )
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +171,8 @@ class Trainer:
     """Everything one training run holds; its methods are the named steps of the loop."""
 
     cfg: Config
-    run_dir: Path
+    run: RunDirectory
+    """run.dir, owned (locked) by this process for the run; see rundir.py."""
     device: torch.device
     corpus: Corpus
     model: LanguageModel
@@ -410,9 +299,15 @@ class Trainer:
         """Steps until the end of the epoch or of training, evaluating when due."""
         t = self.cfg.train
         p = self.progress
+        if p.eval_pending:  # a signal cut this step's evaluation short before the checkpoint
+            self.evaluate_and_save()
         window_nll = torch.zeros((), device=self.device, dtype=torch.float64)
-        window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
+        window_tokens = 0
+        # Throughput counts training time only: the window's tokens over the training seconds
+        # it took (Progress.train_seconds leaves out evaluation, checkpoints and logging).
+        window_seconds0, window_tokens0 = p.train_seconds, p.tokens
         grad_norm = torch.zeros(())
+        grad_norm_max = torch.zeros((), device=self.device)
         clock = time.perf_counter()
         for batch in self.batches.batches(p.epoch, p.batch_in_epoch):
             nll, grad_norm = self.train_step(batch)
@@ -431,28 +326,44 @@ class Trainer:
                 p.nonfinite_run = 0
                 window_nll += nll
                 window_tokens += batch.num_tokens
-            window_steps += 1
+                grad_norm_max = torch.maximum(grad_norm_max, grad_norm)
             if self.record_losses:
                 self._pending.append((p.step, nll, batch.num_tokens))
-            self.logger.advance()
+            self.logger.advance(tokens=p.tokens)
             if p.step % t.log_every == 0 or self.done():
                 # The only host synchronisation in the loop: once per logging interval.
-                elapsed = time.perf_counter() - window_start
                 total_nll, total_tokens = float(window_nll), window_tokens
                 if self.dist is not None:  # token-weighted over ranks
                     total_nll, total_tokens = self.dist.sum([window_nll, window_tokens])
+                # Waiting for the device's queue to drain is training time; what follows is not.
+                p.train_seconds += time.perf_counter() - clock
+                seconds = p.train_seconds - window_seconds0
                 self.logger.train_point(
-                    p.step,
-                    total_nll / max(total_tokens, 1),
-                    self.optimizer.param_groups[0]["lr"],
-                    float(grad_norm),
-                    total_tokens / max(elapsed, 1e-9),
+                    TrainPoint(
+                        step=p.step,
+                        epoch=p.epoch,
+                        # NaN when every step of the window was skipped: there is no loss.
+                        loss=total_nll / total_tokens if total_tokens else math.nan,
+                        lr=self.optimizer.param_groups[0]["lr"],
+                        grad_norm=float(grad_norm),
+                        grad_norm_max=float(grad_norm_max) if total_tokens else math.nan,
+                        tokens_per_sec=(p.tokens - window_tokens0) / max(seconds, 1e-9),
+                        tokens=p.tokens,
+                        train_seconds=p.train_seconds,
+                    )
                 )
                 self._flush_losses()
                 window_nll.zero_()
-                window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
+                grad_norm_max.zero_()
+                window_tokens = 0
+                window_seconds0, window_tokens0 = p.train_seconds, p.tokens
                 self.check_time_budget()
+                clock = time.perf_counter()
             if t.eval_every is not None and p.step % t.eval_every == 0:
+                if self.device.type == "cuda":
+                    # Queued training work finishes on the training clock, not the evaluation's.
+                    torch.cuda.synchronize(self.device)
+                    p.train_seconds += time.perf_counter() - clock
                 self.evaluate_and_save()
                 clock = time.perf_counter()  # evaluation time is not training time
             if self.stop is not None and self.stop.requested:
@@ -478,7 +389,7 @@ class Trainer:
         )
         self.logger.scalars(p.step, {"train/nonfinite_steps": p.nonfinite_steps})
         if p.nonfinite_run >= k:
-            directory = self.run_dir / ckpt.CHECKPOINT_DIR
+            directory = self.run.path / ckpt.CHECKPOINT_DIR
             kept = (
                 f"the checkpoints in {directory} are unchanged (newest from step {self.saved_step})"
                 if self.saved_step is not None
@@ -488,7 +399,9 @@ class Trainer:
                 f"stopped at step {p.step}: {k} consecutive steps had a NaN or infinite loss or "
                 f"gradient and were skipped (train.max_nonfinite_steps = {k}); {kept}. Lower "
                 "train.lr, set train.clip_grad_norm, or check the data, then continue with "
-                "--resume auto.",
+                f"`lmtrain fit CONFIG train.lr={self.cfg.train.lr / 2:g} --resume auto` "
+                "(learning rate and clipping may change on resume, and the count of "
+                "consecutive skipped steps restarts at 0).",
                 exit_code=3,
             )
 
@@ -517,25 +430,53 @@ class Trainer:
         if self.corpus.valid is None:
             return None
 
-        def run() -> EvalResult:
-            if self.cfg.data.mode == "sentences":
-                return evaluate_sentences(
-                    self.model, self.valid_sequences, self.corpus.vocab.kind,
-                    self.corpus.valid_oov, self.cfg.train.batch_size,
+        stop = self.stop  # polled between windows, so that a signal need not wait for the end
+
+        def run() -> EvalResult | int:
+            try:
+                if self.cfg.data.mode == "sentences":
+                    return evaluate_sentences(
+                        self.model, self.valid_sequences, self.corpus.vocab.kind,
+                        self.corpus.valid_oov, self.cfg.train.batch_size, stop=stop,
+                        text_tokens=self.corpus.valid.numel(),
+                    )  # fmt: skip
+                return evaluate_ids(
+                    self.model, self.corpus.valid, self.corpus.vocab.kind, self.corpus.valid_oov,
+                    stop=stop,
                 )  # fmt: skip
-            return evaluate_ids(
-                self.model, self.corpus.valid, self.corpus.vocab.kind, self.corpus.valid_oov
-            )
+            except EvaluationInterrupted:
+                assert stop is not None and stop.signum is not None
+                return stop.signum  # a plain value, so that every rank learns of it
 
         # Under torchrun: the exact figure, computed once on rank 0 and shared.
-        return run() if self.dist is None else self.dist.on_main(run)
+        result = run() if self.dist is None else self.dist.on_main(run)
+        if isinstance(result, int):
+            if self.stop is not None and not self.stop.requested:
+                self.stop.request(result)  # rank 0 was signalled: every rank stops with it
+            raise EvaluationInterrupted
+        return result
 
     def evaluate_and_save(self) -> None:
         p = self.progress
         if p.last_eval_step == p.step:
             return
-        p.last_eval_step = p.step
-        result = self.evaluate()
+        previous, p.last_eval_step = p.last_eval_step, p.step
+        try:
+            result = self.evaluate()
+        except EvaluationInterrupted:
+            # A signal cut the evaluation short: nothing of it is recorded (no validation loss,
+            # no best.pt, no schedule or NT-ASGD decision). The checkpoint holds this step's
+            # complete training state with the evaluation marked as due; a resumed run does it
+            # first, so it continues exactly as if never stopped.
+            p.last_eval_step, p.eval_pending = previous, True
+            self.model.train()
+            assert self.stop is not None and self.stop.requested
+            self.logger.message(
+                f"step {p.step} | {self.stop.name} during evaluation: evaluation abandoned, "
+                "not recorded; a resumed run evaluates this step first"
+            )
+            _stop_and_save(self, self.stop)
+        p.eval_pending = False
         best = False
         if result is not None:
             p.last_val_loss = result.loss
@@ -551,6 +492,15 @@ class Trainer:
                 p.step, p.epoch - (p.batch_in_epoch == 0), p.train_seconds, result, best
             )
         self.log_sample()
+        if p.nonfinite_run > 0 and not self.done():
+            # Mid-way through a streak of skipped steps the run may be diverging: keep the
+            # newest checkpoint from before the streak rather than replace it (and let keep_last
+            # prune older ones). The weights are unchanged by skipped steps anyway.
+            self.logger.message(
+                f"step {p.step} | no checkpoint written: the last {p.nonfinite_run} step(s) "
+                "were skipped as non-finite; the newest checkpoint is kept"
+            )
+            return
         self.save(best)
 
     def log_sample(self) -> None:
@@ -569,66 +519,75 @@ class Trainer:
         self.model.train()
         self.logger.text("sample", text, self.progress.step)
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> Checkpoint:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        state, extra = self.state, {}
-        if self.amp is not None and self.amp.scaler is not None:
-            extra["grad_scaler"] = self.amp.state_dict()
+        state = self.state
         if self.dist is not None:  # collectives: every rank builds the payload
             rng["by_rank"] = self.dist.gather_objects(torch.get_rng_state())
             state = self.dist.gather_rows(state)
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
-            "config": self.cfg.to_dict(),
-            "vocab": self.corpus.vocab.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "progress": asdict(self.progress),
-            "rng": rng,
-            "carried_state": None if state is None else [s.cpu() for s in state],
-            **extra,
-        }
+        scaler = self.amp is not None and self.amp.scaler is not None
+        return Checkpoint(
+            config=self.cfg.to_dict(),
+            vocab=self.corpus.vocab.to_dict(),
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            schedule=self.schedule.state_dict(),
+            progress=dataclasses.replace(self.progress),
+            rng=rng,
+            carried_state=None if state is None else [s.cpu() for s in state],
+            grad_scaler=self.amp.state_dict() if scaler and self.amp is not None else None,
+            run_id=self.run.run_id,
+        )
 
     def save(self, best: bool) -> None:
-        directory = self.run_dir / ckpt.CHECKPOINT_DIR
         payload = self.payload()
         if self.dist is not None and not self.dist.is_main:
             return  # only rank 0 writes files
-        keep = self.cfg.run.keep_last
-        paths = [directory / ckpt.LAST]
-        if keep > 0:
-            paths.insert(0, directory / resume_mod.step_name(self.progress.step))
-        if best:
-            paths.append(directory / ckpt.BEST)
-        resume_mod.save_copies(paths, payload)
-        if keep > 0:
-            resume_mod.prune(directory, keep)
+        self.run.save_checkpoint(payload, best, self.cfg.run.keep_last)
         self.saved_step = self.progress.step
 
-    def restore(self, payload: dict[str, Any]) -> None:
-        """Continue exactly where a checkpoint left off: weights, optimiser, data, RNG."""
+    def restore(self, ck: Checkpoint) -> None:
+        """Continue exactly where a checkpoint left off: weights, optimiser, data, RNG.
+
+        Two things deliberately do not carry over: the count of consecutive non-finite steps
+        restarts at 0 (so that following the NaN guard's advice, resuming with a lower rate,
+        gets a fresh allowance), and the optimiser's momentum and weight decay are the current
+        config's (torch would restore the saved ones; check_resumable allows changing them).
+        """
+        misfits = ckpt.tensor_misfits(self.cfg, ck)  # fit() has checked; a direct call has not
+        if misfits:
+            raise CheckpointError(
+                f"cannot resume: the checkpoint's tensors do not fit this model: "
+                f"{'; '.join(misfits)}. Resume with the settings it was trained with, or start "
+                "a new run.dir."
+            )
         try:
-            self.model.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(payload["optimizer"])
-            self.schedule.load_state_dict(payload["schedule"])
-            self.progress = Progress(**payload["progress"])
+            self.model.load_state_dict(ck.model)
+            self.optimizer.load_state_dict(ck.optimizer)
+            self.schedule.load_state_dict(ck.schedule)
+            torch.set_rng_state(ck.rng["torch"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             detail = " ".join(str(e).split())[:500]
             raise CheckpointError(
                 f"cannot resume: the checkpoint's contents do not fit this model ({detail}). "
                 "Resume with the settings it was trained with, or start a new run.dir."
             ) from None
-        torch.set_rng_state(payload["rng"]["torch"])
-        by_rank = payload["rng"].get("by_rank")
+        t = self.cfg.train
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = t.weight_decay
+            if "momentum" in group and t.optimizer in ("sgd", "rmsprop"):
+                group["momentum"] = t.momentum
+        self.progress = dataclasses.replace(ck.progress, nonfinite_run=0)
+        by_rank = ck.rng.get("by_rank")
         if self.dist is not None and by_rank is not None and len(by_rank) == self.dist.world:
             torch.set_rng_state(by_rank[self.dist.rank])
         if self.amp is not None:
-            self.amp.load_state_dict(payload.get("grad_scaler"))
-        if self.device.type == "cuda" and "cuda" in payload["rng"]:
-            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
-        carried = payload.get("carried_state")
+            self.amp.load_state_dict(ck.grad_scaler)
+        if self.device.type == "cuda" and "cuda" in ck.rng:
+            torch.cuda.set_rng_state(ck.rng["cuda"], self.device)
+        carried = ck.carried_state
         self.state = None if carried is None else tuple(s.to(self.device) for s in carried)
         if self.dist is not None and self.state is not None:
             self.state = self.dist.my_rows(self.state)  # the checkpoint holds the full batch
@@ -641,7 +600,7 @@ def _stop_and_save(trainer: Trainer, stop: StopRequest) -> None:
     p = trainer.progress
     raise TrainingStopped(
         f"{stop.name} received: stopped after step {p.step} and saved "
-        f"{trainer.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}; continue exactly from there with "
+        f"{trainer.run.checkpoints / ckpt.LAST}; continue exactly from there with "
         "`lmtrain fit CONFIG --resume auto` (same config and run.dir).",
         exit_code=stop.exit_code,
     )
@@ -651,14 +610,22 @@ def fit(
     cfg: Config,
     resume: str | None = None,
     quiet: bool = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
     record_losses: bool = False,
 ) -> FitResult:
-    """Train the model described by `cfg`, as one process or as one rank of a torchrun job."""
+    """Train the model described by `cfg`, as one process or as one rank of a torchrun job.
+
+    Lines go to `echo`: by default print, or nothing at all when `quiet`. `quiet` drops the
+    progress bar and progress lines; an `echo` given here still gets every other line.
+    """
+    if echo is None:
+        echo = _silent if quiet else print
+    check_loggers(_loggers(cfg))  # a missing optional package fails before anything is written
     ctx = distributed.init(cfg.train.device, cfg.train.dist_timeout)
     try:
-        with distributed.collective_errors(ctx):
-            return _fit(cfg, resume, quiet, echo, record_losses, ctx)
+        # The stack holds the run directory (and its lock) until the run is over, however it ends.
+        with distributed.collective_errors(ctx), contextlib.ExitStack() as stack:
+            return _fit(cfg, resume, quiet, echo, record_losses, ctx, stack)
     finally:
         distributed.close(ctx)
 
@@ -670,21 +637,26 @@ def _fit(
     echo: Callable[[str], None],
     record_losses: bool,
     ctx: distributed.DistContext | None,
+    stack: contextlib.ExitStack,
 ) -> FitResult:
     """See the module docstring for the order of events."""
     main = ctx is None or ctx.is_main
     configure_threads(cfg.train.num_threads)
     if ctx is None:
         device = resolve_device(cfg.train.device)
-        run_dir, payload = prepare_run_dir(cfg, resume, echo)
     else:
         device = ctx.device
         distributed.check_batch_size(cfg.train.batch_size, ctx)
-        # Rank 0 checks and creates the directory and reads the checkpoint for everyone.
-        run_dir, payload = ctx.on_main(lambda: prepare_run_dir(cfg, resume, echo))
+    world = 1 if ctx is None else ctx.world
+    check_resources(cfg, None, device, world)  # before anything is built or written
+    # The one place where "are we resuming, and from what?" is answered (new, continue, fork,
+    # rewind). Under torchrun rank 0 locks the directory and reads the checkpoint for everyone.
+    run, start = stack.enter_context(open_run(cfg, resume, echo, ctx))
+    run_dir, payload = run.path, start.checkpoint
     torch.manual_seed(cfg.train.seed)
     vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
     corpus = prepare_data(cfg, vocab)
+    check_resources(cfg, len(corpus.vocab), device, world)  # the decoder's size is known now
     try:
         batches: StreamBatches | SentenceBatches
         if cfg.data.mode == "sentences":
@@ -723,7 +695,7 @@ def _fit(
     optimizer = build_optimizer(cfg.train, model)
     total_steps = planned_steps(cfg.train, len(batches))
     if main:
-        _write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+        run.write_text("config.yaml", cfg.to_yaml())
     start_step = 0 if payload is None else int(payload["progress"]["step"])
     logger = RunLogger(
         run_dir,
@@ -733,6 +705,10 @@ def _fit(
         quiet or not main,
         echo if main else _silent,
         purge_step=start_step + 1 if payload is not None else None,
+        kind=corpus.vocab.kind,
+        write_files=main,
+        config_yaml=cfg.to_yaml(),
+        loggers=_loggers(cfg) if main else (),
     )
     trainer_cls = Trainer
     if cfg.train.optimizer == "ntasgd":
@@ -740,7 +716,7 @@ def _fit(
 
         trainer_cls = NTASGDTrainer
     trainer = trainer_cls(
-        cfg, run_dir, device, corpus, model, optimizer, LRSchedule(cfg.train, total_steps),
+        cfg, run, device, corpus, model, optimizer, LRSchedule(cfg.train, total_steps),
         batches, logger, Progress(), record_losses=record_losses,
         amp=amp, dist=ctx, forward_loss=forward_loss,
     )  # fmt: skip
@@ -769,23 +745,53 @@ def _fit(
     for note in amp.notes:
         trainer.logger.message(note)
     model.train()
-    t0 = time.perf_counter()
-    tokens0 = trainer.progress.tokens
+    p = trainer.progress
+    seconds0, tokens0 = p.train_seconds, p.tokens
+    status: str | None = None  # how the session ended; None: by an error, nothing to report
+    ended = False
     try:
         with graceful_stop() as stop:
             trainer.stop = stop
-            while not trainer.done() and trainer.progress.epoch < cfg.train.epochs:
+            while not trainer.done() and p.epoch < cfg.train.epochs:
                 trainer.train_epoch()
                 if stop.requested and not trainer.done():
                     _stop_and_save(trainer, stop)
-            seconds = time.perf_counter() - t0
             trainer.evaluate_and_save()  # no-op when the last step was just evaluated
+        status = "time_limit" if p.out_of_time else "completed"
+        ended = True
+    except TrainingStopped as e:
+        # A signal (exit 130 / 143) left a checkpoint to continue from; exit 3 gave up.
+        status = "nonfinite" if e.exit_code == 3 else "stopped"
+        raise
     finally:
-        trainer.logger.close()
+        results = _report(trainer, status, failing=not ended)
+    # Training time only (Progress.train_seconds leaves out evaluation and checkpoints).
     return FitResult(
-        run_dir, trainer.progress, seconds, trainer.progress.tokens - tokens0, trainer.losses,
-        is_main=main,
+        run_dir, p, p.train_seconds - seconds0, p.tokens - tokens0, trainer.losses,
+        is_main=main, results=results,
     )  # fmt: skip
+
+
+def _loggers(cfg: Config) -> tuple[str, ...]:
+    return tuple(cfg.run.loggers)
+
+
+def _report(trainer: Trainer, status: str | None, failing: bool) -> dict[str, Any]:
+    """Write results.json (when the outcome is known) and close the logger. While an error is on
+    its way out, a second one met here is dropped so that the first reaches the user."""
+    logger, p = trainer.logger, trainer.progress
+    results: dict[str, Any] = {}
+    try:
+        if status is not None:
+            results = logger.results(status, p.step, p.tokens, p.train_seconds, p.nonfinite_steps)
+            logger.finish(results)
+    except LmtrainError:
+        logger.close(failed=True)
+        if failing:
+            return results
+        raise
+    logger.close(failed=failing)
+    return results
 
 
 def _per_rank(cfg: Config, ctx: distributed.DistContext) -> str:
