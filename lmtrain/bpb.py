@@ -1,0 +1,54 @@
+"""Bits per byte: a loss that compares models whatever their tokeniser.
+
+Per-token loss depends on what a token is (a character, a word, a BPE piece, a byte), so it
+cannot compare a word model with a byte model. The total negative log-likelihood of a text,
+divided by the UTF-8 bytes of that text, can:
+
+    bpb = (sum of the per-token nll in nats) / (UTF-8 bytes of the text) / ln 2
+
+The byte count is that of the text as decoded (after `data.decode_errors: replace`, each
+replacement character counts its 3 bytes), so it is counted from the text, not the file size.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+def bits_per_byte(nll_nats: float, text_bytes: int) -> float:
+    """Total nll in nats over `text_bytes` UTF-8 bytes, in bits per byte."""
+    if text_bytes <= 0:
+        raise ValueError(f"bits per byte needs a text of at least one byte, not {text_bytes}")
+    return nll_nats / text_bytes / math.log(2)
+
+
+def text_utf8_bytes(text: str) -> int:
+    """UTF-8 bytes of `text`, encoded a piece at a time so no second copy of it is made."""
+    if text.isascii():  # constant time in CPython: one byte per character
+        return len(text)
+    # surrogatepass: a lone surrogate (possible in a Python str) counts its 3 bytes, as the
+    # character tokeniser keeps it as one character.
+    return sum(
+        len(text[i : i + _CHUNK].encode("utf-8", "surrogatepass"))
+        for i in range(0, len(text), _CHUNK)
+    )
+
+
+def file_utf8_bytes(path: Path, errors: str = "strict") -> int:
+    """UTF-8 bytes of a file's text as `read_text` decodes it, read in chunks.
+
+    With `errors="strict"` this is the file size once the whole file is known to decode;
+    with `"replace"` each undecodable sequence counts as U+FFFD (3 bytes). UnicodeDecodeError
+    for invalid UTF-8 under `strict`.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    total = 0
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            total += text_utf8_bytes(decoder.decode(block))
+        total += text_utf8_bytes(decoder.decode(b"", final=True))
+    return total

@@ -1,0 +1,181 @@
+"""The splits of a config through the prepared-file cache: map them if prepared, else tokenise.
+
+`prepare_corpus` gives what `train.prepare_data` gives (vocabulary, training ids, validation
+ids and their out-of-vocabulary count) plus the UTF-8 bytes of each split, for bits per byte.
+A split found in the cache is mapped without reading its text; otherwise it is read, tokenised
+piece by piece into a new cache entry, and mapped. The ids are uint8 / uint16 / uint32 views of
+the files: code that feeds them to a model converts a window at a time (`.long()`).
+
+Which vocabulary? A fresh run builds it from the training split, and the entry remembers it
+(settings `"vocab": "built"`). A resumed run, eval or a validation split brings its own; the
+training entry is used when it was built with exactly that vocabulary, and otherwise the split
+is encoded with it under settings `"vocab": SHA256`. Built-in corpora ship with Python and are
+small: they are encoded in memory, as before, and never cached.
+
+Under torchrun, rank 0 runs this first (`DistContext.on_main`) while the others wait; then every
+rank runs it and finds every split prepared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lmtrain import files
+from lmtrain.bpb import text_utf8_bytes
+from lmtrain.data.corpus import expand_vars, is_builtin, read_text, split_file_spec
+from lmtrain.data.prepared import (
+    CacheMiss,
+    PreparedWriter,
+    canonical_sha256,
+    load_prepared,
+    load_vocab,
+    save_vocab,
+    source_of,
+)
+from lmtrain.data.vocab import Vocab
+from lmtrain.errors import DataError
+
+if TYPE_CHECKING:
+    from lmtrain.config import DataConfig
+
+# Part of every cache key: bump it when Vocab.build or Vocab.encode change the ids a text gets,
+# so that entries made by the old rules are never mapped by the new code.
+ENCODING_VERSION = 1
+# Characters tokenised per piece when writing an entry: bounds the int64 ids held at once.
+_PIECE_CHARS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Split:
+    ids: torch.Tensor
+    """(N,) token ids: a uint view of a prepared file, or int64 for a built-in corpus."""
+    oov: int
+    text_bytes: int
+    """UTF-8 bytes of the split's text (bits per byte divides by this)."""
+
+
+@dataclass(frozen=True)
+class PreparedCorpus:
+    vocab: Vocab
+    train: Split
+    valid: Split | None
+
+
+def vocab_sha256(vocab: Vocab) -> str:
+    return canonical_sha256(vocab.to_dict())
+
+
+def _settings(d: DataConfig, split: str | None, vocab: str) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "encoding": ENCODING_VERSION,
+        "tokenizer": d.tokenizer,
+        "decode_errors": d.decode_errors,
+        "split": split,
+        "vocab": vocab,
+    }
+    if vocab == "built":
+        settings.update(min_freq=d.min_freq, max_size=d.max_size)
+    return settings
+
+
+def _pieces(text: str, kind: str) -> Iterator[str]:
+    """Consecutive pieces of `text` whose encodings, joined, are the encoding of `text`.
+
+    Word pieces end at a line end, as each encoded line ends with `<eos>`; a piece of
+    characters may end anywhere.
+    """
+    start = 0
+    while start < len(text):
+        end = start + _PIECE_CHARS
+        if end < len(text) and kind == "word":
+            newline = text.find("\n", end)
+            end = len(text) if newline < 0 else newline + 1
+        yield text[start:end]
+        start = end
+
+
+def _source_path(spec: str, key: str) -> tuple[Path, str | None]:
+    path, split = split_file_spec(expand_vars(spec, key))
+    if (why := files.check_readable(Path(path))) is not None:
+        raise DataError(f"{key}: {path}: {why}")
+    return Path(path), split
+
+
+def prepare_split(
+    d: DataConfig,
+    spec: str,
+    role: str,
+    cache_dir: Path,
+    vocab: Vocab | None,
+    echo: Callable[[str], None],
+) -> tuple[Vocab, Split]:
+    """(vocabulary, split) of the text `spec` for `role` (train / valid / test).
+
+    `vocab` None builds it from this text (a fresh run's training split); otherwise the ids
+    are in that vocabulary.
+    """
+    if is_builtin(spec):
+        text = read_text(spec, role, d.decode_errors)
+        if vocab is None:
+            vocab = Vocab.build(text, d.tokenizer, d.min_freq, d.max_size)
+        enc = vocab.encode(text)
+        return vocab, Split(enc.ids, enc.oov, text_utf8_bytes(text))
+
+    path, split = _source_path(spec, f"data.{role}")
+    source = source_of(path, cache_dir)
+    settings = _settings(d, split, "built")
+    wanted = None if vocab is None else vocab_sha256(vocab)
+    try:
+        hit = load_prepared(cache_dir, source, settings, vocab_sha256=wanted)
+        if vocab is None:
+            vocab = Vocab.from_dict(load_vocab(cache_dir, hit.vocab_sha256))
+        return vocab, Split(hit.ids, hit.oov, hit.text_bytes)
+    except CacheMiss as miss:
+        reason = miss.reason
+    if wanted is not None:
+        # The text in a vocabulary it was not built with (a validation split, a resumed run).
+        settings = _settings(d, split, wanted)
+        try:
+            hit = load_prepared(cache_dir, source, settings)
+            assert vocab is not None
+            return vocab, Split(hit.ids, hit.oov, hit.text_bytes)
+        except CacheMiss as miss:
+            reason = miss.reason
+
+    echo(f"data.{role}: tokenising {path} into {cache_dir} ({reason})")
+    text = read_text(spec, role, d.decode_errors)
+    # The same hash before and after reading: the text read is the version the key names.
+    if source_of(path, cache_dir, verify=True).sha256 != source.sha256:
+        raise DataError(f"{path}: the file changed while it was read; run again once it is written")
+    if vocab is None:
+        vocab = Vocab.build(text, d.tokenizer, d.min_freq, d.max_size)
+    sha = save_vocab(cache_dir, vocab.to_dict())
+    oov = 0
+    with PreparedWriter(cache_dir, source, settings, len(vocab)) as w:
+        for piece in _pieces(text, vocab.kind):
+            enc = vocab.encode(piece)
+            w.write(enc.ids)
+            oov += enc.oov
+        written = w.finish(oov=oov, text_bytes=text_utf8_bytes(text), vocab_sha256=sha)
+    return vocab, Split(written.ids, written.oov, written.text_bytes)
+
+
+def prepare_corpus(
+    d: DataConfig,
+    cache_dir: Path,
+    vocab: Vocab | None = None,
+    echo: Callable[[str], None] = lambda _: None,
+) -> PreparedCorpus:
+    """The training and validation splits of `d`; the vocabulary is built when not given."""
+    vocab, train = prepare_split(d, d.train, "train", cache_dir, vocab, echo)
+    valid = None
+    if d.valid is not None:
+        _, valid = prepare_split(d, d.valid, "valid", cache_dir, vocab, echo)
+        if valid.ids.numel() < 2:
+            raise DataError(f"{d.valid}: validation text needs at least 2 tokens")
+    return PreparedCorpus(vocab, train, valid)
