@@ -16,10 +16,11 @@ lmtrain.errors.LmtrainError subclasses with the message the command line would p
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -52,15 +53,44 @@ def _keyword(option: re.Match[str]) -> str:
     return option.group(1).replace("-", "_")
 
 
+def _json_value(value: object) -> str:
+    """A path (Path("train.txt")) is written as its text; anything else JSON cannot hold is
+    refused by name."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise LmtrainError(
+        f"override value {value!r} ({type(value).__name__}) is not a number, string, bool, "
+        "list, dict, path or None"
+    )
+
+
+def _flatten(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.5}} as {"train.lr": 0.5}: a nested mapping sets the keys it names and
+    keeps the others, as a dotted override does (a whole section given as one value would reset
+    every key it leaves out to its default)."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _override_list(overrides: Overrides) -> list[str]:
     """Dotted overrides as `key=value` strings; a mapping's values are written as JSON, which
     the override parser reads back as the same YAML value (numbers, strings, lists, null)."""
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):
-        return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+        return [f"{k}={json.dumps(v, default=_json_value)}" for k, v in _flatten(overrides).items()]
     if isinstance(overrides, str):
         return [overrides]
+    if not isinstance(overrides, Sequence) or not all(isinstance(o, str) for o in overrides):
+        raise LmtrainError(
+            f"overrides must be a dict such as {{'train.lr': 0.01}} or a list of 'key=value' "
+            f"strings, got {overrides!r}"
+        )
     return list(overrides)
 
 
@@ -69,6 +99,11 @@ def config(source: ConfigLike, overrides: Overrides = None) -> Config:
     from lmtrain.catalog import resolve_config
 
     extra = _override_list(overrides)
+    if not isinstance(source, (str, os.PathLike, Mapping, Config)):
+        raise LmtrainError(
+            f"config source must be a recipe name, a YAML path, a dict or a Config, got "
+            f"{source!r} ({type(source).__name__})"
+        )
     if isinstance(source, Config):
         return config_from_dict(source.to_dict(), extra, "config")
     if isinstance(source, Mapping):
@@ -87,14 +122,17 @@ def fit(
     """Train a model; returns the FitResult (run_dir, progress with best_val_loss, timing).
 
     `source`: a YAML path, a shipped recipe's name (`lmtrain recipes`), a nested dict or a
-    Config. `overrides`: {"train.lr": 0.01} or ["train.lr=0.01"]. quiet=True (the default)
-    prints nothing; quiet=False shows the progress bar and log lines, sent to `echo` (default:
-    stderr, as the command line does).
+    Config. `overrides`: {"train.lr": 0.01} or ["train.lr=0.01"]. Lines go to `echo` when
+    given (default: stderr, as the command line does, or nothing at all when quiet). quiet=True
+    (the default) drops the progress bar and progress lines; an `echo` given still gets every
+    other line (run directory, evaluations, warnings), as `lmtrain fit --quiet` prints them.
     """
+    from lmtrain.metrics import console
     from lmtrain.train import fit as train_fit
 
     cfg = config(source, overrides)
-    say = _silent if quiet else (echo or _to_stderr)
+    # A closed stderr pipe (`python script.py 2>&1 | head`) must not stop the training.
+    say = echo if echo is not None else _silent if quiet else console(_to_stderr, sys.stderr)
     return train_fit(cfg, resume=resume, quiet=quiet, echo=say)
 
 
@@ -172,7 +210,20 @@ class Model:
         from lmtrain.sample import SampleOptions
         from lmtrain.sample import generate as sample
 
-        opts = SampleOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples or 1, seed)
+        if not isinstance(prompt, str):
+            raise LmtrainError(f"prompt must be a str, got {type(prompt).__name__}: {prompt!r}")
+        for name, value in (("max_tokens", max_tokens), ("top_k", top_k), ("seed", seed)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise LmtrainError(f"{name} must be an int, got {value!r}")
+        if num_samples is not None and (
+            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+        ):
+            raise LmtrainError(f"num_samples must be an int >= 1 (or None), got {num_samples!r}")
+        for name, number in (("temperature", temperature), ("top_p", top_p)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise LmtrainError(f"{name} must be a number, got {number!r}")
+        count = 1 if num_samples is None else num_samples
+        opts = SampleOptions(max_tokens, temperature, top_k, top_p, greedy, count, seed)
         if problems := opts.problems():
             # The messages name command-line options (--max-tokens); say max_tokens here.
             raise LmtrainError("; ".join(re.sub(r"--([a-z-]+)", _keyword, p) for p in problems))
@@ -193,6 +244,12 @@ class Model:
         from lmtrain.score import score_texts
 
         single = isinstance(texts, str)
+        if not single and (
+            isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable)
+        ):
+            raise LmtrainError(
+                f"texts must be a str or a list of str, got {type(texts).__name__}: {texts!r}"
+            )
         items = [texts] if single else list(texts)
         if not items:
             return []
@@ -260,10 +317,10 @@ def _evaluate_text(
         return evaluate_sentences(
             model.module, sequences, model.vocab.kind, enc.oov, batch_size,
             text_tokens=enc.ids.numel(),
-        )  # fmt: skip
+        ).with_text(text)  # fmt: skip
     if enc.ids.numel() < streams + 1:
         raise LmtrainError(f"{source}: too little text to evaluate ({enc.ids.numel()} tokens)")
-    return evaluate_ids(model.module, enc.ids, model.vocab.kind, enc.oov, streams)
+    return evaluate_ids(model.module, enc.ids, model.vocab.kind, enc.oov, streams).with_text(text)
 
 
 def load(source: str | Path, device: torch.device | str = "cpu") -> Model:

@@ -15,6 +15,8 @@ one exists, always wins.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,37 +75,57 @@ def find(name: str) -> Recipe:
         if r.name == stem:
             return r
     raise RecipeError(
-        f"no recipe named {name!r}; the recipes are: {', '.join(names())} (`lmtrain recipes` "
-        "describes them)"
+        f"no recipe named {name!r}{_did_you_mean(stem)}; the recipes are: {', '.join(names())} "
+        "(`lmtrain recipes` describes them)"
     )
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name.lower(), names(), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def resolve_config(arg: str | Path) -> Path:
     """The file a CONFIG argument names: the path itself when it exists, else a recipe.
 
     A path with a directory part (`configs/x.yaml`, `./x`) is always a path, so a typo there is
-    reported as a missing file, not as an unknown recipe.
+    reported as a missing file, not as an unknown recipe. A directory is never a config, so a
+    folder that happens to share a recipe's name (a run directory called `quickstart`) does not
+    hide the recipe. A leading `~` is the home directory, as in the shell (the Python API gets
+    no shell to expand it).
     """
-    path = Path(arg)
-    if path.exists() or len(path.parts) != 1:
+    path = Path(arg).expanduser()
+    if len(path.parts) != 1 or path.is_file():
         return path
+    if path.exists() and path.name.removesuffix(".yaml").removesuffix(".yml") not in names():
+        return path  # not a file and not a recipe: the config loader says what it is
     try:
         return find(path.name).path
     except RecipeError:
         raise RecipeError(
-            f"{arg}: no such file, and no recipe of that name; the recipes are: "
-            f"{', '.join(names())} (`lmtrain recipes` describes them)"
+            f"{arg}: no such file, and no recipe of that name"
+            f"{_did_you_mean(path.name.removesuffix('.yaml').removesuffix('.yml'))}; the "
+            f"recipes are: {', '.join(names())} (`lmtrain recipes` describes them)"
         ) from None
 
 
-def copy_recipe(name: str, dest: Path | None = None) -> Path:
+def copy_recipe(name: str, dest: str | Path | None = None) -> Path:
     """Write a copy of recipe `name` to edit; `dest` defaults to ./NAME.yaml, and a directory
-    receives NAME.yaml. Never overwrites a file."""
+    (an existing one, or a path ending in `/`) receives NAME.yaml. A leading `~` is the home
+    directory. Never overwrites a file."""
     recipe = find(name)
-    target = dest if dest is not None else Path(f"{recipe.name}.yaml")
-    if target.is_dir():
+    as_folder = dest is not None and str(dest).endswith(("/", os.sep))
+    target = Path(dest).expanduser() if dest is not None else Path(f"{recipe.name}.yaml")
+    if as_folder or target.is_dir():
         target = target / f"{recipe.name}.yaml"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in (target.parent, *target.parent.parents) if p.is_file()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else e.strerror or str(e)
+        raise RecipeError(
+            f"{target}: cannot create its folder {target.parent} ({reason}); give another PATH"
+        ) from None
     try:
         # Mode "x" creates the file or fails: no window in which another file could be replaced.
         with target.open("x", encoding="utf-8") as f:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the commands import torch lazily, so that --help stays fast
     from lmtrain.data.vocab import Encoded, Vocab
     from lmtrain.evaluate import EvalResult
     from lmtrain.models import LanguageModel
+    from lmtrain.train import FitResult
 
 app = typer.Typer(
     add_completion=True,
@@ -193,23 +194,46 @@ def fit(
         ),
     ] = False,
 ) -> None:
-    """Train a model; checkpoints, metrics.jsonl, results.json, TensorBoard events and the
-    resolved config go to run.dir (lmtrain fit RECIPE works too: see lmtrain recipes)."""
+    """Train a model from a YAML config or a recipe's name (lmtrain recipes).
+
+    Checkpoints, metrics.jsonl, results.json, TensorBoard events and the resolved config go to
+    run.dir.
+    """
     from lmtrain.train import fit as run_fit
 
     settings = _config_overrides(ctx, config, overrides or [])
     cfg = config_mod.load_config(catalog.resolve_config(config), settings)
     config_mod.check_resources(cfg)
-    result = run_fit(cfg, resume=resume, quiet=quiet, echo=_err)
+    from lmtrain.metrics import console, silence
+
+    # A closed pipe (`lmtrain fit ... 2>&1 | head`) must not stop the training.
+    result = run_fit(cfg, resume=resume, quiet=quiet, echo=console(_err, sys.stderr))
     if not result.is_main:
         return  # under torchrun, rank 0 reports for the job
+    try:
+        _fit_summary(cfg, result)
+    except BrokenPipeError:
+        # The reader is gone (`| head`); the run is complete and saved, which is what counts.
+        silence(sys.stdout)
+
+
+def _fit_summary(cfg: Config, result: FitResult) -> None:
+    """The closing lines of `lmtrain fit` on stdout: figures, files and what to run next."""
     p = result.progress
     best = f"best val loss {p.best_val_loss:.4f}" if p.best_val_loss < float("inf") else "no val"
     # Seconds and tokens/s of this session's training steps, evaluation and checkpoints excluded.
-    typer.echo(
-        f"done: {p.step} steps, {result.train_tokens:,} tokens in {result.train_seconds:.1f}s "
-        f"of training ({result.tokens_per_sec:,.0f} tokens/s), {best}; run in {result.run_dir}"
+    session = (
+        f"{result.train_tokens:,} tokens in {result.train_seconds:.1f}s of training "
+        f"({result.tokens_per_sec:,.0f} tokens/s)"
     )
+    if result.results.get("tokens", result.train_tokens) != result.train_tokens:
+        # A resumed run: the step count is the whole run's, the tokens and seconds only this
+        # session's, so say so rather than print a misleading tokens-per-step figure.
+        total = result.results["tokens"]
+        done = f"done: step {p.step}, {total:,} tokens in all; this session {session}"
+    else:
+        done = f"done: {p.step} steps, {session}"
+    typer.echo(f"{done}, {best}; run in {result.run_dir}")
     run = shlex.quote(str(result.run_dir))
     best_val = result.results.get("best_val")
     if best_val is not None:
@@ -344,7 +368,8 @@ def eval_cmd(
     spec = data or cfg.data.test
     if spec is None:
         raise LmtrainError("no --data given and the run's config has no data.test")
-    enc = vocab.encode(read_text(spec, "test", cfg.data.decode_errors))
+    text = read_text(spec, "test", cfg.data.decode_errors)
+    enc = vocab.encode(text)
     check_coverage(enc, vocab, spec)
     adapted = None
     if cfg.data.mode == "sentences":
@@ -362,6 +387,9 @@ def eval_cmd(
             from lmtrain.adapt import evaluate_adaptive
 
             adapted = evaluate_adaptive(model, enc.ids, vocab.kind, enc.oov, adapt)
+    # Bits per byte of the text: comparable across tokenisers (word, character, byte).
+    result = result.with_text(text)
+    adapted = None if adapted is None else adapted.with_text(text)
     figures = result.to_dict()
     if as_json:
         extra = (
@@ -539,17 +567,28 @@ def plot_cmd(
     runs: Annotated[
         list[Path], typer.Argument(help="Run directories to compare.", show_default=False)
     ],
-    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
-    metric: Annotated[str, typer.Option(help="loss, ppl or bpc (character models).")] = "ppl",
+    out: Annotated[
+        Path, typer.Option(help="Figure to write: .png, or .pdf / .svg for a vector figure.")
+    ] = Path("curves.png"),
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="loss, ppl, bpc (character models) or bpb (bits per byte: any tokeniser)."
+        ),
+    ] = "ppl",
     x: Annotated[
         str, typer.Option("--x", help="step, minutes (of training) or tokens (trained on).")
     ] = "step",
 ) -> None:
-    """Validation curves of several runs in one PNG, one line per run (from RUN/metrics.jsonl)."""
+    """Validation curves of several runs in one figure, one line per run (from RUN/metrics.jsonl)."""
     from lmtrain import plot
 
     plot.require_matplotlib()
+    out = out.expanduser()  # `--out=~/c.png`: the shell leaves that `~` alone
+    plot.figure_format(out)
     curves = plot.run_curves(runs, metric, x)
+    if warning := plot.unit_warning(curves, metric):
+        _err(warning)
     plot.save_png(plot.runs_figure(curves, metric, x), out)
     typer.echo(f"wrote {out}")
 
@@ -571,9 +610,11 @@ def init_cmd(
         str, typer.Argument(help="Recipe name (lmtrain recipes).", show_default=False)
     ],
     path: Annotated[
-        Path | None,
+        # A str, not a Path: Path drops the trailing "/" of `new/`, which asks for a folder.
+        str | None,
         typer.Argument(
-            help="File or folder to write; default ./RECIPE.yaml. Never overwritten.",
+            help="File or folder (an existing one, or a path ending in /) to write; default "
+            "./RECIPE.yaml. Never overwritten.",
             show_default=False,
         ),
     ] = None,
@@ -590,7 +631,11 @@ def init_cmd(
 @_user_errors
 def download_cmd(
     corpus: Annotated[
-        str, typer.Argument(help="wikitext-2 or tinyshakespeare.", show_default=False)
+        str,
+        typer.Argument(
+            help="wikitext-2 or tinyshakespeare, or a recipe's name (its corpus).",
+            show_default=False,
+        ),
     ],
     dest: Annotated[
         Path | None,
@@ -608,7 +653,7 @@ def download_cmd(
     """
     from lmtrain.download import default_dest, download
 
-    root = dest if dest is not None else default_dest()
+    root = dest.expanduser() if dest is not None else default_dest()
     download(corpus, root, echo=_err)
     typer.echo(f"done: export LMTRAIN_DATA={root.resolve()}")
 
@@ -616,7 +661,12 @@ def download_cmd(
 @app.command("export")
 @_user_errors
 def export_cmd(
-    run: RunArg,
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Run directory (its best checkpoint) or checkpoint file.", show_default=False
+        ),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(

@@ -68,7 +68,7 @@ def _open_url(url: str) -> BinaryIO:
 
 def default_dest() -> Path:
     """$LMTRAIN_DATA when set (the recipes read their files from there), else ./data."""
-    return Path(os.environ.get("LMTRAIN_DATA") or "data")
+    return Path(os.environ.get("LMTRAIN_DATA") or "data").expanduser()
 
 
 def sha256_of(path: Path) -> str:
@@ -89,11 +89,11 @@ def download(
 
     Files already present with the right checksum are kept without downloading them again.
     """
-    if name not in CORPORA:
-        raise DownloadError(f"unknown corpus {name!r}; choose one of: {', '.join(CORPORA)}")
+    name = corpus_name(name, echo)
     source = CORPORA[name]
     base = os.environ.get(source.mirror_env) or source.base_url
-    directory = (dest if dest is not None else default_dest()) / name
+    # A `~` the shell did not expand (quoted, or from a script) means home, not a folder "~".
+    directory = (Path(dest).expanduser() if dest is not None else default_dest()) / name
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -108,6 +108,29 @@ def download(
         _fetch_verified(url, target, want, opener)
         echo(f"ok       {target}")
     return directory
+
+
+def corpus_name(name: str, echo: Callable[[str], None] = print) -> str:
+    """`name` itself when it is a corpus, else the corpus of the recipe called `name` (what
+    `lmtrain recipes` lists in its data column), so that `lmtrain download RECIPE` works too."""
+    from lmtrain import catalog
+
+    if name in CORPORA:
+        return name
+    try:
+        recipe = catalog.find(name)
+    except catalog.RecipeError:
+        raise DownloadError(
+            f"unknown corpus {name!r}; choose one of: {', '.join(CORPORA)} (or a recipe's name: "
+            f"{', '.join(catalog.names())})"
+        ) from None
+    if recipe.data not in CORPORA:
+        raise DownloadError(
+            f"recipe {recipe.name} reads {recipe.data}, which needs no download; run it with "
+            f"`lmtrain fit {recipe.name}`"
+        )
+    echo(f"recipe {recipe.name} reads the corpus {recipe.data}")
+    return recipe.data
 
 
 def _fetch_verified(url: str, target: Path, want: str, opener: Opener) -> None:

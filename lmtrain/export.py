@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import tempfile
 import uuid
@@ -84,8 +85,16 @@ def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
     exports.
     """
     run = Path(run)
+    if is_export_dir(run):
+        # An export has no checkpoint to export from; without this the user would be told that
+        # the folder has no checkpoints/ and asked whether it is a run directory.
+        raise ExportError(
+            f"{run}: is already an export (lmtrain export reads a run directory or a "
+            "checkpoint); copy the folder to share it, or export the run it came from"
+        )
     checkpoint = resolve_checkpoint(run)
-    out = out if out is not None else default_out(run)
+    # `--out=~/x` reaches us unexpanded (the shell expands `~` only at the start of a word).
+    out = Path(out).expanduser() if out is not None else default_out(run)
     _check_out(out)
     model, vocab, cfg = load_model(checkpoint)
     progress = load_checkpoint(checkpoint).progress
@@ -194,9 +203,11 @@ def model_card(
         f"- {progress.step:,} optimiser steps, {progress.tokens:,} training tokens, "
         f"{_duration(progress.train_seconds)} of training",
         "",
-        "Trained by (config.json is the full resolved config; JSON is valid YAML):",
+        "To train it again (config.json is the full resolved config, and JSON is valid YAML; "
+        "its run.dir is the original run's, which already holds this run, so name a new one; "
+        "data paths are as the original run read them):",
         "",
-        "    lmtrain fit config.json",
+        f"    lmtrain fit config.json run.dir={shlex.quote(retrain_dir(cfg))}",
         "",
         "## Use",
         "",
@@ -211,6 +222,11 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def retrain_dir(cfg: Config) -> str:
+    """A new run.dir, named after the original, for training the exported model again."""
+    return f"runs/{Path(cfg.run.dir).name}-again"
 
 
 def _duration(seconds: float) -> str:

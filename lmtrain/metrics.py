@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,36 @@ def _write_error(path: Path, e: OSError) -> MetricsError:
         "intact. Free some space (or choose another run.dir), then continue with "
         "`lmtrain fit CONFIG --resume auto`."
     )
+
+
+def console(echo: Callable[[str], None], stream: TextIO | None = None) -> Callable[[str], None]:
+    """`echo` that outlives its reader: once the pipe it writes to is closed (`| head`, a `tee`
+    or ssh session that died), lines are dropped and training goes on to its checkpoints and
+    results.json instead of dying at its next log line. `stream`, the file `echo` writes to, is
+    then pointed at the null device, so that the interpreter's last flush does not fail either.
+    """
+    closed = False
+
+    def write(line: str) -> None:
+        nonlocal closed
+        if closed:
+            return
+        try:
+            echo(line)
+        except BrokenPipeError:
+            closed = True
+            if stream is not None:
+                silence(stream)
+
+    return write
+
+
+def silence(stream: TextIO) -> None:
+    """Point `stream`'s file descriptor at the null device (its reader has gone)."""
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,16 +180,7 @@ class MetricsFile:
             raise _write_error(self.path, e) from None
 
     def _rewrite(self, records: list[dict[str, Any]]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            with tmp.open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise _write_error(self.path, e) from None
+        _replace_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps({k: _finite(v) for k, v in record.items()})
@@ -178,18 +200,42 @@ class MetricsFile:
 def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
     """RUN/results.json, replaced atomically (temporary file, fsync, rename)."""
     path = Path(run_dir) / RESULTS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    text = json.dumps(_clean(results), indent=2) + "\n"
+    _replace_text(path, json.dumps(_clean(results), indent=2) + "\n")
+    return path
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically. The temporary file is made fresh by mkstemp
+    (O_EXCL): a fixed name could be a symlink someone planted, whose target would be written."""
     try:
-        with tmp.open("w", encoding="utf-8") as f:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    tmp = Path(name)
+    try:
+        os.chmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the user's group
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        tmp.replace(path)
+        os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise _write_error(path, e) from None
-    return path
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
@@ -492,6 +538,8 @@ class RunLogger:
         self, step: int, epoch: int, train_seconds: float, result: EvalResult, best: bool
     ) -> None:
         figures = self._figures(result.loss)
+        if result.bpb is not None:
+            figures["bpb"] = result.bpb
         self.scalars(step, {"val/loss": result.loss, **{f"val/{k}": v for k, v in figures.items()}})
         record = {
             "type": "eval",

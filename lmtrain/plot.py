@@ -23,13 +23,14 @@ if TYPE_CHECKING:
     from lmtrain.diagnose import FlowCurve
 
 INSTALL_HINT = "pip install 'lmtrain[plot]'"
-METRICS = ("loss", "ppl", "bpc")
+METRICS = ("loss", "ppl", "bpc", "bpb")
 X_AXES = ("step", "minutes", "tokens")
 
 _METRIC_LABELS = {
     "loss": "validation loss (nats per token)",
     "ppl": "validation perplexity",
     "bpc": "validation bits per character",
+    "bpb": "validation bits per byte of text",
 }
 _X_LABELS = {
     "step": "training step",
@@ -84,6 +85,25 @@ class RunCurve:
     label: str
     x: list[float]
     y: list[float]
+    kind: str = "word"
+    """"char" when the evaluations carry bits per character (character models), else "word"."""
+
+
+def unit_warning(curves: Sequence[RunCurve], metric: str) -> str | None:
+    """A warning when character and word models share a loss or perplexity axis: per character
+    and per word figures are not on the same scale, however close the numbers look."""
+    kinds = {c.kind for c in curves}
+    if len(kinds) < 2 or metric in ("bpc", "bpb"):  # both are per unit of text
+        return None
+
+    def runs(kind: str) -> str:
+        return ", ".join(c.label.removesuffix(f" ({kind})") for c in curves if c.kind == kind)
+
+    return (
+        f"warning: the {metric} of character models ({runs('char')}) is per character and "
+        f"that of word models ({runs('word')}) per word; their curves are not comparable "
+        "(the legend marks each run char or word)"
+    )
 
 
 def run_curves(runs: Sequence[Path], metric: str = "ppl", x: str = "step") -> list[RunCurve]:
@@ -116,13 +136,22 @@ def run_curves(runs: Sequence[Path], metric: str = "ppl", x: str = "step") -> li
                 f"{run}: its evaluations have no bpc (bits per character exist for character "
                 "models only); use --metric loss or --metric ppl"
             )
+        if metric == "bpb" and any("bpb" not in r for r in evals):
+            raise PlotError(
+                f"{run}: its evaluations have no bpb (bits per byte; written by an older "
+                "lmtrain?); use --metric loss or --metric ppl"
+            )
         key = {"step": "step", "minutes": "train_seconds", "tokens": "train_tokens"}[x]
         xs = [_number(run, r, key) for r in evals]
         if x == "minutes":
             xs = [v / 60 for v in xs]
         # Two runs of the same name (a/run, b/run) keep the path as given, to tell them apart.
         label = name if names.count(name) == 1 else str(run)
-        curves.append(RunCurve(label, xs, [_number(run, r, metric) for r in evals]))
+        kind = "char" if all("bpc" in r for r in evals) else "word"
+        curves.append(RunCurve(label, xs, [_number(run, r, metric) for r in evals], kind))
+    if unit_warning(curves, metric):
+        for curve in curves:
+            curve.label += f" ({curve.kind})"
     return curves
 
 
@@ -162,20 +191,37 @@ def runs_figure(curves: Sequence[RunCurve], metric: str, x: str) -> Figure:
     return fig
 
 
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+"""The figure format by --out's suffix."""
+
+
+def figure_format(path: Path) -> str:
+    """The format `path`'s suffix asks for; PlotError for any other suffix, so that a file
+    called curves.pdf never holds a PNG."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise PlotError(
+            f"{path}: --out must end in .png, .pdf or .svg (the format follows the suffix)"
+        )
+    return fmt
+
+
 def save_png(fig: Figure, path: Path) -> None:
-    """Write `fig` as a PNG at `path`, atomically: a reader never sees half a file."""
-    # A plain open() (not tempfile, which makes 0600 files) so the PNG gets the usual
+    """Write `fig` at `path` as PNG, or as PDF or SVG when the suffix says so, atomically: a
+    reader never sees half a file."""
+    fmt = figure_format(path)
+    # A plain open() (not tempfile, which makes 0600 files) so the file gets the usual
     # permissions for the user's umask.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            fig.savefig(f, format="png")
+            fig.savefig(f, format=fmt)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise PlotError(
-            f"{path}: cannot write the PNG ({e.strerror or e}); choose another --out"
+            f"{path}: cannot write the figure ({e.strerror or e}); choose another --out"
         ) from None
 
 

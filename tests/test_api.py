@@ -119,7 +119,7 @@ def test_fit_takes_dicts_configs_and_recipe_names(tmp_path: Path) -> None:
     assert config(cfg, {"train.lr": 0.5}).train.lr == 0.5
     assert config(cfg, ["model.cell=gru"]).model.cell == "gru"
     assert config("quickstart", {"run.dir": "x"}).model.hidden_size == 256
-    with pytest.raises(RecipeError, match="no recipe of that name; the recipes are: quickstart"):
+    with pytest.raises(RecipeError, match="no recipe of that name .*; the recipes are: quickstart"):
         lmtrain.fit("quikstart")
     with pytest.raises(ConfigError, match="train.lrr"):
         lmtrain.fit(cfg, {"train.lrr": 1})

@@ -62,8 +62,8 @@ def test_metrics_file_and_results_after_a_tiny_fit(tmp_path: Path, tiny_files) -
         "tokens_per_sec", "tokens", "train_seconds",
     ]  # fmt: skip
     assert list(evals[0]) == [
-        "type", "step", "epoch", "split", "loss", "ppl", "tokens", "best", "train_seconds",
-        "train_tokens",
+        "type", "step", "epoch", "split", "loss", "ppl", "bpb", "tokens", "best",
+        "train_seconds", "train_tokens",
     ]  # fmt: skip
     steps_per_epoch = result.progress.step // 1  # the tiny corpus: one epoch has > 20 steps
     assert steps_per_epoch >= 20 and all(r["epoch"] == 1 for r in records)
@@ -302,7 +302,8 @@ def test_tensorboard_tags_layout_and_hparams(tmp_path: Path, tiny_files) -> None
     acc = EventAccumulator(str(tb), size_guidance={"tensors": 0}).Reload()
     assert set(acc.Tags()["scalars"]) == {
         "train/loss", "train/ppl", "train/bpc",
-        "val/loss", "val/ppl", "val/bpc", "val/best_loss", "val/best_ppl", "val/best_bpc",
+        "val/loss", "val/ppl", "val/bpc", "val/bpb", "val/best_loss", "val/best_ppl",
+        "val/best_bpc",
         "watch/lr", "watch/grad_norm", "watch/grad_norm_max", "watch/tokens_per_sec",
     }  # fmt: skip
     assert [e.step for e in acc.Scalars("train/bpc")] == [2, 4, 6]
@@ -365,8 +366,8 @@ def test_optional_loggers_get_the_same_points(tmp_path: Path, tiny_files, monkey
          "watch/tokens_per_sec"]
     )  # fmt: skip
     assert logged == [
-        (2, train_tags), (3, ["val/loss", "val/ppl"]), (4, train_tags),
-        (6, train_tags), (6, ["val/loss", "val/ppl"]),
+        (2, train_tags), (3, ["val/bpb", "val/loss", "val/ppl"]), (4, train_tags),
+        (6, train_tags), (6, ["val/bpb", "val/loss", "val/ppl"]),
     ]  # fmt: skip
     assert wandb.calls[0][0] == "init" and wandb.calls[0][2]["config"] == cfg.to_dict()
     assert wandb.calls[-1] == ("finish", (), {"exit_code": 0})

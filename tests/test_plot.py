@@ -144,11 +144,12 @@ def test_plot_refuses_runs_without_curves_by_name(tmp_path: Path, cli) -> None:
     )
     out = tmp_path / "c.png"
     cases = [
-        ((good, empty), f"{empty / 'metrics.jsonl'} not found"),
+        # The metrics module's own message, which names the file.
+        ((good, empty), str(empty / "metrics.jsonl")),
         ((untrained,), f"{untrained}: metrics.jsonl holds no validation evaluation"),
         ((good, tmp_path / "missing"), f"{tmp_path / 'missing'}: not a run directory"),
         ((good, "--metric", "bpc"), f"{good}: its evaluations have no bpc"),
-        ((good, "--metric", "acc"), "--metric must be one of loss, ppl, bpc, got 'acc'"),
+        ((good, "--metric", "acc"), "--metric must be one of loss, ppl, bpc, bpb, got 'acc'"),
         ((good, "--x", "hours"), "--x must be one of step, minutes, tokens, got 'hours'"),
     ]
     for args, message in cases:
