@@ -383,8 +383,8 @@ class _Validator:
         d = self.dict_("vocab")
         if not d:
             return {}
-        if d.get("kind") not in ("char", "word"):
-            self._bad("vocab.kind", "'char' or 'word'", d.get("kind"))
+        if d.get("kind") not in ("char", "word", "byte"):
+            self._bad("vocab.kind", "'char', 'word' or 'byte'", d.get("kind"))
         itos = d.get("itos")
         if not isinstance(itos, list) or not itos or not all(isinstance(t, str) for t in itos):
             self._bad("vocab.itos", "a non-empty list of strings", itos)
@@ -422,10 +422,12 @@ class _Validator:
         d = self.dict_("schedule")
         if not d:
             return {}
-        if not _is_number(d.get("scale")):
-            self._bad("schedule.scale", "a number", d.get("scale"))
-        if type(d.get("bad_evals")) is not int:
-            self._bad("schedule.bad_evals", "an integer", d.get("bad_evals"))
+        scale = d.get("scale")
+        if not _is_number(scale) or not math.isfinite(scale) or scale < 0:
+            # It multiplies the learning rate: NaN or infinity would make every step non-finite.
+            self._bad("schedule.scale", "a finite number >= 0", scale)
+        if type(d.get("bad_evals")) is not int or d["bad_evals"] < 0:
+            self._bad("schedule.bad_evals", "a whole number >= 0", d.get("bad_evals"))
         return d
 
     def progress(self, version: int) -> Progress:
@@ -606,6 +608,7 @@ RESUMABLE_CHANGES: dict[str, str] = {
     "train.tar_beta": "the activation penalty",
     "train.nonmono": "when NT-ASGD starts averaging",
     "data.test": "the default text of `lmtrain eval` (training never reads it)",
+    "data.cache_dir": "where tokenised splits are cached (the ids are the same either way)",
     "model.pretrained_embeddings": "nothing: only a new run is initialised from vectors",
     "model.pretrained_format": "nothing: only a new run is initialised from vectors",
     "run.dir": "where the run is written",
@@ -701,6 +704,15 @@ def tensor_misfits(cfg: Config, ck: Checkpoint) -> list[str]:
         got = ", ".join(str(tuple(c.shape)) for c in ck.carried_state)
         want = ", ".join(f"({e.shape[0]}, rows, {e.shape[2]})" for e in expected_state)
         problems.append(f"the carried recurrent state has shape(s) {got}; this model's is {want}")
+    elif ck.carried_state is not None:
+        # Stream mode carries every one of the batch_size streams into the next window;
+        # sentences mode carries the rows of the batch still running, at most batch_size.
+        rows, batch = ck.carried_state[0].size(1), cfg.train.batch_size
+        if rows > batch or (cfg.data.mode == "stream" and rows != batch):
+            problems.append(
+                f"the carried recurrent state has {rows} rows; train.batch_size is {batch}"
+                + (" and stream mode carries every stream" if cfg.data.mode == "stream" else "")
+            )
     return problems
 
 

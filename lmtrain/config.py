@@ -54,8 +54,8 @@ class DataConfig:
     """Validation text (file or builtin); null disables validation."""
     test: str | None = "builtin:python-docs"
     """Test text used by `lmtrain eval` when no --data is given; null for none."""
-    tokenizer: Literal["char", "word"] = "char"
-    """`char`: every Unicode character is a token. `word`: whitespace split, `<eos>` at line ends."""
+    tokenizer: Literal["char", "word", "byte"] = "char"
+    """`char`: every Unicode character is a token. `word`: whitespace split, `<eos>` at line ends. `byte`: every UTF-8 byte."""
     mode: Literal["stream", "sentences"] = "stream"
     """`stream`: one token stream cut into batch_size streams; `sentences`: each line is one sequence."""
     documents: bool = False
@@ -68,6 +68,8 @@ class DataConfig:
     """Word level: keep at most this many most frequent tokens (plus specials); null = no limit."""
     decode_errors: Literal["strict", "replace"] = "strict"
     """Invalid UTF-8 in a data file: `strict` stops with the byte offset, `replace` uses U+FFFD."""
+    cache_dir: str | None = None
+    """Directory of prepared token files (tokenised once, mapped by later runs); null = no cache."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,13 @@ def _check_ranges(cfg: Config) -> list[str]:
     need(d.max_size is None or d.max_size >= 1, "data.max_size", f"must be >= 1, got {d.max_size}")
     need(bool(d.train.strip()), "data.train", "must name a file or builtin corpus, got ''")
     need(d.max_length is None or d.max_length >= 1, "data.max_length", "must be >= 1 or null")
+    if d.tokenizer == "byte":  # a fixed vocabulary: nothing to drop
+        need(d.min_freq == 1, "data.min_freq", "the byte vocabulary is fixed (256 bytes); leave 1")
+        need(
+            d.max_size is None,
+            "data.max_size",
+            "the byte vocabulary is fixed (256 bytes); leave null",
+        )
     if d.mode == "stream":
         need(not d.documents, "data.documents", "only applies to data.mode: sentences")
         need(d.max_length is None, "data.max_length", "only applies to data.mode: sentences")
@@ -365,12 +374,18 @@ def _check_ranges(cfg: Config) -> list[str]:
     if t.schedule == "plateau" and cfg.data.valid is None:
         p.append("train.schedule: 'plateau' needs validation data; set data.valid")
     need(bool(r.dir.strip()), "run.dir", "must not be empty")
+    need(
+        d.cache_dir is None or bool(d.cache_dir.strip()),
+        "data.cache_dir",
+        "must not be empty (null = no cache)",
+    )
     for key, path in (
         ("data.train", d.train),
         ("data.valid", d.valid),
         ("data.test", d.test),
         ("model.pretrained_embeddings", m.pretrained_embeddings),
         ("run.dir", r.dir),
+        ("data.cache_dir", d.cache_dir),
     ):
         need(path is None or "\0" not in path, key, "must not contain a NUL character")
     need(
@@ -698,10 +713,10 @@ def config_from_dict(
 ) -> Config:
     """Build and validate a Config from a plain mapping plus dotted overrides.
 
-    `expand_paths` expands `~` and `${VAR}` in run.dir, as a config a person wrote needs
-    (load_config sets it). The result keeps the expanded directory, so the config saved in the
-    run works later without the variable; a saved config is already expanded and is rebuilt
-    as it is. Data paths keep their `${VAR}` so that a saved config stays portable; they are
+    `expand_paths` expands `~` and `${VAR}` in run.dir and data.cache_dir, as a config a person
+    wrote needs (load_config sets it). The result keeps the expanded directories, so the config
+    saved in the run works later without the variable; a saved config is already expanded and
+    is rebuilt as it is. Data paths keep their `${VAR}` so that a saved config stays portable; they are
     expanded when read. `checks` adds problems found outside the schema (files, device,
     memory), so that `lmtrain validate` reports them in the same list.
     """
@@ -735,8 +750,8 @@ def config_from_dict(
 
 
 def _expand_run_dir(cfg: Config, problems: list[str]) -> Config:
-    """`cfg` with `~` and `${VAR}` expanded in run.dir (an unset variable is a problem) and in
-    the data paths where their variables are set (see expand_path_if_set)."""
+    """`cfg` with `~` and `${VAR}` expanded in run.dir and data.cache_dir (an unset variable is a
+    problem) and in the data paths where their variables are set (see expand_path_if_set)."""
     try:
         expanded = expand_user(expand_vars(cfg.run.dir))
     except UnsetVariableError as e:
@@ -750,8 +765,23 @@ def _expand_run_dir(cfg: Config, problems: list[str]) -> Config:
         return cfg
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=expanded))
     d = cfg.data
+    cache_dir = d.cache_dir
+    if cache_dir is not None:
+        try:
+            cache_dir = expand_user(expand_vars(cache_dir))
+        except UnsetVariableError as e:
+            problems.append(
+                f"data.cache_dir: {cache_dir!r} uses ${{{e.name}}}, which is not set; "
+                f"export {e.name}=... or write the directory out"
+            )
+        except ValueError as e:
+            problems.append(f"data.cache_dir: {e}")
     data = dataclasses.replace(
-        d, train=expand_path_if_set(d.train), valid=_maybe(d.valid), test=_maybe(d.test)
+        d,
+        train=expand_path_if_set(d.train),
+        valid=_maybe(d.valid),
+        test=_maybe(d.test),
+        cache_dir=cache_dir,
     )
     vectors = _maybe(cfg.model.pretrained_embeddings)
     return dataclasses.replace(

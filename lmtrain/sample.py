@@ -146,6 +146,6 @@ def generate(model: LanguageModel, vocab: Vocab, prompt: str, opts: SampleOption
         out[t] = nxt
         hidden, state = model(nxt.unsqueeze(0), state)
         last = hidden[-1]
-    sep = "" if vocab.kind == "char" or not prompt.strip() else " "
+    sep = "" if vocab.kind in ("char", "byte") or not prompt.strip() else " "
     texts = [prompt + sep + vocab.decode(out[:, i]) for i in range(b)]
     return SampleResult(texts, seed, warnings)

@@ -102,17 +102,21 @@ def evaluate_sentences(
     batch_size: int = 32,
     stop: Callable[[], bool] | None = None,
     text_tokens: int | None = None,
+    text_bytes: int | None = None,
 ) -> EvalResult:
     """Total NLL over all sequences; the batch size changes only the speed, not the figure.
 
     `stop`: polled between batches; a stop request raises EvaluationInterrupted.
     `text_tokens`: tokens of the whole text the sequences came from (the oov_rate's base).
+    `text_bytes`: UTF-8 bytes of that text (the bits per byte's base).
     """
     if not sequences:
         raise DataError("no non-empty lines to evaluate")
     nll = float(sequence_nlls(model, sequences, batch_size, stop=stop).sum())
     tokens = sum(s.numel() - 1 for s in sequences)
-    return EvalResult(nll=nll, tokens=tokens, kind=kind, oov=oov, text_tokens=text_tokens)
+    return EvalResult(
+        nll=nll, tokens=tokens, kind=kind, oov=oov, text_tokens=text_tokens, text_bytes=text_bytes
+    )
 
 
 @dataclass(frozen=True)

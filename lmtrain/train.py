@@ -23,9 +23,13 @@ from torch import nn
 
 from lmtrain import checkpoint as ckpt
 from lmtrain import distributed
+from lmtrain import resume as resume_mod
+from lmtrain.bpb import text_utf8_bytes
 from lmtrain.checkpoint import Checkpoint, Progress
 from lmtrain.config import Config, TrainConfig, check_resources
 from lmtrain.data import Batch, SentenceBatches, StreamBatches, Vocab, read_text
+from lmtrain.data.corpus import expand_vars
+from lmtrain.data.prepare import prepare_corpus
 from lmtrain.data.sentences import split_sequences
 from lmtrain.device import resolve_device
 from lmtrain.errors import CheckpointError, DataError, LmtrainError, TrainingStopped
@@ -47,25 +51,44 @@ from lmtrain.threads import configure_threads
 class Corpus:
     vocab: Vocab
     train: torch.Tensor
+    """(N,) token ids: int64 when tokenised in memory, or the uint8 / uint16 / uint32 view of a
+    prepared file (data.cache_dir); batching converts a window at a time."""
     valid: torch.Tensor | None
     valid_oov: int = 0
+    valid_bytes: int | None = None
+    """UTF-8 bytes of the validation text, for bits per byte; None without validation."""
 
 
-def prepare_data(cfg: Config, vocab: Vocab | None = None) -> Corpus:
-    """Read and encode the splits; build the vocabulary from the training split only."""
+def prepare_data(
+    cfg: Config, vocab: Vocab | None = None, echo: Callable[[str], None] | None = None
+) -> Corpus:
+    """Read and encode the splits; build the vocabulary from the training split only.
+
+    With data.cache_dir the splits go through the prepared-file cache (lmtrain/data/prepare.py):
+    mapped when prepared before, else tokenised into it; `echo` hears why a split is tokenised.
+    """
     d = cfg.data
+    if d.cache_dir is not None:
+        cache_dir = Path(expand_vars(d.cache_dir, "data.cache_dir"))
+        pc = prepare_corpus(d, cache_dir, vocab, echo or _silent)
+        if pc.valid is None:
+            return Corpus(pc.vocab, pc.train.ids, None)
+        return Corpus(pc.vocab, pc.train.ids, pc.valid.ids, pc.valid.oov, pc.valid.text_bytes)
     text = read_text(d.train, "train", d.decode_errors)
     if vocab is None:
         vocab = Vocab.build(text, d.tokenizer, d.min_freq, d.max_size)
     train = vocab.encode(text).ids
     del text
-    valid, oov = None, 0
+    valid, oov, valid_bytes = None, 0, None
     if d.valid is not None:
-        enc = vocab.encode(read_text(d.valid, "valid", d.decode_errors))
+        text = read_text(d.valid, "valid", d.decode_errors)
+        valid_bytes = text_utf8_bytes(text)
+        enc = vocab.encode(text)
+        del text
         if enc.ids.numel() < 2:
             raise DataError(f"{d.valid}: validation text needs at least 2 tokens")
         valid, oov = enc.ids, enc.oov
-    return Corpus(vocab, train, valid, oov)
+    return Corpus(vocab, train, valid, oov, valid_bytes)
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -395,13 +418,20 @@ class Trainer:
                 if self.saved_step is not None
                 else f"no checkpoint was written in this session; {directory} is unchanged"
             )
+            lr = f"train.lr={self.cfg.train.lr / 2:g}"
+            advice = (
+                f"continue with `lmtrain fit CONFIG {lr} --resume auto` (learning rate and "
+                "clipping may change on resume, and the count of consecutive skipped steps "
+                "restarts at 0)"
+                if resume_mod.candidates(directory)
+                # Nothing to resume: --resume auto would fail, so the advice is to start again.
+                else f"start the run again with `lmtrain fit CONFIG {lr}` (no checkpoint was "
+                "ever saved, so there is nothing to resume)"
+            )
             raise TrainingStopped(
                 f"stopped at step {p.step}: {k} consecutive steps had a NaN or infinite loss or "
                 f"gradient and were skipped (train.max_nonfinite_steps = {k}); {kept}. Lower "
-                "train.lr, set train.clip_grad_norm, or check the data, then continue with "
-                f"`lmtrain fit CONFIG train.lr={self.cfg.train.lr / 2:g} --resume auto` "
-                "(learning rate and clipping may change on resume, and the count of "
-                "consecutive skipped steps restarts at 0).",
+                f"train.lr, set train.clip_grad_norm, or check the data, then {advice}.",
                 exit_code=3,
             )
 
@@ -438,11 +468,11 @@ class Trainer:
                     return evaluate_sentences(
                         self.model, self.valid_sequences, self.corpus.vocab.kind,
                         self.corpus.valid_oov, self.cfg.train.batch_size, stop=stop,
-                        text_tokens=self.corpus.valid.numel(),
+                        text_tokens=self.corpus.valid.numel(), text_bytes=self.corpus.valid_bytes,
                     )  # fmt: skip
                 return evaluate_ids(
                     self.model, self.corpus.valid, self.corpus.vocab.kind, self.corpus.valid_oov,
-                    stop=stop,
+                    stop=stop, text_bytes=self.corpus.valid_bytes,
                 )  # fmt: skip
             except EvaluationInterrupted:
                 assert stop is not None and stop.signum is not None
@@ -655,7 +685,15 @@ def _fit(
     run_dir, payload = run.path, start.checkpoint
     torch.manual_seed(cfg.train.seed)
     vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
-    corpus = prepare_data(cfg, vocab)
+    if ctx is not None and cfg.data.cache_dir is not None:
+
+        def fill_cache() -> None:
+            prepare_data(cfg, vocab, echo)
+
+        # Rank 0 tokenises into the cache while the others wait (its errors reach them all);
+        # then every rank below finds each split prepared and maps it.
+        ctx.on_main(fill_cache)
+    corpus = prepare_data(cfg, vocab, echo if main else _silent)
     check_resources(cfg, len(corpus.vocab), device, world)  # the decoder's size is known now
     try:
         batches: StreamBatches | SentenceBatches
@@ -739,8 +777,9 @@ def _fit(
         if cfg.data.mode == "sentences":  # every token of every sequence, end markers included
             predicted = torch.cat([s[1:] for s in trainer.valid_sequences] or [corpus.valid[:0]])
         base = unigram_baseline(
-            corpus.train, corpus.valid, len(corpus.vocab), corpus.vocab.kind, predicted
-        )
+            corpus.train, corpus.valid, len(corpus.vocab), corpus.vocab.kind, predicted,
+            corpus.valid_bytes,
+        )  # fmt: skip
         trainer.logger.message(f"unigram baseline on validation: {base.summary()}")
     for note in amp.notes:
         trainer.logger.message(note)

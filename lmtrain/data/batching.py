@@ -57,6 +57,9 @@ class StreamBatches:
                     f      l      r        nothing after it to predict)
 
     Window k's state carries over from window k-1 of the same column (`carry` = all rows).
+
+    `ids` may be any integer dtype, such as the uint16 view of a prepared file: the streams are
+    a view of it (no copy of the text), and each window becomes int64 only when it is read.
     """
 
     def __init__(self, ids: torch.Tensor, batch_size: int, bptt: int) -> None:
@@ -65,13 +68,29 @@ class StreamBatches:
             raise ValueError(
                 f"{ids.numel()} tokens cannot fill {batch_size} streams of at least 2 tokens"
             )
-        self.data = ids[:n].view(batch_size, -1).t().contiguous()  # (L, B)
+        self.streams = ids[:n].view(batch_size, -1)  # (B, L): column b of the diagram is row b
         self.batch_size = batch_size
         self.bptt = bptt
         self._carry = torch.arange(batch_size)
 
+    @property
+    def length(self) -> int:
+        """L: tokens per stream."""
+        return self.streams.size(1)
+
+    @property
+    def data(self) -> torch.Tensor:
+        """(L, B) the streams as columns, as drawn above: a view, in the ids' own dtype."""
+        return self.streams.t()
+
+    def window(self, i: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (T, B) int64: rows i .. i + t - 1 and the tokens after them."""
+        rows = torch.empty((t + 1, self.batch_size), dtype=torch.long)
+        rows.copy_(self.streams[:, i : i + t + 1].t())  # (T + 1, B), converted in the copy
+        return rows[:-1], rows[1:]
+
     def __len__(self) -> int:
-        return -(-(self.data.size(0) - 1) // self.bptt)
+        return -(-(self.length - 1) // self.bptt)
 
     def shard(self, rank: int, world: int) -> StreamBatches:
         """Process `rank`'s columns rank, rank + world, ... (B / world of them).
@@ -83,24 +102,25 @@ class StreamBatches:
         if self.batch_size % world != 0:
             raise ValueError(f"{self.batch_size} streams do not split over {world} processes")
         part = copy.copy(self)  # keeps the subclass and its settings (variable BPTT's seed)
-        part.data = self.data[:, rank::world].contiguous()  # (L, B / world)
+        part.streams = self.streams[rank::world]  # (B / world, L), a view
         part.batch_size = self.batch_size // world
         part._carry = torch.arange(part.batch_size)
         return part
 
     @property
     def tokens_per_epoch(self) -> int:
-        return (self.data.size(0) - 1) * self.batch_size
+        return (self.length - 1) * self.batch_size
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Windows `start`, `start + 1`, ... of one epoch (the order is the same every epoch)."""
-        length = self.data.size(0)
+        length = self.length
         for k in range(start, len(self)):
             i = k * self.bptt
             t = min(self.bptt, length - 1 - i)
+            inputs, targets = self.window(i, t)
             yield Batch(
-                inputs=self.data[i : i + t],
-                targets=self.data[i + 1 : i + 1 + t],
+                inputs=inputs,
+                targets=targets,
                 num_tokens=t * self.batch_size,
                 carry=None if k == 0 else self._carry,
             )

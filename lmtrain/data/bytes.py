@@ -37,6 +37,8 @@ class ByteVocab:
 
     def __init__(self) -> None:
         self.itos = [*_SPECIALS, *(_entry(b) for b in range(256))]
+        # Entry -> id for prompts (`tokenize` yields entries); the specials are never text.
+        self.stoi = {s: i for i, s in enumerate(self.itos) if i >= OFFSET}
 
     def __len__(self) -> int:
         return len(self.itos)

@@ -64,7 +64,7 @@ def expand_vars(spec: str, key: str = "data path") -> str:
     except files.UnsetVariableError as e:
         hint = (
             " (the directory holding wikitext-2/ and tinyshakespeare/, e.g. "
-            "LMTRAIN_DATA=data after scripts/download_data.sh)"
+            "LMTRAIN_DATA=data after `lmtrain download wikitext-2 data`)"
             if e.name == "LMTRAIN_DATA"
             else ""
         )

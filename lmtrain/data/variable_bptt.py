@@ -38,7 +38,7 @@ class VariableStreamBatches(StreamBatches):
     def windows(self, epoch: int) -> list[tuple[int, int]]:
         """(start row, length) of every window of `epoch`, in order."""
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        last = self.data.size(0) - 1  # rows that have a next token
+        last = self.length - 1  # rows that have a next token
         out: list[tuple[int, int]] = []
         i = 0
         while i < last:
@@ -54,9 +54,10 @@ class VariableStreamBatches(StreamBatches):
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         for k, (i, t) in enumerate(self.windows(epoch)[start:], start):
+            inputs, targets = self.window(i, t)
             yield Batch(
-                inputs=self.data[i : i + t],
-                targets=self.data[i + 1 : i + 1 + t],
+                inputs=inputs,
+                targets=targets,
                 num_tokens=t * self.batch_size,
                 carry=None if k == 0 else self._carry,
             )

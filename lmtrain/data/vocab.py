@@ -19,9 +19,12 @@ from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from lmtrain.data.bytes import ByteVocab
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 # Suffix of the entry of a text word spelled like a reserved special (see the module docstring).
@@ -123,8 +126,17 @@ class Vocab:
     # --- building -------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, text: str, kind: str, min_freq: int = 1, max_size: int | None = None) -> Vocab:
-        """Vocabulary of `text`: most frequent first (ties alphabetically), specials first."""
+    def build(
+        cls, text: str, kind: str, min_freq: int = 1, max_size: int | None = None
+    ) -> Vocab | ByteVocab:
+        """Vocabulary of `text`: most frequent first (ties alphabetically), specials first.
+
+        `byte` is the fixed vocabulary of lmtrain/data/bytes.py, whatever the text.
+        """
+        if kind == "byte":
+            from lmtrain.data.bytes import ByteVocab  # bytes.py imports this module
+
+            return ByteVocab()
         if kind == "char":
             counts = Counter(text)  # single characters: none can equal a special's name
             specials = [PAD, UNK]
@@ -214,5 +226,10 @@ class Vocab:
         return {"kind": self.kind, "itos": self.itos}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Vocab:
+    def from_dict(cls, d: dict[str, Any]) -> Vocab | ByteVocab:
+        """The vocabulary `to_dict` wrote, of any kind (a checkpoint's, a prepared file's)."""
+        if d["kind"] == "byte":
+            from lmtrain.data.bytes import ByteVocab  # bytes.py imports this module
+
+            return ByteVocab.from_dict(d)
         return cls(d["itos"], d["kind"])
