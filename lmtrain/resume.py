@@ -105,6 +105,9 @@ def _link(source: Path, path: Path) -> bool:
     except OSError:
         tmp.unlink(missing_ok=True)
         return False
+    except BaseException:  # a second Ctrl-C: stop, but leave no temporary link behind
+        tmp.unlink(missing_ok=True)
+        raise
     return True
 
 

@@ -32,7 +32,9 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmtrain import checkpoint as ckpt
+from lmtrain import export
 from lmtrain import resume as resume_mod
 from lmtrain.checkpoint import Checkpoint
 from lmtrain.config import Config
@@ -135,18 +138,7 @@ class Manifest:
             return None
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            if raw.get("format") != MANIFEST_FORMAT:
-                raise ValueError("not an lmtrain run manifest")
-            if raw.get("version", 0) > MANIFEST_VERSION:
-                raise ValueError(f"written by a newer lmtrain (version {raw['version']})")
-            return cls(
-                run_id=str(raw["run_id"]),
-                created=str(raw.get("created", "")),
-                parent=raw.get("parent"),
-                files={str(k): dict(v) for k, v in raw["files"].items()},
-                pinned=[str(p) for p in raw.get("pinned", [])],
-                history=list(raw.get("history", [])),
-            )
+            return cls._from_json(raw)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise RunDirectoryError(
                 f"{path} is damaged ({e}); without it lmtrain cannot tell which files in "
@@ -155,12 +147,76 @@ class Manifest:
                 f"{run_path / ckpt.CHECKPOINT_DIR / ckpt.LAST}"
             ) from None
 
+    @classmethod
+    def _from_json(cls, raw: Any) -> Manifest:
+        """Check every field's type: the manifest decides what lmtrain may move and delete, so
+        a hand-edited value of the wrong kind must stop the run here, not as a traceback later
+        or, worse, by pointing lmtrain at a file outside the run."""
+        if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
+            raise ValueError("not an lmtrain run manifest")
+        version = raw.get("version")
+        if type(version) is not int:
+            raise ValueError(f"'version' should be a whole number, not {version!r}")
+        if version > MANIFEST_VERSION:
+            raise ValueError(f"written by a newer lmtrain (version {version})")
+        problems: list[str] = []
+        for key, kinds, name in (
+            ("run_id", (str,), "a string"),
+            ("created", (str,), "a string"),
+            ("parent", (dict, type(None)), "an object or null"),
+            ("files", (dict,), "an object"),
+            ("pinned", (list,), "a list"),
+            ("history", (list,), "a list"),
+        ):
+            if key not in raw:
+                problems.append(f"'{key}' is missing")
+            elif not isinstance(raw[key], kinds):
+                problems.append(f"'{key}' should be {name}, not {raw[key]!r:.60}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        for rel, entry in raw["files"].items():
+            if not _safe_rel(rel):
+                problems.append(f"files: {rel!r} is not a path inside the run directory")
+            elif not isinstance(entry, dict):
+                problems.append(f"files[{rel!r}] should be an object, not {entry!r:.60}")
+            else:
+                problems += [
+                    f"files[{rel!r}].{k} should be a whole number >= 0 or null, not {v!r:.60}"
+                    for k, v in entry.items()
+                    if k in ("step", "best_step")
+                    and v is not None
+                    and (type(v) is not int or v < 0)
+                ]
+        problems += [
+            f"pinned: {p!r} is not a path inside the run directory"
+            for p in raw["pinned"]
+            if not _safe_rel(p)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+        return cls(
+            run_id=raw["run_id"],
+            created=raw["created"],
+            parent=raw["parent"],
+            files={k: dict(v) for k, v in raw["files"].items()},
+            pinned=list(raw["pinned"]),
+            history=list(raw["history"]),
+        )
+
     def owns(self, rel: str) -> bool:
         top = rel.split("/", 1)[0]
         return rel in self.files or (top in TREES and top in self.files)
 
     def existing(self, run_path: Path) -> list[str]:
         return [rel for rel in self.files if _exists(run_path / rel)]
+
+
+def _safe_rel(rel: Any) -> bool:
+    """A relative path that stays inside the run directory ("a/b", never "/x" or "../x")."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
+        return False
+    parts = rel.split("/")
+    return not rel.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
 def _exists(path: Path) -> bool:
@@ -213,12 +269,26 @@ class _Lock:
     def acquire(cls, path: Path, run_path: Path, warn: Warn) -> _Lock:
         for _ in range(5):
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                # O_NOFOLLOW: the lock file is truncated and rewritten, so a symlink planted in
+                # its place must not make lmtrain write into the file it points to.
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             except OSError as e:
+                if e.errno == errno.ELOOP or path.is_symlink():
+                    raise RunDirectoryError(
+                        f"{path} is a symbolic link, not lmtrain's lock file; lmtrain will not "
+                        f"write through it, and nothing was changed. Remove the link (it is "
+                        f"not lmtrain's), or choose another run.dir."
+                    ) from None
                 raise RunDirectoryError(
                     f"run directory {run_path} cannot be written ({e.strerror or e}: {path}); "
                     "nothing was changed. Choose another run.dir, or fix its permissions."
                 ) from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise RunDirectoryError(
+                    f"{path} is not a regular file, so it cannot be lmtrain's lock file; nothing "
+                    "was changed. Remove it, or choose another run.dir."
+                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -406,8 +476,11 @@ class RunDirectory:
             return cls._open_fresh(target, cfg, None, warn)
         spec = target if resume == "auto" else Path(resume)
         label = "--resume auto" if resume == "auto" else f"--resume {resume}"
+        if spec.name == ckpt.CHECKPOINT_DIR and spec.is_dir() and not _exists(spec / BOOKKEEPING):
+            spec = spec.parent  # RUN/checkpoints means the run RUN
         if resume == "auto" or (spec.is_dir() and _same_dir(spec, target)):
             return cls._open_own(target, cfg, None, label, warn)
+        _refuse_export(spec, label)
         if spec.is_dir():
             source_manifest = _read_any_manifest(spec)
             if source_manifest is None:
@@ -422,6 +495,7 @@ class RunDirectory:
             ck = ckpt.load_checkpoint(path)
         if _inside(path, target):
             return cls._open_own(target, cfg, (path, ck), label, warn)
+        _refuse_own_copy(path, ck, target, label)
         notes = tuple(ckpt.check_resumable(cfg, ck, path))
         return cls._open_fresh(target, cfg, Start("fork", ck, path, notes), warn)
 
@@ -452,6 +526,7 @@ class RunDirectory:
             previous = _read_any_manifest(target)
             if previous is not None:  # a run that never saved a checkpoint: keep its files ours
                 run.manifest.files = {rel: {} for rel in previous.existing(target)}
+                run._discard_unsaved_run()
             start = fork or Start("new")
             if fork is not None:
                 assert fork.checkpoint is not None and fork.source is not None
@@ -472,19 +547,33 @@ class RunDirectory:
             run._write_manifest()
             if fork is not None:
                 run.checkpoints.mkdir(exist_ok=True)
-                run._inherit_best(fork, parent)
                 # The fork point as the new run's last.pt: --resume auto works from the start.
                 last = f"{ckpt.CHECKPOINT_DIR}/{ckpt.LAST}"
-                run.manifest.files[last] = {
-                    "step": fork.checkpoint.progress.step,
-                    "best_step": run.best_step,
-                }
+                run.manifest.files[last] = {"step": fork.checkpoint.progress.step}
                 run._write_manifest()
                 resume_mod.link_or_copy(fork.source, run.path / last)
+                run._inherit_best(fork, parent)
+                run.manifest.files[last]["best_step"] = run.best_step
+                run._write_manifest()
         except BaseException:
+            if fork is not None:
+                run._undo_fork()
             run.close()
             raise
         return run, start
+
+    def _undo_fork(self) -> None:
+        """A fork that failed half-way (a full disk, say) leaves no half-made run behind, which
+        would refuse the retry: its checkpoints are only links or copies of the parent's."""
+        for name in (ckpt.LAST, ckpt.BEST):
+            rel = f"{ckpt.CHECKPOINT_DIR}/{name}"
+            if rel in self.manifest.files:
+                with contextlib.suppress(OSError):
+                    (self.path / rel).unlink(missing_ok=True)
+                del self.manifest.files[rel]
+        with contextlib.suppress(OSError):
+            self.checkpoints.rmdir()  # only if empty
+            del self.manifest.files[ckpt.CHECKPOINT_DIR]
 
     @classmethod
     def _open_own(
@@ -545,12 +634,39 @@ class RunDirectory:
             run.best_step = entry.get("best_step")
             if newer:
                 run._rewind(path, ck, newer)
+            if cfg.run.keep_last > 0:
+                # A lower run.keep_last applies now, not after the next save: on a full disk that
+                # save would fail before the prune that makes room for it.
+                run._prune(cfg.run.keep_last)
             manifest.history.append(run._event(start))
             run._write_manifest()
         except BaseException:
             run.close()
             raise
         return run, start
+
+    def _discard_unsaved_run(self) -> None:
+        """Remove what a run that stopped before its first checkpoint logged (it was killed, or
+        failed), so that starting again gives a run whose logs hold only itself. Without this the
+        directory could be neither started (its metrics.jsonl exists) nor resumed (no checkpoint).
+        Only files lmtrain wrote are removed; config.yaml is rewritten by the new run."""
+        removed = []
+        for rel in ("metrics.jsonl", "results.json", "tb"):
+            path = self.path / rel
+            if not (self.manifest.owns(rel) and _exists(path)):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            del self.manifest.files[rel]
+            removed.append(rel)
+        if removed:
+            self._write_manifest()
+            self.warn(
+                f"warning: {self.path} holds a run that stopped before its first checkpoint; "
+                f"starting it again from scratch (removed its {', '.join(removed)})"
+            )
 
     def _remove_unfinished_writes(self) -> None:
         """Delete the temporary files a killed process left mid-write to one of lmtrain's names
@@ -620,10 +736,15 @@ class RunDirectory:
         write_text_atomic(self.path / BOOKKEEPING / MANIFEST, self.manifest.to_json() + "\n")
 
     def _rel(self, path: Path) -> str | None:
-        try:
-            return path.resolve().relative_to(self.path.resolve()).as_posix()
-        except ValueError:
-            return None
+        # checkpoints/ may be a symlink to another disk: a file in it is still this run's.
+        real = path.resolve()
+        for base, prefix in ((self.checkpoints, ckpt.CHECKPOINT_DIR), (self.path, "")):
+            try:
+                inside = real.relative_to(base.resolve())
+            except ValueError:
+                continue
+            return (Path(prefix) / inside).as_posix()
+        return None
 
     def _event(self, start: Start) -> dict[str, Any]:
         event: dict[str, Any] = {"event": start.kind, "time": _now(), "pid": os.getpid()}
@@ -696,8 +817,17 @@ class RunDirectory:
                 del self.manifest.files[rel]
 
     def _step_of(self, rel: str) -> int | None:
-        step = self.manifest.files.get(rel, {}).get("step")
-        return step if step is not None else resume_mod.step_of_name(rel.rsplit("/", 1)[-1])
+        """The step of checkpoint `rel`: from its name, else from the numbered checkpoint it is
+        a hard link of, else from the manifest. The manifest comes last because a save whose
+        final manifest write failed (a full disk) leaves it naming last.pt's previous step."""
+        number = resume_mod.step_of_name(rel.rsplit("/", 1)[-1])
+        if number is not None:
+            return number
+        path = self.path / rel
+        for step, numbered in resume_mod.numbered(path.parent):
+            if _same_file(numbered, path):
+                return step
+        return self.manifest.files.get(rel, {}).get("step")
 
     def _newer_than(self, step: int, source: Path) -> list[str]:
         """The lineage's checkpoints from after `step`: what a rewind to `step` abandons."""
@@ -730,8 +860,16 @@ class RunDirectory:
         self.manifest.files[f"{ckpt.CHECKPOINT_DIR}/{aside.name}"] = {}
         for old, new in moved.items():
             self.manifest.files[new] = dict(self.manifest.files[old])
-        if source_rel not in self.manifest.pinned:
-            self.manifest.pinned.append(source_rel)
+        # The branch point is kept for good under its numbered name (last.pt and best.pt move
+        # on); a pin whose file moves aside is dropped, or it would hold on to whatever the new
+        # branch later writes under that name.
+        numbered = f"{ckpt.CHECKPOINT_DIR}/{resume_mod.step_name(step)}"
+        pin = source_rel
+        if self.manifest.owns(numbered) and _same_file(self.path / numbered, source):
+            pin = numbered
+        self.manifest.pinned = [p for p in self.manifest.pinned if p not in moved]
+        if pin not in self.manifest.pinned:
+            self.manifest.pinned.append(pin)
         self._write_manifest()
         aside.mkdir()
         for old, new in moved.items():
@@ -804,6 +942,10 @@ class RunDirectory:
         rel = f"{ckpt.CHECKPOINT_DIR}/{ckpt.BEST}"
         self.manifest.files[rel] = {"step": best_step, "best_step": best_step}
         self._write_manifest()
+        if _same_file(found, fork.source):
+            # The fork point itself: a link to the new last.pt, not a second copy of the file
+            # (which the parent's disk could share with last.pt but another disk cannot).
+            found = self.checkpoints / ckpt.LAST
         resume_mod.link_or_copy(found, self.path / rel)
         self.best_step = best_step
 
@@ -828,6 +970,12 @@ class RunDirectory:
 def _make_bookkeeping(target: Path) -> bool:
     """Create RUN/.lmtrain if needed; True when this call created it."""
     directory = target / BOOKKEEPING
+    if directory.is_symlink():
+        # The lock and the manifest would be written wherever the link points.
+        raise RunDirectoryError(
+            f"{directory} is a symbolic link, not lmtrain's directory; lmtrain will not write "
+            "through it, and nothing was changed. Remove the link, or choose another run.dir."
+        )
     if directory.is_dir():
         return False
     try:
@@ -839,6 +987,13 @@ def _make_bookkeeping(target: Path) -> bool:
             "choose another run.dir."
         ) from None
     return True
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -857,6 +1012,39 @@ def _inside(path: Path, run_path: Path) -> bool:
     return True
 
 
+def _refuse_export(spec: Path, label: str) -> None:
+    """An export (or a file of one) is weights for eval and sample, not a training state."""
+    folder = spec if spec.is_dir() else spec.parent
+    if export.is_export_dir(folder):
+        raise CheckpointError(
+            f"{label}: {folder} is an export written by `lmtrain export` (weights, config and "
+            "vocabulary for eval and sample); it holds no optimiser state, counters or random "
+            "state, so training cannot continue from it. Nothing was changed. Resume from the "
+            "run's checkpoint instead (RUN/checkpoints/last.pt, or the run directory)."
+        )
+
+
+def _refuse_own_copy(path: Path, ck: Checkpoint, target: Path, label: str) -> None:
+    """A copy of one of run.dir's own checkpoints kept outside its checkpoints/ folder."""
+    if not ck.run_id or not target.is_dir():
+        return
+    try:
+        manifest = Manifest.read(target)
+    except RunDirectoryError:
+        return  # _check_fresh reports the damaged manifest
+    if manifest is None or manifest.run_id != ck.run_id:
+        return
+    own = target / ckpt.CHECKPOINT_DIR / resume_mod.step_name(ck.progress.step)
+    instead = f"--resume {own}" if own.is_file() else "--resume auto"
+    raise RunDirectoryError(
+        f"{label}: {path} is a copy of a checkpoint of the run in {target} (step "
+        f"{ck.progress.step}) kept outside {target / ckpt.CHECKPOINT_DIR}, so lmtrain cannot tell "
+        f"where it stands in the run's history; nothing was changed. Resume from the run's own "
+        f"file ({instead}), or fork the copy into a new run.dir: lmtrain fit CONFIG "
+        f"run.dir=NEW --resume {path}"
+    )
+
+
 def _parent_manifest(source: Path) -> Manifest | None:
     """The manifest of the run a fork's checkpoint comes from, if it is one and readable."""
     if source.parent.name != ckpt.CHECKPOINT_DIR:
@@ -872,9 +1060,14 @@ def _check_fresh(target: Path, fork: Start | None) -> None:
     if not _exists(target):
         return
     if not target.is_dir():
+        what = (
+            f"a symbolic link to {os.readlink(target)}, which does not exist"
+            if target.is_symlink() and not target.exists()
+            else "a file, not a directory"
+        )
         raise RunDirectoryError(
-            f"run directory {target} cannot be written (it is a file, not a directory); choose "
-            "another run.dir"
+            f"run directory {target} cannot be written (it is {what}); nothing was changed. "
+            "Choose another run.dir, or create the directory the link points to."
         )
     manifest = _read_any_manifest(target)
     owned = manifest.existing(target) if manifest is not None else []

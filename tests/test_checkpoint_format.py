@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +175,14 @@ BROKEN = {
         "1 to 2). Upgrade lmtrain",
     ),
     "version as text": (_set("version", "2"), "its format version is '2', not a whole number"),
+    "schedule scale NaN": (
+        _set("schedule/scale", math.nan),
+        "'schedule.scale' should be a finite number >= 0, not float nan",
+    ),
+    "negative bad_evals": (
+        _set("schedule/bad_evals", -1),
+        "'schedule.bad_evals' should be a whole number >= 0, not int -1",
+    ),
 }
 
 
@@ -207,6 +218,13 @@ def _wrong_carried_state(raw: dict[str, Any]) -> None:
     raw["carried_state"] = [torch.zeros(2, 4, 5), torch.zeros(2, 4, 5)]
 
 
+def _carried_rows(rows: int) -> Callable[[dict[str, Any]], None]:
+    def edit(raw: dict[str, Any]) -> None:
+        raw["carried_state"] = [t[:, :1].expand(-1, rows, -1).clone() for t in raw["carried_state"]]
+
+    return edit
+
+
 def _wrong_adam_moment(raw: dict[str, Any]) -> None:
     state = raw["optimizer"]["state"]
     state[0]["exp_avg"] = torch.zeros(3, 3)
@@ -221,6 +239,12 @@ def _wrong_adam_moment(raw: dict[str, Any]) -> None:
             "(2, rows, 16), (2, rows, 16)",
         ),
         (_wrong_adam_moment, "optimizer state 'exp_avg' has shape (3, 3) for a parameter"),
+        (
+            _carried_rows(2),
+            "the carried recurrent state has 2 rows; train.batch_size is 4 and stream mode "
+            "carries every stream",
+        ),
+        (_carried_rows(8), "the carried recurrent state has 8 rows; train.batch_size is 4"),
     ],
 )
 def test_state_of_the_wrong_shape_is_refused_before_training(edit, message, trained, tmp_path, cli):
@@ -460,6 +484,32 @@ def test_nan_guard_advice_followed_literally_continues_the_run(
     assert "resuming at step 4" in again.stderr
     last = load_checkpoint(_ckpts(tmp_path) / "last.pt")
     assert last.progress.step == 20 and last.progress.nonfinite_steps == 1
+
+
+def test_nan_guard_before_the_first_checkpoint_advises_starting_again(
+    tmp_path, tiny_files, cli, monkeypatch
+):
+    # The streak comes before the first evaluation, so the run has no checkpoint at all:
+    # `--resume auto` could only fail, and the run directory must accept a fresh start.
+    config = _write_config(
+        tmp_path, tiny_files, "train.max_steps=8", "train.eval_every=4",
+        "train.max_nonfinite_steps=2",
+    )  # fmt: skip
+    _poison(monkeypatch, {2, 3})
+    result = invoke(cli, "fit", config, "--quiet")
+    monkeypatch.undo()
+    assert result.exit_code == 3, result.output
+    message = " ".join(result.stderr.split())
+    assert "no checkpoint was ever saved, so there is nothing to resume" in message
+    advice = re.search(r"start the run again with `lmtrain fit CONFIG (.*?)`", message)
+    assert advice is not None and advice.group(1) == "train.lr=0.005", message
+    assert "--resume" not in message
+    again = invoke(cli, "fit", config, *advice.group(1).split(), "--quiet")
+    assert again.exit_code == 0, again.output
+    assert "stopped before its first checkpoint" in again.stderr
+    assert load_checkpoint(_ckpts(tmp_path) / "last.pt").progress.step == 8
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if r["type"] == "eval"] == [4, 8]
 
 
 def test_consecutive_non_finite_count_restarts_on_resume(tmp_path, tiny_files, monkeypatch):

@@ -69,7 +69,7 @@ def test_second_signal_during_the_stop_save_exits_with_its_code_and_damages_noth
     assert not _leftovers(checkpoints)
 
 
-@pytest.mark.parametrize("where", ["mid-write", "fsync", "rename"])
+@pytest.mark.parametrize("where", ["mid-write", "fsync", "rename", "link"])
 def test_immediate_stop_inside_a_save_leaves_the_checkpoints_as_they_were(
     where, tmp_path, tiny_files, cli, monkeypatch
 ):
@@ -101,6 +101,8 @@ def test_immediate_stop_inside_a_save_leaves_the_checkpoints_as_they_were(
     def replace(src: Any, dst: Any) -> None:
         if where == "rename" and saves["n"] == 2 and str(dst).endswith(".pt"):
             interrupt()
+        if where == "link" and saves["n"] == 2 and str(src).endswith(".link.tmp"):
+            interrupt()  # step-8.pt is written; last.pt is being pointed at it
         real_replace(src, dst)
 
     monkeypatch.setattr(ckpt_mod.torch, "save", save)
