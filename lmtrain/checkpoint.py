@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from lmtrain import files
 from lmtrain.config import Config, config_from_dict, expand_path_if_set
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import CheckpointError, ConfigError, LmtrainError
@@ -173,7 +174,7 @@ def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    files.fsync_dir(path.parent)
 
 
 def _os_error(e: BaseException) -> OSError | None:
@@ -206,20 +207,6 @@ def _write_reason(e: BaseException, directory: Path) -> str:
         pass
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     return f"the write failed: {first}"
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry itself reaches the disk.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _KINDS = (

@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import stat
+import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -139,3 +140,53 @@ def check_readable(path: Path) -> str | None:
     if empty:
         return "the file is empty"
     return None
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically: the old file or the whole new one, never a part.
+
+    The temporary file is made fresh by mkstemp (O_EXCL) beside the target, so a symbolic link
+    planted under a predictable name is never written through; it gets the permissions the
+    umask gives (mkstemp's 0600 would hide a run's files from the user's group). On an OSError
+    (a full disk) the temporary file is removed and the error raised for the caller to word.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        os.chmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            # Content and size must reach the disk before the rename; fdatasync skips the
+            # timestamps (macOS has no fdatasync).
+            getattr(os, "fdatasync", os.fsync)(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (its entry must reach the disk too); best effort."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from lmtrain import files
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluate import EvalResult
 
@@ -205,37 +205,10 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
 
 
 def _replace_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically. The temporary file is made fresh by mkstemp
-    (O_EXCL): a fixed name could be a symlink someone planted, whose target would be written."""
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        files.replace_text(path, text)
     except OSError as e:
         raise _write_error(path, e) from None
-    tmp = Path(name)
-    try:
-        os.chmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the user's group
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (os.umask would, for every thread)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from lmtrain import checkpoint as ckpt
+from lmtrain import files
 from lmtrain.checkpoint import Checkpoint
 from lmtrain.errors import CheckpointError
 
@@ -68,13 +69,13 @@ def save_copies(paths: list[Path], ck: Checkpoint) -> None:
     for path in others:
         if not _link(first, path):
             ckpt.save_checkpoint(path, ck)
-    ckpt._fsync_dir(first.parent)
+    files.fsync_dir(first.parent)
 
 
 def link_or_copy(source: Path, path: Path) -> None:
     """Give `path` the content of checkpoint `source` atomically: a hard link, else a copy."""
     if _link(source, path):
-        ckpt._fsync_dir(path.parent)
+        files.fsync_dir(path.parent)
         return
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -93,7 +94,7 @@ def link_or_copy(source: Path, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    ckpt._fsync_dir(path.parent)
+    files.fsync_dir(path.parent)
 
 
 def _link(source: Path, path: Path) -> bool:

@@ -35,7 +35,6 @@ import re
 import shutil
 import socket
 import stat
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmtrain import checkpoint as ckpt
-from lmtrain import export
+from lmtrain import export, files
 from lmtrain import resume as resume_mod
 from lmtrain.checkpoint import Checkpoint
 from lmtrain.config import Config
@@ -389,23 +388,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` atomically; on any failure the old file is intact and no
     temporary file is left. A full disk is a RunDirectoryError (exit 2)."""
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        files.replace_text(path, text)
     except OSError as e:
         raise _write_failed(path, e) from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            _sync_data(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _write_failed(path, e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    ckpt._fsync_dir(path.parent)
 
 
 def _write_failed(path: Path, e: OSError) -> RunDirectoryError:
@@ -413,12 +398,6 @@ def _write_failed(path: Path, e: OSError) -> RunDirectoryError:
         f"{path}: could not be written ({e.strerror or e}); the previous version, if any, is "
         "unchanged and no partial file was left. Free some disk space or choose another run.dir."
     )
-
-
-def _sync_data(fd: int) -> None:
-    # The content and size are what must reach the disk before the rename; fdatasync skips the
-    # timestamps (macOS has no fdatasync).
-    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def _unfinished_writes(directory: Path, owned: Callable[[str], bool]) -> list[Path]:
