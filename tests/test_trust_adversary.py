@@ -356,3 +356,17 @@ def test_a_symlink_planted_at_a_metrics_temporary_name_is_never_written_through(
     assert victim.read_text() == "mine\n"
     assert json.loads((run / "results.json").read_text())["status"] == "completed"
     assert oct((run / "results.json").stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_run_files_get_the_umask_permissions_not_mkstemps_private_ones(tmp_path: Path) -> None:
+    from lmtrain import files
+
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "config.yaml"
+        files.replace_text(target, "a: 1\n")
+        assert target.stat().st_mode & 0o777 == 0o644
+        assert target.read_text() == "a: 1\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+    finally:
+        os.umask(old)
