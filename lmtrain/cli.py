@@ -291,6 +291,38 @@ def _run_dir_problems(run_dir: Path) -> list[str]:
     return []
 
 
+@app.command(context_settings=_DOTTED_OPTIONS)
+@_user_errors
+def prepare(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg = None) -> None:
+    """Tokenise the training and validation text once into data.cache_dir (prepared ids).
+
+    Later fits, resumes and torchrun ranks with the same data.cache_dir map the prepared ids
+    instead of reading the text. Exit 2 when data.cache_dir is not set.
+    """
+    from lmtrain.data.corpus import expand_vars
+    from lmtrain.data.prepare import prepare_corpus
+
+    settings = _config_overrides(ctx, config, overrides or [])
+    cfg = config_mod.load_config(catalog.resolve_config(config), settings)
+    if cfg.data.cache_dir is None:
+        raise LmtrainError(
+            "data.cache_dir is not set, so there is nowhere to prepare the text; add "
+            "data.cache_dir=~/.cache/lmtrain/prepared (or any folder) to the command or config, "
+            "and use the same setting for lmtrain fit"
+        )
+    cache_dir = Path(expand_vars(cfg.data.cache_dir, "data.cache_dir"))
+    pc = prepare_corpus(cfg.data, cache_dir, None, _err)
+    splits = [("train", cfg.data.train, pc.train)]
+    if pc.valid is not None and cfg.data.valid is not None:
+        splits.append(("valid", cfg.data.valid, pc.valid))
+    typer.echo(f"vocabulary {len(pc.vocab):,} ({pc.vocab.kind}); cache {cache_dir}")
+    for role, spec, split in splits:
+        typer.echo(
+            f"{role}: {spec}: {split.ids.numel():,} tokens as {str(split.ids.dtype)[6:]}, "
+            f"{split.text_bytes:,} bytes of text"
+        )
+
+
 @app.command("config")
 def show_config() -> None:
     """Print every config key with its default and a one-line description.

@@ -349,3 +349,29 @@ def test_eval_json_reports_bits_per_byte_for_every_tokeniser(
     out = json.loads(r.stdout)
     text_bytes = len(files["test"].read_text(encoding="utf-8").encode("utf-8"))
     assert out["bpb"] == pytest.approx(out["nll"] / text_bytes / math.log(2), rel=1e-12)
+
+
+def test_lmtrain_prepare_fills_the_cache_that_fit_then_maps(
+    tmp_path: Path, old_files: dict[str, Path], cli, monkeypatch
+) -> None:
+    from conftest import invoke
+
+    cache = tmp_path / "cache"
+    cfg = _config(tmp_path, old_files, "run", f"data.cache_dir={cache}")
+    config = tmp_path / "c.yaml"
+    config.write_text(cfg.to_yaml())
+    r = invoke(cli, "prepare", config)
+    assert r.exit_code == 0, r.output
+    tokens = Vocab.build(old_files["train"].read_text(), "word").encode(
+        old_files["train"].read_text()
+    )
+    assert f"train: {old_files['train']}: {tokens.ids.numel():,} tokens as uint8" in r.stdout
+    assert sorted(p.suffix for p in cache.glob("*.ids")) == [".ids", ".ids"]
+
+    _refuse_reading(monkeypatch)
+    fit(cfg, quiet=True)  # maps the prepared ids; reading the text would fail
+    # Without data.cache_dir there is nothing to prepare into: a clear error, nothing written.
+    config.write_text(_config(tmp_path, old_files, "run2").to_yaml())
+    r = invoke(cli, "prepare", config)
+    assert r.exit_code == 2 and "data.cache_dir is not set" in r.stderr
+    assert not (tmp_path / "run2").exists()
