@@ -375,3 +375,22 @@ def test_lmtrain_prepare_fills_the_cache_that_fit_then_maps(
     r = invoke(cli, "prepare", config)
     assert r.exit_code == 2 and "data.cache_dir is not set" in r.stderr
     assert not (tmp_path / "run2").exists()
+
+
+def test_a_cache_dir_that_is_a_file_is_named_and_left_alone(
+    tmp_path: Path, old_files: dict[str, Path], cli
+) -> None:
+    from conftest import invoke
+
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine\n")
+    cfg = _config(tmp_path, old_files, "run", f"data.cache_dir={victim}")
+    config = tmp_path / "c.yaml"
+    config.write_text(cfg.to_yaml())
+    for command in ("prepare", "fit"):
+        r = invoke(cli, command, config)
+        assert r.exit_code == 2, r.output
+        assert f"data.cache_dir {victim} exists and is not a directory" in r.stderr
+        assert "damaged" not in r.stderr
+    assert victim.read_text() == "mine\n"
+    assert not (tmp_path / "run").exists()

@@ -174,6 +174,12 @@ def prepare_corpus(
     echo: Callable[[str], None] = lambda _: None,
 ) -> PreparedCorpus:
     """The training and validation splits of `d`; the vocabulary is built when not given."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        # Said once, here: otherwise every entry would read as "damaged" before the write fails.
+        raise DataError(
+            f"data.cache_dir {cache_dir} exists and is not a directory; point data.cache_dir at "
+            "a directory (it is created if missing)"
+        )
     vocab, train = prepare_split(d, d.train, "train", cache_dir, vocab, echo)
     valid = None
     if d.valid is not None:
