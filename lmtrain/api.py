@@ -32,10 +32,10 @@ from lmtrain.errors import LmtrainError
 
 if TYPE_CHECKING:  # loading a model for sampling need not import the training stack
     from lmtrain.data.vocab import Vocab
-    from lmtrain.evaluate import EvalResult
+    from lmtrain.evaluation.scoring import SentenceScore
+    from lmtrain.evaluation.stream import EvalResult
     from lmtrain.models import LanguageModel
-    from lmtrain.score import SentenceScore
-    from lmtrain.train import FitResult
+    from lmtrain.training.loop import FitResult
 
 ConfigLike = str | Path | Mapping[str, Any] | Config
 Overrides = Sequence[str] | Mapping[str, Any] | None
@@ -128,7 +128,7 @@ def fit(
     other line (run directory, evaluations, warnings), as `lmtrain fit --quiet` prints them.
     """
     from lmtrain.metrics import console
-    from lmtrain.train import fit as train_fit
+    from lmtrain.training.loop import fit as train_fit
 
     cfg = config(source, overrides)
     # A closed stderr pipe (`python script.py 2>&1 | head`) must not stop the training.
@@ -161,7 +161,7 @@ class Model:
 
     def to(self, device: torch.device | str) -> Model:
         """Move the weights (for example to "cuda"); returns the model itself."""
-        from lmtrain.device import resolve_device
+        from lmtrain.runtime.device import resolve_device
 
         self.module.to(resolve_device(str(device), "device"))
         return self
@@ -241,7 +241,7 @@ class Model:
     ) -> SentenceScore | list[SentenceScore]:
         """Log-probability (.logprob nats, .log2prob), .tokens and .ppl of each sentence, each
         read from a fresh state; one text gives one score, a list gives a list in order."""
-        from lmtrain.score import score_texts
+        from lmtrain.evaluation.scoring import score_texts
 
         single = isinstance(texts, str)
         if not single and (
@@ -301,7 +301,7 @@ def _evaluate_text(
     model: Model, text: str, source: str, batch_size: int, streams: int
 ) -> EvalResult:
     from lmtrain.data.coverage import check_coverage
-    from lmtrain.evaluate import evaluate_ids
+    from lmtrain.evaluation.stream import evaluate_ids
 
     if batch_size < 1 or streams < 1:
         raise LmtrainError("batch_size and streams must be >= 1")
@@ -309,7 +309,7 @@ def _evaluate_text(
     check_coverage(enc, model.vocab, source)
     if model.config.data.mode == "sentences":
         from lmtrain.data.sentences import split_sequences
-        from lmtrain.score import evaluate_sentences
+        from lmtrain.evaluation.scoring import evaluate_sentences
 
         if streams != 1:
             raise LmtrainError("streams applies to stream-mode models only")
@@ -327,7 +327,7 @@ def load(source: str | Path, device: torch.device | str = "cpu") -> Model:
     """A trained model from a run directory (its best checkpoint), a checkpoint file or an
     export folder (`lmtrain export`)."""
     from lmtrain.checkpoint import load_model
-    from lmtrain.device import resolve_device
+    from lmtrain.runtime.device import resolve_device
 
     module, vocab, cfg = load_model(source, resolve_device(str(device), "device"))
     return Model(module, vocab, cfg, Path(source))

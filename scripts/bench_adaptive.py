@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmtrain.config import AdaptiveSoftmaxConfig, ModelConfig  # noqa: E402
 from lmtrain.data import StreamBatches, Vocab, read_text  # noqa: E402
-from lmtrain.distributed import LossForward  # noqa: E402
 from lmtrain.models import build_model, detach_state  # noqa: E402
+from lmtrain.runtime.distributed import LossForward  # noqa: E402
 
 DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lmtrain.models.output import Workspace, fused_linear_cross_entropy
-from lmtrain.threads import configure_threads, describe_machine
+from lmtrain.runtime.threads import configure_threads, describe_machine
 
 N, H, V = 700, 200, 33278
 REPS = 7

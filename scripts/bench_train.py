@@ -34,8 +34,8 @@ from lmtrain.config import Config, config_from_dict
 from lmtrain.data import StreamBatches
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, build_model, detach_state
-from lmtrain.threads import configure_threads, describe_machine
-from lmtrain.train import LRSchedule, Progress, Trainer, build_optimizer, prepare_data
+from lmtrain.runtime.threads import configure_threads, describe_machine
+from lmtrain.training.loop import LRSchedule, Progress, Trainer, build_optimizer, prepare_data
 
 ROUNDS = 7
 DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))

@@ -136,15 +136,15 @@ def test_import_is_light_and_api_names_beat_submodules() -> None:
         except SystemExit:
             pass
         print("torch" in sys.modules)
-        import lmtrain.evaluate, lmtrain.score   # bind the submodules first
+        import lmtrain.evaluation.stream, lmtrain.score   # bind the submodules first
         from lmtrain import evaluate, fit, generate, load, score
         print(all(callable(f) and f.__module__ == "lmtrain.api"
                   for f in (evaluate, fit, generate, load, score)))
-        from lmtrain.evaluate import EvalResult
+        from lmtrain.evaluation.stream import EvalResult
         print(EvalResult.__module__)
         """
     )
     r = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
-    assert r.stdout.splitlines()[-3:] == ["False", "True", "lmtrain.evaluate"]
+    assert r.stdout.splitlines()[-3:] == ["False", "True", "lmtrain.evaluation.stream"]

@@ -18,7 +18,7 @@ import lmtrain
 from conftest import invoke, tiny_config, write_tiny_files
 from lmtrain import api, catalog
 from lmtrain.errors import LmtrainError
-from lmtrain.train import fit
+from lmtrain.training.loop import fit
 
 QUICKSTART = api.config("quickstart")
 

@@ -15,9 +15,9 @@ from conftest import invoke, tiny_config, write_tiny_files
 from lmtrain.checkpoint import load_model
 from lmtrain.config import load_config
 from lmtrain.errors import LmtrainError
+from lmtrain.evaluation.scoring import score_texts
 from lmtrain.export import export_run, is_export_dir, load_export
-from lmtrain.score import score_texts
-from lmtrain.train import fit
+from lmtrain.training.loop import fit
 
 SENTENCES = ["the cat sat on the mat .", "the log sat on the dog ."]
 

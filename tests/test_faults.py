@@ -22,7 +22,7 @@ from conftest import invoke, tiny_config
 from lmtrain import checkpoint as ckpt_mod
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.models.output import SoftmaxOutput
-from lmtrain.train import Trainer, fit
+from lmtrain.training.loop import Trainer, fit
 
 REPO = Path(lmtrain.__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ _DRIVER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import torch
-    from lmtrain import train
+    from lmtrain.training import loop as train
     mode, marks = sys.argv[1], Path(sys.argv[2])
     hang = False
     real_save = torch.save

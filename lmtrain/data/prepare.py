@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lmtrain import files
-from lmtrain.bpb import text_utf8_bytes
 from lmtrain.data.corpus import expand_vars, is_builtin, read_text, split_file_spec
 from lmtrain.data.prepared import (
     CacheMiss,
@@ -39,6 +38,7 @@ from lmtrain.data.prepared import (
 )
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import DataError
+from lmtrain.evaluation.bpb import text_utf8_bytes
 
 if TYPE_CHECKING:
     from lmtrain.config import DataConfig

@@ -1,0 +1,192 @@
+"""Commands that build runs: fit, validate, prepare, config."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from lmtrain import catalog
+from lmtrain import config as config_mod
+from lmtrain.cli.app import (
+    _DOTTED_OPTIONS,
+    ConfigArg,
+    ConfigOverridesArg,
+    _config_overrides,
+    _err,
+    _user_errors,
+    app,
+)
+from lmtrain.errors import LmtrainError
+
+if TYPE_CHECKING:  # the commands import torch lazily, so that --help stays fast
+    from lmtrain.config import Config
+    from lmtrain.training.loop import FitResult
+
+
+@app.command(context_settings=_DOTTED_OPTIONS)
+@_user_errors
+def fit(
+    ctx: typer.Context,
+    config: ConfigArg,
+    overrides: ConfigOverridesArg = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue a run: 'auto' (run.dir's newest readable checkpoint), a run "
+            "directory (its newest readable checkpoint) or a checkpoint file. A checkpoint of "
+            "another run starts a fork into a new or empty run.dir; an older checkpoint of "
+            "run.dir rewinds it (newer checkpoints move to checkpoints/abandoned-*/)."
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress bar or progress lines; evaluations, warnings, errors and the "
+            "final summary still print.",
+        ),
+    ] = False,
+) -> None:
+    """Train a model from a YAML config or a recipe's name (lmtrain recipes).
+
+    Checkpoints, metrics.jsonl, results.json, TensorBoard events and the resolved config go to
+    run.dir.
+    """
+    from lmtrain.training.loop import fit as run_fit
+
+    settings = _config_overrides(ctx, config, overrides or [])
+    cfg = config_mod.load_config(catalog.resolve_config(config), settings)
+    config_mod.check_resources(cfg)
+    from lmtrain.metrics import console, silence
+
+    # A closed pipe (`lmtrain fit ... 2>&1 | head`) must not stop the training.
+    result = run_fit(cfg, resume=resume, quiet=quiet, echo=console(_err, sys.stderr))
+    if not result.is_main:
+        return  # under torchrun, rank 0 reports for the job
+    try:
+        _fit_summary(cfg, result)
+    except BrokenPipeError:
+        # The reader is gone (`| head`); the run is complete and saved, which is what counts.
+        silence(sys.stdout)
+
+
+def _fit_summary(cfg: Config, result: FitResult) -> None:
+    """The closing lines of `lmtrain fit` on stdout: figures, files and what to run next."""
+    p = result.progress
+    best = f"best val loss {p.best_val_loss:.4f}" if p.best_val_loss < float("inf") else "no val"
+    # Seconds and tokens/s of this session's training steps, evaluation and checkpoints excluded.
+    session = (
+        f"{result.train_tokens:,} tokens in {result.train_seconds:.1f}s of training "
+        f"({result.tokens_per_sec:,.0f} tokens/s)"
+    )
+    if result.results.get("tokens", result.train_tokens) != result.train_tokens:
+        # A resumed run: the step count is the whole run's, the tokens and seconds only this
+        # session's, so say so rather than print a misleading tokens-per-step figure.
+        total = result.results["tokens"]
+        done = f"done: step {p.step}, {total:,} tokens in all; this session {session}"
+    else:
+        done = f"done: {p.step} steps, {session}"
+    typer.echo(f"{done}, {best}; run in {result.run_dir}")
+    run = shlex.quote(str(result.run_dir))
+    best_val = result.results.get("best_val")
+    if best_val is not None:
+        figure = f"bpc {best_val['bpc']:.4f}" if "bpc" in best_val else f"ppl {best_val['ppl']:.2f}"
+        typer.echo(f"best validation: {figure} at step {best_val['step']}")
+    typer.echo(f"figures: {result.run_dir / 'results.json'}, {result.run_dir / 'metrics.jsonl'}")
+    typer.echo(f"evaluate: lmtrain eval {run}")
+    prompt = f" --prompt {shlex.quote(cfg.run.sample_prompt)}" if cfg.run.sample_prompt else ""
+    typer.echo(f"sample:   lmtrain sample {run}{prompt}")
+
+
+@app.command(context_settings=_DOTTED_OPTIONS)
+@_user_errors
+def validate(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg = None) -> None:
+    """Check a config, its files, device and memory without training.
+
+    Exit 2 listing every problem: each data and vectors file must be a readable
+    regular file (opened, not read), train.device must exist here, run.dir must
+    be creatable and the model must fit in memory. Prints the config that fit
+    would save, with run.dir expanded.
+    """
+    from lmtrain.data.corpus import check_inputs
+    from lmtrain.runtime.device import resolve_device
+
+    def environment(cfg: Config) -> list[str]:
+        """What the schema cannot know: files, device, memory and run.dir on this machine."""
+        problems = check_inputs(cfg)
+        device: object = "cpu"  # a device that does not exist: at least the model must fit in RAM
+        try:
+            device = resolve_device(cfg.train.device)
+        except LmtrainError as e:
+            problems.append(str(e))
+        problems += config_mod.resource_problems(cfg, device=device)
+        return problems + _run_dir_problems(Path(cfg.run.dir))
+
+    settings = _config_overrides(ctx, config, overrides or [])
+    cfg = config_mod.load_config(catalog.resolve_config(config), settings, checks=environment)
+    typer.echo(f"{config}: OK")
+    typer.echo(cfg.to_yaml().rstrip())
+
+
+def _run_dir_problems(run_dir: Path) -> list[str]:
+    """run.dir must be a directory, or creatable: its nearest existing parent is writable."""
+    import os
+
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == run_dir and not existing.is_dir():
+        return [f"run.dir: {run_dir} exists and is not a directory; choose another run.dir"]
+    if not existing.is_dir():
+        return [f"run.dir: {existing} is not a directory, so {run_dir} cannot be created there"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"run.dir: {existing} is not writable; choose another run.dir"]
+    return []
+
+
+@app.command(context_settings=_DOTTED_OPTIONS)
+@_user_errors
+def prepare(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg = None) -> None:
+    """Tokenise the training and validation text once into data.cache_dir (prepared ids).
+
+    Later fits, resumes and torchrun ranks with the same data.cache_dir map the prepared ids
+    instead of reading the text. Exit 2 when data.cache_dir is not set.
+    """
+    from lmtrain.data.corpus import expand_vars
+    from lmtrain.data.prepare import prepare_corpus
+
+    settings = _config_overrides(ctx, config, overrides or [])
+    cfg = config_mod.load_config(catalog.resolve_config(config), settings)
+    if cfg.data.cache_dir is None:
+        raise LmtrainError(
+            "data.cache_dir is not set, so there is nowhere to prepare the text; add "
+            "data.cache_dir=~/.cache/lmtrain/prepared (or any folder) to the command or config, "
+            "and use the same setting for lmtrain fit"
+        )
+    cache_dir = Path(expand_vars(cfg.data.cache_dir, "data.cache_dir"))
+    pc = prepare_corpus(cfg.data, cache_dir, None, _err)
+    splits = [("train", cfg.data.train, pc.train)]
+    if pc.valid is not None and cfg.data.valid is not None:
+        splits.append(("valid", cfg.data.valid, pc.valid))
+    typer.echo(f"vocabulary {len(pc.vocab):,} ({pc.vocab.kind}); cache {cache_dir}")
+    for role, spec, split in splits:
+        typer.echo(
+            f"{role}: {spec}: {split.ids.numel():,} tokens as {str(split.ids.dtype)[6:]}, "
+            f"{split.text_bytes:,} bytes of text"
+        )
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print every config key with its default and a one-line description.
+
+    The output is itself a valid config: `lmtrain config > my.yaml` starts one to edit.
+
+    `lmtrain init RECIPE` copies a tuned recipe instead (lmtrain recipes lists them).
+    """
+    typer.echo(config_mod.describe())

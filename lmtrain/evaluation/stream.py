@@ -1,0 +1,189 @@
+"""Held-out evaluation: loss in nats per token, perplexity, bits per character, bits per byte,
+OOV rate.
+
+Perplexity is exp(total NLL / total predicted tokens) over the whole text, never an average of
+per-batch perplexities. By default the text is read as one stream with the state carried from
+its first token to its last, exactly as it would be generated, so the figure does not depend on
+any batch size. `streams > 1` is the classic faster approximation (the text cut into parallel
+streams, each starting from a zero state); results from it are labelled approximate.
+
+Bits per byte (lmtrain/evaluation/bpb.py) divides the total NLL by the UTF-8 bytes of the text, so word,
+character and byte models of the same text can be compared. Stream mode predicts every token
+but the first, and the figure still divides by all the bytes (the usual convention; the first
+token's share is negligible in any text worth evaluating).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lmtrain.data.batching import StreamBatches
+from lmtrain.evaluation.bpb import bits_per_byte, text_utf8_bytes
+from lmtrain.models import LanguageModel, detach_state, select_rows
+
+# Rows of logits materialised at once during evaluation; bounds memory for large vocabularies.
+_LOGIT_ELEMENTS = 1 << 23
+# Ids converted to int64 at once by unigram_baseline: a prepared split is never copied whole.
+_COUNT_CHUNK = 1 << 22
+
+
+class EvaluationInterrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM) while evaluating; no figure was computed."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    nll: float
+    """Total negative log-likelihood in nats."""
+    tokens: int
+    """Predicted tokens (the first token of a stream has no prediction)."""
+    kind: str
+    """Tokeniser kind: char, word or byte."""
+    oov: int = 0
+    """Tokens of the text that were not in the vocabulary."""
+    streams: int = 1
+    """1 = exact; more = the parallel-stream approximation."""
+    text_tokens: int | None = None
+    """Tokens of the evaluated text, line ends included: what oov_rate is a share of. None: one
+    stream's count (tokens + 1), which a caller without the text may rely on."""
+    text_bytes: int | None = None
+    """UTF-8 bytes of the evaluated text, for bits per byte; None when not known."""
+
+    @property
+    def loss(self) -> float:
+        return self.nll / self.tokens
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / math.log(2)
+
+    @property
+    def bpb(self) -> float | None:
+        """Bits per byte of the text, whatever the tokeniser; None when its bytes are unknown."""
+        if not self.text_bytes:
+            return None
+        return bits_per_byte(self.nll, self.text_bytes)
+
+    def with_text(self, text: str) -> EvalResult:
+        """This result with the UTF-8 bytes of `text`, the text it scored, for bits per byte."""
+        return dataclasses.replace(self, text_bytes=text_utf8_bytes(text))
+
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"loss": self.loss, "ppl": self.ppl, "tokens": self.tokens}
+        if self.kind == "char":
+            d["bpc"] = self.bpc
+        else:
+            # A share of the text's tokens, not of the predicted ones (whose count depends on
+            # the mode and the streams): the same text has the same rate in every mode.
+            of = self.text_tokens if self.text_tokens is not None else self.tokens + 1
+            d["oov_rate"] = self.oov / max(of, 1)
+        if self.bpb is not None:
+            d["bpb"] = self.bpb
+        d["approximate"] = self.streams > 1
+        d["streams"] = self.streams
+        d["nll"] = self.nll
+        return d
+
+    def summary(self) -> str:
+        s = f"loss {self.loss:.4f} | ppl {self.ppl:.2f}"
+        if self.kind == "char":
+            s += f" | bpc {self.bpc:.4f}"
+        if self.bpb is not None:
+            s += f" | bpb {self.bpb:.4f}"
+        s += f" | {self.tokens:,} tokens"
+        if self.streams > 1:
+            s += f" | APPROXIMATE ({self.streams} parallel streams)"
+        return s
+
+
+@torch.no_grad()
+def stream_nll(
+    model: LanguageModel,
+    ids: torch.Tensor,
+    streams: int = 1,
+    window: int | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> tuple[float, int]:
+    """(total NLL, predicted tokens) of `ids` read as `streams` parallel streams.
+
+    `stop` is polled before each window; when it returns True, EvaluationInterrupted is raised.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    if window is None:
+        window = max(16, min(4096, _LOGIT_ELEMENTS // (model.vocab_size * streams)))
+    batches = StreamBatches(ids, streams, window)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    state = model.init_state(streams, device)
+    try:
+        for batch in batches.batches():
+            if stop is not None and stop():
+                raise EvaluationInterrupted
+            if batch.carry is not None:
+                state = select_rows(state, batch.carry)
+            hidden, state = model(batch.inputs.to(device), state)
+            state = detach_state(state)
+            h = hidden.reshape(-1, hidden.size(-1))
+            total += model.output.nll(h, batch.targets.reshape(-1).to(device)).double()
+    finally:
+        model.train(was_training)
+    return float(total), batches.tokens_per_epoch
+
+
+def unigram_baseline(
+    train: torch.Tensor,
+    ids: torch.Tensor,
+    vocab_size: int,
+    kind: str,
+    targets: torch.Tensor | None = None,
+    text_bytes: int | None = None,
+) -> EvalResult:
+    """The figure of a model that ignores context: training-split token frequencies (add-one
+    smoothed) scored on the tokens the model's evaluation predicts. A trained model should beat
+    it by a wide margin. `targets`: those tokens; by default ids[1:], as the stream evaluation
+    predicts every token after the first (sentences mode passes its own). `text_bytes`: UTF-8
+    bytes of the text, for its bits per byte."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for i in range(0, train.numel(), _COUNT_CHUNK):  # int64 a chunk at a time (uint ids too)
+        counts += torch.bincount(train[i : i + _COUNT_CHUNK].long(), minlength=vocab_size)
+    smoothed = counts.double() + 1.0
+    smoothed[0] = 0.0  # <pad> is never predicted
+    logp = (smoothed / smoothed.sum()).log()
+    if targets is None:
+        targets = ids[1:]
+    nll = 0.0
+    for i in range(0, targets.numel(), _COUNT_CHUNK):
+        nll += float(-logp[targets[i : i + _COUNT_CHUNK].long()].sum())
+    return EvalResult(nll=nll, tokens=targets.numel(), kind=kind, text_bytes=text_bytes)
+
+
+def evaluate_ids(
+    model: LanguageModel,
+    ids: torch.Tensor,
+    kind: str,
+    oov: int = 0,
+    streams: int = 1,
+    stop: Callable[[], bool] | None = None,
+    text_bytes: int | None = None,
+) -> EvalResult:
+    """Stream-mode figure of `ids`; `text_bytes`: UTF-8 bytes of their text (for bpb)."""
+    nll, tokens = stream_nll(model, ids, streams, stop=stop)
+    return EvalResult(
+        nll=nll,
+        tokens=tokens,
+        kind=kind,
+        oov=oov,
+        streams=streams,
+        text_tokens=ids.numel(),
+        text_bytes=text_bytes,
+    )
