@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lmtrain.config import Config, load_config
-from lmtrain.data import StreamBatches, Vocab, read_text
+from lmtrain.config import GradientFlowOptions, load_config, require_valid
+from lmtrain.data import StreamBatches, read_text
+from lmtrain.data.prepare import load_corpus
 from lmtrain.errors import DataError, LmtrainError
 from lmtrain.models import LanguageModel, build_model
 
@@ -69,9 +70,10 @@ def gradient_flow(model: LanguageModel, inputs: torch.Tensor, targets: torch.Ten
     return norms
 
 
-def _window(cfg: Config, vocab: Vocab, steps: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    spec = cfg.data.valid or cfg.data.train
-    ids = vocab.encode(read_text(spec, "valid", cfg.data.decode_errors)).ids
+def _window(
+    spec: str, ids: torch.Tensor, steps: int, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first (steps, batch) window of `ids`, the text `spec` names."""
     try:
         first = next(StreamBatches(ids, batch, steps).batches())
     except (ValueError, StopIteration):
@@ -86,12 +88,12 @@ def _window(cfg: Config, vocab: Vocab, steps: int, batch: int) -> tuple[torch.Te
     return first.inputs, first.targets
 
 
-def curves_for(
-    target: Path, overrides: list[str], cells: list[str], steps: int, batch: int
-) -> list[FlowCurve]:
+def curves_for(target: Path, overrides: list[str], options: GradientFlowOptions) -> list[FlowCurve]:
     """One curve per cell: a trained run (its own cell), or a config (fresh weights per cell)."""
     from lmtrain.checkpoint import load_model
 
+    require_valid(options)
+    cells, steps, batch = options.cell, options.steps, options.batch
     if target.is_dir() or target.suffix == ".pt":
         if cells or overrides:
             raise LmtrainError(
@@ -99,7 +101,9 @@ def curves_for(
                 "overrides apply to a config file"
             )
         model, vocab, cfg = load_model(target)
-        inputs, targets = _window(cfg, vocab, steps, batch)
+        spec = cfg.data.valid or cfg.data.train
+        ids = vocab.encode(read_text(spec, "valid", cfg.data.decode_errors)).ids
+        inputs, targets = _window(spec, ids, steps, batch)
         return [FlowCurve(f"{cfg.model.cell} (trained)", gradient_flow(model, inputs, targets))]
     cfg = load_config(target, overrides)
     # Each cell through the config loader, before any data is read, so that a misspelt cell or
@@ -107,19 +111,42 @@ def curves_for(
     per_cell = {c: load_config(target, [*overrides, f"model.cell={c}"]) for c in cells}
     if not per_cell:
         per_cell = {cfg.model.cell: cfg}
-    vocab = Vocab.build(
-        read_text(cfg.data.train, "train", cfg.data.decode_errors),
-        cfg.data.tokenizer,
-        cfg.data.min_freq,
-        cfg.data.max_size,
-    )
-    inputs, targets = _window(cfg, vocab, steps, batch)
+    # The vocabulary and ids training would use (the same tokeniser, the same cache).
+    corpus = load_corpus(cfg.data)
+    split = corpus.valid if corpus.valid is not None else corpus.train
+    spec = cfg.data.valid or cfg.data.train
+    inputs, targets = _window(spec, split.ids, steps, batch)
     curves = []
     for cell, cell_cfg in per_cell.items():
         torch.manual_seed(cfg.train.seed)  # each cell starts from its own seeded initialisation
-        model = build_model(cell_cfg.model, len(vocab))
+        model = build_model(cell_cfg.model, len(corpus.vocab))
         curves.append(FlowCurve(cell, gradient_flow(model, inputs, targets)))
     return curves
+
+
+def title(options: GradientFlowOptions) -> str:
+    """The figure's title: what was measured, on how long a window and how many rows."""
+    return (
+        "Gradient of the loss at step $T$ reaching $h_t$ "
+        f"($T$ = {options.steps}, {options.batch} rows)"
+    )
+
+
+def table(curves: list[FlowCurve], steps: int) -> list[str]:
+    """The console table: one row per distance T - t (a few up to the window), one column per curve."""
+    shown = [d for d in (0, 1, 2, 5, 10, 20, 50, 100, 200) if d < steps]
+    lines = ["steps back  " + "  ".join(f"{c.label:>12s}" for c in curves)]
+    for d in shown:
+        lines.append(f"{d:10d}  " + "  ".join(f"{c.norms[d]:12.3e}" for c in curves))
+    return lines
+
+
+def tensorboard_dir(options: GradientFlowOptions) -> Path:
+    """Where the TensorBoard scalars go: options.tensorboard, else beside the PNG."""
+    if options.tensorboard is not None:
+        return Path(options.tensorboard)
+    out = Path(options.out)
+    return out.with_name(out.stem + "-tb")
 
 
 def write_tensorboard(

@@ -5,15 +5,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from lmtrain import __version__
 from lmtrain.errors import LmtrainError
-
-if TYPE_CHECKING:  # the commands import torch lazily, so that --help stays fast
-    pass
 
 app = typer.Typer(
     add_completion=True,

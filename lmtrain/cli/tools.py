@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -14,14 +14,14 @@ from lmtrain.cli.app import (
     _user_errors,
     app,
 )
-from lmtrain.errors import LmtrainError
-
-if TYPE_CHECKING:  # the commands import torch lazily, so that --help stays fast
-    pass
-
+from lmtrain.config import GradientFlowOptions, PlotOptions, field_docs, require_valid
 
 diagnose_app = typer.Typer(no_args_is_help=True, help="Diagnostics of a model or config.")
 app.add_typer(diagnose_app, name="diagnose")
+
+
+_FLOW = GradientFlowOptions()
+_FLOW_DOCS = field_docs(GradientFlowOptions)
 
 
 @diagnose_app.command("gradient-flow")
@@ -31,35 +31,32 @@ def gradient_flow_cmd(
         Path, typer.Argument(help="Run directory, checkpoint or YAML config.", show_default=False)
     ],
     overrides: OverridesArg = None,
-    cell: Annotated[
-        list[str] | None,
-        typer.Option(help="Config only: one curve per cell (repeatable), fresh weights each."),
-    ] = None,
-    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("gradient_flow.png"),
-    steps: Annotated[int, typer.Option(help="Window length T.")] = 50,
-    batch: Annotated[int, typer.Option(help="Rows averaged.")] = 8,
-    tensorboard: Annotated[
-        Path | None, typer.Option(help="TensorBoard directory; default OUT's name + '-tb'.")
-    ] = None,
+    cell: Annotated[list[str] | None, typer.Option(help=_FLOW_DOCS["cell"])] = None,
+    out: Annotated[Path, typer.Option(help=_FLOW_DOCS["out"])] = Path(_FLOW.out),
+    steps: Annotated[int, typer.Option(help=_FLOW_DOCS["steps"])] = _FLOW.steps,
+    batch: Annotated[int, typer.Option(help=_FLOW_DOCS["batch"])] = _FLOW.batch,
+    tensorboard: Annotated[Path | None, typer.Option(help=_FLOW_DOCS["tensorboard"])] = None,
 ) -> None:
     """Norm of dL_T/dh_t against T - t: a PNG, plus TensorBoard scalars and the figure."""
     from lmtrain import diagnose, plot
 
-    if steps < 2 or batch < 1:
-        raise LmtrainError("--steps must be >= 2 and --batch >= 1")
-    plot.require_matplotlib()  # before the measurement, which can take a while
-    curves = diagnose.curves_for(target, overrides or [], cell or [], steps, batch)
-    figure = plot.gradient_flow_figure(
-        curves, f"Gradient of the loss at step $T$ reaching $h_t$ ($T$ = {steps}, {batch} rows)"
+    options = GradientFlowOptions(
+        cell or [], str(out), steps, batch, None if tensorboard is None else str(tensorboard)
     )
+    require_valid(options)
+    plot.require_matplotlib()  # before the measurement, which can take a while
+    curves = diagnose.curves_for(target, overrides or [], options)
+    figure = plot.gradient_flow_figure(curves, diagnose.title(options))
     plot.save_png(figure, out)
-    tb = tensorboard or out.with_name(out.stem + "-tb")
+    tb = diagnose.tensorboard_dir(options)
     diagnose.write_tensorboard(curves, tb, plot.pixels(figure))
-    shown = [d for d in (0, 1, 2, 5, 10, 20, 50, 100, 200) if d < steps]
-    typer.echo("steps back  " + "  ".join(f"{c.label:>12s}" for c in curves))
-    for d in shown:
-        typer.echo(f"{d:10d}  " + "  ".join(f"{c.norms[d]:12.3e}" for c in curves))
+    for line in diagnose.table(curves, steps):
+        typer.echo(line)
     typer.echo(f"wrote {out} and TensorBoard scalars and figure in {tb}")
+
+
+_PLOT = PlotOptions()
+_PLOT_DOCS = field_docs(PlotOptions)
 
 
 @app.command("plot")
@@ -68,18 +65,9 @@ def plot_cmd(
     runs: Annotated[
         list[Path], typer.Argument(help="Run directories to compare.", show_default=False)
     ],
-    out: Annotated[
-        Path, typer.Option(help="Figure to write: .png, or .pdf / .svg for a vector figure.")
-    ] = Path("curves.png"),
-    metric: Annotated[
-        str,
-        typer.Option(
-            help="loss, ppl, bpc (character models) or bpb (bits per byte: any tokeniser)."
-        ),
-    ] = "ppl",
-    x: Annotated[
-        str, typer.Option("--x", help="step, minutes (of training) or tokens (trained on).")
-    ] = "step",
+    out: Annotated[Path, typer.Option(help=_PLOT_DOCS["out"])] = Path(_PLOT.out),
+    metric: Annotated[str, typer.Option(help=_PLOT_DOCS["metric"])] = _PLOT.metric,
+    x: Annotated[str, typer.Option("--x", help=_PLOT_DOCS["x"])] = _PLOT.x,
 ) -> None:
     """Validation curves of several runs in one figure, one line per run (from RUN/metrics.jsonl)."""
     from lmtrain import plot
@@ -134,7 +122,8 @@ def download_cmd(
     corpus: Annotated[
         str,
         typer.Argument(
-            help="wikitext-2 or tinyshakespeare, or a recipe's name (its corpus).",
+            help="wikitext-2, tinyshakespeare, wikitext-103, wikitext-103-raw or enwik8, or a "
+            "recipe's name (its corpus).",
             show_default=False,
         ),
     ],
@@ -150,7 +139,8 @@ def download_cmd(
 
     A file is moved into place only when its checksum matches; a mismatch deletes it, exit 2.
 
-    Files already present and correct are kept. Mirrors: WIKITEXT2_URL, TINYSHAKESPEARE_URL.
+    Files already present and correct are kept. Mirrors: WIKITEXT2_URL, TINYSHAKESPEARE_URL,
+    WIKITEXT103_URL, WIKITEXT103_RAW_URL, ENWIK8_URL.
     """
     from lmtrain.download import default_dest, download
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -24,7 +23,7 @@ from lmtrain.errors import LmtrainError
 
 if TYPE_CHECKING:  # the commands import torch lazily, so that --help stays fast
     from lmtrain.config import Config
-    from lmtrain.training.loop import FitResult
+    from lmtrain.training import FitResult
 
 
 @app.command(context_settings=_DOTTED_OPTIONS)
@@ -57,7 +56,7 @@ def fit(
     Checkpoints, metrics.jsonl, results.json, TensorBoard events and the resolved config go to
     run.dir.
     """
-    from lmtrain.training.loop import fit as run_fit
+    from lmtrain.training import fit as run_fit
 
     settings = _config_overrides(ctx, config, overrides or [])
     cfg = config_mod.load_config(catalog.resolve_config(config), settings)
@@ -113,40 +112,12 @@ def validate(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesAr
     be creatable and the model must fit in memory. Prints the config that fit
     would save, with run.dir expanded.
     """
-    from lmtrain.data.corpus import check_inputs
-    from lmtrain.runtime.device import resolve_device
-
-    def environment(cfg: Config) -> list[str]:
-        """What the schema cannot know: files, device, memory and run.dir on this machine."""
-        problems = check_inputs(cfg)
-        device: object = "cpu"  # a device that does not exist: at least the model must fit in RAM
-        try:
-            device = resolve_device(cfg.train.device)
-        except LmtrainError as e:
-            problems.append(str(e))
-        problems += config_mod.resource_problems(cfg, device=device)
-        return problems + _run_dir_problems(Path(cfg.run.dir))
+    from lmtrain.preflight import validate_config
 
     settings = _config_overrides(ctx, config, overrides or [])
-    cfg = config_mod.load_config(catalog.resolve_config(config), settings, checks=environment)
+    cfg = validate_config(catalog.resolve_config(config), settings)
     typer.echo(f"{config}: OK")
     typer.echo(cfg.to_yaml().rstrip())
-
-
-def _run_dir_problems(run_dir: Path) -> list[str]:
-    """run.dir must be a directory, or creatable: its nearest existing parent is writable."""
-    import os
-
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing == run_dir and not existing.is_dir():
-        return [f"run.dir: {run_dir} exists and is not a directory; choose another run.dir"]
-    if not existing.is_dir():
-        return [f"run.dir: {existing} is not a directory, so {run_dir} cannot be created there"]
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"run.dir: {existing} is not writable; choose another run.dir"]
-    return []
 
 
 @app.command(context_settings=_DOTTED_OPTIONS)
@@ -155,20 +126,19 @@ def prepare(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg
     """Tokenise the training and validation text once into data.cache_dir (prepared ids).
 
     Later fits, resumes and torchrun ranks with the same data.cache_dir map the prepared ids
-    instead of reading the text. Exit 2 when data.cache_dir is not set.
+    instead of reading the text. Exit 2 when data.cache_dir is null (the cache is off).
     """
-    from lmtrain.data.corpus import expand_vars
-    from lmtrain.data.prepare import prepare_corpus
+    from lmtrain.data.prepare import prepare_corpus, resolve_cache_dir
 
     settings = _config_overrides(ctx, config, overrides or [])
     cfg = config_mod.load_config(catalog.resolve_config(config), settings)
-    if cfg.data.cache_dir is None:
+    cache_dir = resolve_cache_dir(cfg.data.cache_dir)
+    if cache_dir is None:
         raise LmtrainError(
-            "data.cache_dir is not set, so there is nowhere to prepare the text; add "
-            "data.cache_dir=~/.cache/lmtrain/prepared (or any folder) to the command or config, "
-            "and use the same setting for lmtrain fit"
+            "data.cache_dir is not set (null turns the cache off), so there is nowhere to "
+            "prepare the text; set data.cache_dir=auto (the default) or any folder in the "
+            "command or config, and use the same setting for lmtrain fit"
         )
-    cache_dir = Path(expand_vars(cfg.data.cache_dir, "data.cache_dir"))
     pc = prepare_corpus(cfg.data, cache_dir, None, _err)
     splits = [("train", cfg.data.train, pc.train)]
     if pc.valid is not None and cfg.data.valid is not None:
@@ -184,6 +154,8 @@ def prepare(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg
 @app.command("config")
 def show_config() -> None:
     """Print every config key with its default and a one-line description.
+
+    Then, as comments, the options of eval, score, sample and diagnose with their defaults.
 
     The output is itself a valid config: `lmtrain config > my.yaml` starts one to edit.
 

@@ -14,12 +14,10 @@ import pytest
 import torch
 
 from conftest import invoke, tiny_config, write_tiny_files
+from lmtrain.config import AdaptOptions, EvalOptions, SampleOptions
 from lmtrain.errors import LmtrainError
-from lmtrain.evaluation.adaptation import AdaptOptions
-from lmtrain.evaluation.scoring import EvalOptions
 from lmtrain.runtime.device import resolve_device
-from lmtrain.sample import SampleOptions
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 
 @pytest.fixture(scope="module")

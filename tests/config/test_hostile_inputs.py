@@ -92,7 +92,7 @@ def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Pa
 @pytest.fixture
 def trained(tmp_path: Path, tiny_files: dict[str, Path]) -> Path:
     """A one-step run in tmp_path/run, for the commands that need a checkpoint."""
-    from lmtrain.training.loop import fit
+    from lmtrain.training import fit
 
     fit(tiny_config(tmp_path, tiny_files, "train.max_steps=1"), quiet=True)
     return tmp_path / "run"

@@ -1,0 +1,258 @@
+"""Range and cross-field checks of a built Config; each problem is one `dotted.key: message` line."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from lmtrain.config.convert import MAX_INT, show_value
+from lmtrain.config.schema import AdaptiveSoftmaxConfig, Config, DataConfig, ModelConfig
+
+# Bounds beyond which a value cannot run, or cannot mean what it says.
+MAX_SEED = MAX_INT
+MAX_THREADS = 1024
+MAX_DIST_TIMEOUT = 7 * 24 * 3600
+MAX_SAMPLE_TOKENS = 100_000
+
+
+def check_ranges(cfg: Config) -> list[str]:
+    """Every out-of-range value and cross-field conflict of `cfg`, as `dotted.key: message`."""
+    p: list[str] = []
+    d, m, t, r = cfg.data, cfg.model, cfg.train, cfg.run
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            p.append(f"{key}: {msg}")
+
+    need(d.min_freq >= 1, "data.min_freq", f"must be >= 1, got {d.min_freq}")
+    need(d.max_size is None or d.max_size >= 1, "data.max_size", f"must be >= 1, got {d.max_size}")
+    need(bool(d.train.strip()), "data.train", "must name a file or builtin corpus, got ''")
+    need(d.max_length is None or d.max_length >= 1, "data.max_length", "must be >= 1 or null")
+    if d.tokenizer == "byte":  # a fixed vocabulary: nothing to drop
+        need(d.min_freq == 1, "data.min_freq", "the byte vocabulary is fixed (256 bytes); leave 1")
+        need(
+            d.max_size is None,
+            "data.max_size",
+            "the byte vocabulary is fixed (256 bytes); leave null",
+        )
+    p += _check_tokenizer(d)
+    if d.mode == "stream":
+        need(not d.documents, "data.documents", "only applies to data.mode: sentences")
+        need(d.max_length is None, "data.max_length", "only applies to data.mode: sentences")
+    for name in ("embedding_dim", "hidden_size", "num_layers"):
+        v = getattr(m, name)
+        need(v >= 1, f"model.{name}", f"must be >= 1, got {v}")
+    need(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    if m.tie_weights and m.embedding_dim != m.hidden_size:
+        p.append(
+            "model.tie_weights: tied weights need model.embedding_dim == model.hidden_size, "
+            f"got {m.embedding_dim} and {m.hidden_size}; set them equal or tie_weights: false"
+        )
+    a = m.adaptive_softmax
+    if a.cutoffs:
+        ok = all(c is not None and c >= 1 for c in a.cutoffs) and all(
+            x < y for x, y in zip(a.cutoffs, a.cutoffs[1:], strict=False)
+        )
+        need(ok, "model.adaptive_softmax.cutoffs", f"must be increasing ids >= 1, got {a.cutoffs}")
+        need(
+            a.div_value >= 1,
+            "model.adaptive_softmax.div_value",
+            f"must be >= 1 (each tail cluster is this many times narrower), got {a.div_value}",
+        )
+        need(
+            tail_widths(m.hidden_size, a) is not None,
+            "model.adaptive_softmax.div_value",
+            f"{a.div_value} ** {len(a.cutoffs)} (one power per tail cluster) overflows; "
+            "use a smaller div_value",
+        )
+        if m.tie_weights:
+            p.append(
+                "model.tie_weights: cannot tie the embedding to an adaptive softmax; set "
+                "tie_weights: false or model.adaptive_softmax.cutoffs: []"
+            )
+    p += _check_recurrent_options(m)
+    need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
+    need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
+    need(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "must be > 0 or null")
+    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    need(t.bptt >= 1, "train.bptt", f"must be >= 1, got {t.bptt}")
+    need(t.lr > 0 and math.isfinite(t.lr), "train.lr", f"must be a positive number, got {t.lr}")
+    need(0.0 <= t.momentum < 1.0, "train.momentum", f"must be in [0, 1), got {t.momentum}")
+    need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    need(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+    need(0 <= t.min_lr <= t.lr, "train.min_lr", f"must be in [0, train.lr], got {t.min_lr}")
+    need(0 < t.plateau_factor < 1, "train.plateau_factor", "must be in (0, 1)")
+    need(t.plateau_patience >= 0, "train.plateau_patience", "must be >= 0")
+    for name in ("clip_grad_norm", "clip_grad_value"):
+        v = getattr(t, name)
+        need(v is None or v > 0, f"train.{name}", f"must be > 0 or null, got {v}")
+    need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
+    need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    known_loggers = ("wandb", "mlflow")
+    for name in r.loggers:
+        need(
+            name in known_loggers,
+            "run.loggers",
+            f"{name!r} is not one of {', '.join(known_loggers)}",
+        )
+    need(len(set(r.loggers)) == len(r.loggers), "run.loggers", f"lists a logger twice: {r.loggers}")
+    need(
+        1 <= t.dist_timeout <= MAX_DIST_TIMEOUT,
+        "train.dist_timeout",
+        f"must be in [1, {MAX_DIST_TIMEOUT}] seconds, got {t.dist_timeout}",
+    )
+    need(
+        0 <= t.seed <= MAX_SEED,
+        "train.seed",
+        f"must be in [0, 2**63 - 1] (the range torch's generators take), got {show_value(t.seed)}",
+    )
+    need(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
+    need(
+        t.num_threads is None or t.num_threads >= 1,
+        "train.num_threads",
+        f"must be >= 1 or null, got {t.num_threads}",
+    )
+    need(
+        t.num_threads is None or t.num_threads <= MAX_THREADS,
+        "train.num_threads",
+        f"must be at most {MAX_THREADS} (torch would try to start that many threads), "
+        f"got {t.num_threads}",
+    )
+    need(0.0 <= m.weight_drop < 1.0, "model.weight_drop", f"must be in [0, 1), got {m.weight_drop}")
+    custom = [
+        k
+        for k, on in (
+            ("cell=rnn_manual", m.cell == "rnn_manual"),
+            ("layer_norm", m.layer_norm),
+            ("recurrent_dropout", m.recurrent_dropout > 0),
+            ("locked_dropout", m.locked_dropout > 0),
+            ("leak", m.leak > 0 or m.learn_leak),
+            ("residual", m.residual),
+        )
+        if on
+    ]
+    if m.weight_drop > 0 and custom:
+        p.append(
+            "model.weight_drop: applies to the nn.RNN/LSTM/GRU layers only, and model."
+            + ", model.".join(custom)
+            + " selects the hand-built stack; drop one of them"
+        )
+    if t.variable_bptt and cfg.data.mode == "sentences":
+        p.append(
+            "train.variable_bptt: stream mode only; sentences mode already cuts each sequence "
+            "into bptt chunks (set data.mode: stream or train.variable_bptt: false)"
+        )
+    if m.freeze_embeddings and m.tie_weights:
+        p.append(
+            "model.freeze_embeddings: a frozen embedding tied to the decoder would freeze the "
+            "decoder too; set tie_weights: false or freeze_embeddings: false"
+        )
+    for name in ("ar_alpha", "tar_beta"):
+        v = getattr(t, name)
+        need(v >= 0, f"train.{name}", f"must be >= 0, got {v}")
+    need(t.nonmono >= 1, "train.nonmono", f"must be >= 1, got {t.nonmono}")
+    if t.optimizer == "ntasgd" and cfg.data.valid is None:
+        p.append("train.optimizer: 'ntasgd' switches on stalled validation; set data.valid")
+    need(
+        re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
+        "train.device",
+        f"expected auto, cpu, cuda or cuda:N, got {t.device!r}",
+    )
+    if t.schedule == "plateau" and cfg.data.valid is None:
+        p.append("train.schedule: 'plateau' needs validation data; set data.valid")
+    need(bool(r.dir.strip()), "run.dir", "must not be empty")
+    need(
+        d.cache_dir is None or bool(d.cache_dir.strip()),
+        "data.cache_dir",
+        "must not be empty (null = no cache)",
+    )
+    for key, path in (
+        ("data.train", d.train),
+        ("data.valid", d.valid),
+        ("data.test", d.test),
+        ("model.pretrained_embeddings", m.pretrained_embeddings),
+        ("run.dir", r.dir),
+        ("data.cache_dir", d.cache_dir),
+        ("data.tokenizer_file", d.tokenizer_file),
+    ):
+        need(path is None or "\0" not in path, key, "must not contain a NUL character")
+    need(
+        0 <= r.sample_tokens <= MAX_SAMPLE_TOKENS,
+        "run.sample_tokens",
+        f"must be in [0, {MAX_SAMPLE_TOKENS:,}], got {r.sample_tokens}",
+    )
+    need(r.keep_last >= 0, "run.keep_last", f"must be >= 0, got {r.keep_last}")
+    return p
+
+
+# A byte-level BPE vocabulary holds the specials (<pad>, <unk>, <eos>) and the 256 byte symbols
+# before its first merge; a smaller one could not spell every text.
+MIN_BPE_VOCAB = 260
+
+
+def _check_tokenizer(d: DataConfig) -> list[str]:
+    """data.vocab_size and data.tokenizer_file: only with bpe, which needs one of them."""
+    p: list[str] = []
+    if d.tokenizer != "bpe":
+        for key, value in (("vocab_size", d.vocab_size), ("tokenizer_file", d.tokenizer_file)):
+            if value is not None:
+                p.append(f"data.{key}: only applies to data.tokenizer: bpe; leave it null")
+        return p
+    if d.vocab_size is None and d.tokenizer_file is None:
+        p.append(
+            "data.tokenizer: bpe needs data.vocab_size (to train one on the training split) "
+            "or data.tokenizer_file (a tokenizer.json)"
+        )
+    if d.vocab_size is not None and d.tokenizer_file is not None:
+        p.append(
+            "data.vocab_size: data.tokenizer_file brings its own vocabulary; set one of "
+            "vocab_size and tokenizer_file"
+        )
+    if d.vocab_size is not None and d.vocab_size < MIN_BPE_VOCAB:
+        p.append(
+            f"data.vocab_size: must be >= {MIN_BPE_VOCAB} (3 specials and 256 byte symbols come "
+            f"before the first merge), got {d.vocab_size}"
+        )
+    if d.tokenizer_file is not None and not d.tokenizer_file.strip():
+        p.append("data.tokenizer_file: must name a tokenizer.json file, got ''")
+    if d.max_size is not None:
+        p.append("data.max_size: bpe sets its size with data.vocab_size; leave max_size null")
+    return p
+
+
+def tail_widths(hidden_size: int, a: AdaptiveSoftmaxConfig) -> list[int] | None:
+    """Projection width of each adaptive-softmax tail cluster, as torch computes it; None if
+    a power of div_value overflows (torch would fail building the layer)."""
+    try:
+        return [int(hidden_size // a.div_value ** (i + 1)) for i in range(len(a.cutoffs))]
+    except OverflowError:
+        return None
+
+
+def _check_recurrent_options(m: ModelConfig) -> list[str]:
+    """The recurrent toolbox (lmtrain/models/cells.py): ranges and which cells take what."""
+    p: list[str] = []
+    for name in ("recurrent_dropout", "locked_dropout", "embedding_dropout"):
+        v = getattr(m, name)
+        if not 0.0 <= v < 1.0:
+            p.append(f"model.{name}: must be in [0, 1), got {v}")
+    if m.learn_leak and not 0.0 < m.leak < 1.0:
+        p.append(f"model.leak: learn_leak needs a starting leak in (0, 1), got {m.leak}")
+    elif not 0.0 <= m.leak < 1.0:
+        p.append(f"model.leak: must be in [0, 1), got {m.leak}")
+    if (m.leak > 0 or m.learn_leak) and m.cell not in ("rnn_tanh", "rnn_relu"):
+        p.append(
+            f"model.leak: leaky units are for rnn_tanh and rnn_relu, not {m.cell}; "
+            "set model.leak=0 and model.learn_leak=false, or change model.cell"
+        )
+    if m.cell == "rnn_manual":
+        for name, on in (
+            ("layer_norm", m.layer_norm),
+            ("recurrent_dropout", m.recurrent_dropout > 0),
+        ):
+            if on:
+                p.append(
+                    f"model.{name}: not available with rnn_manual, whose hand-written BPTT is "
+                    "the plain tanh RNN; use rnn_tanh for it"
+                )
+    return p

@@ -1,0 +1,190 @@
+"""Memory estimate: refuse a model that cannot fit before anything is built."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmtrain.config.checks import tail_widths
+from lmtrain.config.schema import Config, TrainConfig
+from lmtrain.errors import ConfigError
+
+_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_manual": 1, "gru": 3, "lstm": 4}
+
+
+def _optimizer_slots(t: TrainConfig) -> int:
+    """Tensors of the parameters' size the optimiser keeps."""
+    if t.optimizer in ("adam", "adamw"):
+        return 2  # first and second moments
+    if t.optimizer == "rmsprop":
+        return 1 + (t.momentum > 0)
+    if t.optimizer == "ntasgd":
+        return 1  # the running average, once averaging starts
+    return int(t.momentum > 0)  # sgd's momentum buffer
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A lower bound on what one training step holds in memory (fp32 weights)."""
+
+    parameters: int
+    state_bytes: int
+    """Weights, gradients and optimiser state."""
+    activation_bytes: int
+    """Activations kept for the backward pass of one step, logits included."""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.state_bytes + self.activation_bytes
+
+
+def estimate_memory(cfg: Config, vocab_size: int, world_size: int = 1) -> MemoryEstimate:
+    """Memory a training step of `cfg` needs at least, from the config alone.
+
+    Counted: embedding, recurrent and decoder parameters with their gradients and optimiser
+    slots, and per token of the step the embedding, each layer's gates and state, and the
+    logits with their gradient. Workspace, caches and allocator slack are not, so a model this
+    estimate refuses can never fit, while one it accepts may still be tight.
+    """
+    m, t = cfg.model, cfg.train
+    gates = _GATES[m.cell]
+    embedding = vocab_size * m.embedding_dim
+    # Layer 0 reads the embedding, the others the layer below; each has two bias vectors.
+    h = m.hidden_size
+    recurrent = gates * h * (m.embedding_dim + h + 2) + (m.num_layers - 1) * gates * h * (2 * h + 2)
+    cutoffs = m.adaptive_softmax.cutoffs
+    if cutoffs:
+        head = cutoffs[0] + len(cutoffs)  # the frequent words and one entry per tail cluster
+        bounds = [*cutoffs, max(vocab_size, cutoffs[-1] + 1)]
+        decoder = m.hidden_size * head
+        widths = tail_widths(m.hidden_size, m.adaptive_softmax) or [0] * len(cutoffs)
+        for i, width in enumerate(widths):
+            decoder += width * (m.hidden_size + bounds[i + 1] - bounds[i])
+        logits = head
+    else:
+        decoder = vocab_size + (0 if m.tie_weights else m.hidden_size * vocab_size)
+        logits = vocab_size
+    parameters = embedding + recurrent + decoder
+    slots = _optimizer_slots(t)
+    trained = parameters - (embedding if m.freeze_embeddings else 0)
+    state = 4 * (parameters + trained * (1 + slots))
+    tokens = t.batch_size * t.bptt // max(world_size, 1)
+    per_token = m.embedding_dim + m.num_layers * (gates + 1) * m.hidden_size + 2 * logits
+    activations = tokens * per_token * (4 if t.precision == "fp32" else 2)
+    return MemoryEstimate(parameters, state, activations)
+
+
+_SIZE_KEYS = (
+    ("model", "embedding_dim"),
+    ("model", "hidden_size"),
+    ("model", "num_layers"),
+    ("train", "batch_size"),
+    ("train", "bptt"),
+)
+
+
+def _key_to_lower(cfg: Config, vocab_size: int, world_size: int) -> str:
+    """The size key whose default would shrink the estimate most: the one to name."""
+    best, best_total = "data.max_size", estimate_memory(cfg, vocab_size, world_size).total_bytes
+    for section, name in _SIZE_KEYS:
+        part = getattr(cfg, section)
+        default = getattr(type(part)(), name)
+        if getattr(part, name) <= default:
+            continue
+        smaller = dataclasses.replace(
+            cfg, **{section: dataclasses.replace(part, **{name: default})}
+        )
+        total = estimate_memory(smaller, vocab_size, world_size).total_bytes
+        if total < best_total:
+            best, best_total = f"{section}.{name}", total
+    return best
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _physical_memory() -> int:
+    """RAM this process may use: physical memory, or a lower cgroup (container) limit."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            total = min(total, int(Path(limit_file).read_text().strip()))
+    return total
+
+
+def memory_available(device: object = "cpu") -> tuple[int, str]:
+    """(bytes, description) of the memory that holds the model on `device`.
+
+    `device` is a torch.device or its spec ("cpu", "cuda:1", "auto"); a GPU's total memory
+    when one is named (or "auto" finds one), otherwise this machine's RAM.
+    """
+    spec = str(device)
+    if spec == "auto" or spec.startswith("cuda"):
+        import torch  # only here: loading a config must not pay for torch
+
+        if torch.cuda.is_available():
+            index = int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device()
+            if index < torch.cuda.device_count():
+                props = torch.cuda.get_device_properties(index)
+                return props.total_memory, f"cuda:{index} ({props.name}) has " + _format_bytes(
+                    props.total_memory
+                )
+    ram = _physical_memory()
+    return ram, f"this machine has {_format_bytes(ram)} of RAM"
+
+
+def resource_problems(
+    cfg: Config, vocab_size: int | None = None, device: object = None, world_size: int | None = None
+) -> list[str]:
+    """Problems (one line each) when `cfg` cannot train within the memory of `device`.
+
+    Before the data is read `vocab_size` is unknown (None): the smallest vocabulary the config
+    allows is assumed, so only what is certain is refused. `device` defaults to train.device;
+    `world_size` to WORLD_SIZE, which torchrun sets (each process holds its share of the batch).
+    """
+    m = cfg.model
+    if world_size is None:
+        world_size = 1
+        with contextlib.suppress(ValueError):
+            world_size = max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    if vocab_size is None:
+        vocab_size = max([2, *(c + 1 for c in m.adaptive_softmax.cutoffs)])
+        vocabulary = f"the smallest vocabulary the config allows ({vocab_size:,})"
+    else:
+        vocabulary = f"a vocabulary of {vocab_size:,}"
+    est = estimate_memory(cfg, vocab_size, world_size)
+    available, where = memory_available(cfg.train.device if device is None else device)
+    if est.total_bytes <= available:
+        return []
+    key = _key_to_lower(cfg, vocab_size, world_size)
+    todo = (
+        "limit the vocabulary with data.max_size or data.min_freq"
+        if key == "data.max_size"
+        else f"lower {key}"
+    )
+    return [
+        f"{key}: training this model needs at least {_format_bytes(est.total_bytes)} "
+        f"({est.parameters:,} parameters: {_format_bytes(est.state_bytes)} for weights, "
+        f"gradients and {cfg.train.optimizer} state; {_format_bytes(est.activation_bytes)} of "
+        f"activations for a step of {cfg.train.batch_size} x {cfg.train.bptt} tokens with "
+        f"{vocabulary}), but {where}; {todo}"
+    ]
+
+
+def check_resources(
+    cfg: Config, vocab_size: int | None = None, device: object = None, world_size: int | None = None
+) -> None:
+    """ConfigError naming the key to lower when `cfg` clearly cannot fit in memory.
+
+    Called before anything is built (vocab_size None) and again once the vocabulary is known.
+    """
+    if problems := resource_problems(cfg, vocab_size, device, world_size):
+        raise ConfigError(problems, "config")
