@@ -10,32 +10,44 @@
 
 `lmtrain.generate`, `lmtrain.score` and `lmtrain.evaluate` do the same as the methods and also
 take a run directory, checkpoint or export folder in place of a Model. Mistakes raise
-lmtrain.errors.LmtrainError subclasses with the message the command line would print.
+lmtrain.errors.LmtrainError subclasses with the message the command line would print, naming
+keyword arguments (max_tokens) where the command line names options (--max-tokens).
+
+The work is done by the library (lmtrain.training, lmtrain.evaluation, lmtrain.sample); this
+module only checks Python arguments. It is longer than most because it is the whole public
+Python surface, with the typed overloads editors read, in one file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 import torch
 
-from lmtrain.config import Config, config_from_dict, load_config
+from lmtrain.config import (
+    Config,
+    EvalOptions,
+    SampleOptions,
+    ScoreOptions,
+    config_from_dict,
+    load_config,
+)
 from lmtrain.errors import LmtrainError
 
 if TYPE_CHECKING:  # loading a model for sampling need not import the training stack
     from lmtrain.data.vocab import Vocab
-    from lmtrain.evaluation.scoring import SentenceScore
-    from lmtrain.evaluation.stream import EvalResult
+    from lmtrain.evaluation import EvalResult, SentenceScore
     from lmtrain.models import LanguageModel
-    from lmtrain.training.loop import FitResult
+    from lmtrain.training import FitResult
 
 ConfigLike = str | Path | Mapping[str, Any] | Config
 Overrides = Sequence[str] | Mapping[str, Any] | None
@@ -51,6 +63,11 @@ def _to_stderr(line: str) -> None:
 
 def _keyword(option: re.Match[str]) -> str:
     return option.group(1).replace("-", "_")
+
+
+def _keywords(message: str) -> str:
+    """The library's messages name command-line options (--max-tokens); say max_tokens here."""
+    return re.sub(r"--([a-z-]+)", _keyword, message)
 
 
 def _json_value(value: object) -> str:
@@ -128,7 +145,7 @@ def fit(
     other line (run directory, evaluations, warnings), as `lmtrain fit --quiet` prints them.
     """
     from lmtrain.metrics import console
-    from lmtrain.training.loop import fit as train_fit
+    from lmtrain.training import fit as train_fit
 
     cfg = config(source, overrides)
     # A closed stderr pipe (`python script.py 2>&1 | head`) must not stop the training.
@@ -196,18 +213,17 @@ class Model:
         self,
         prompt: str = "",
         *,
-        max_tokens: int = 200,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        greedy: bool = False,
-        seed: int | None = None,
+        max_tokens: int = SampleOptions.max_tokens,
+        temperature: float = SampleOptions.temperature,
+        top_k: int = SampleOptions.top_k,
+        top_p: float = SampleOptions.top_p,
+        greedy: bool = SampleOptions.greedy,
+        seed: int | None = SampleOptions.seed,
         num_samples: int | None = None,
     ) -> str | list[str]:
         """The prompt followed by generated text; with num_samples=N a list of N samples
         (drawn as one batch). The same seed gives the same text. Prompt tokens missing from
         the vocabulary are read as <unk> with a warning."""
-        from lmtrain.sample import SampleOptions
         from lmtrain.sample import generate as sample
 
         if not isinstance(prompt, str):
@@ -226,7 +242,7 @@ class Model:
         opts = SampleOptions(max_tokens, temperature, top_k, top_p, greedy, count, seed)
         if problems := opts.problems():
             # The messages name command-line options (--max-tokens); say max_tokens here.
-            raise LmtrainError("; ".join(re.sub(r"--([a-z-]+)", _keyword, p) for p in problems))
+            raise LmtrainError(_keywords("; ".join(problems)))
         result = sample(self.module, self.vocab, prompt, opts)
         for w in result.warnings:
             warnings.warn(w, stacklevel=2)
@@ -237,11 +253,11 @@ class Model:
     @overload
     def score(self, texts: Sequence[str], *, batch_size: int = ...) -> list[SentenceScore]: ...
     def score(
-        self, texts: str | Sequence[str], *, batch_size: int = 32
+        self, texts: str | Sequence[str], *, batch_size: int = ScoreOptions.batch_size
     ) -> SentenceScore | list[SentenceScore]:
         """Log-probability (.logprob nats, .log2prob), .tokens and .ppl of each sentence, each
         read from a fresh state; one text gives one score, a list gives a list in order."""
-        from lmtrain.evaluation.scoring import score_texts
+        from lmtrain.evaluation import score_texts
 
         single = isinstance(texts, str)
         if not single and (
@@ -256,8 +272,8 @@ class Model:
         for i, t in enumerate(items):
             if not isinstance(t, str) or not t.strip():
                 raise LmtrainError(f"text {i} to score is empty or not a string: {t!r}")
-        if batch_size < 1:
-            raise LmtrainError(f"batch_size must be >= 1, got {batch_size}")
+        if problems := ScoreOptions(batch_size).problems():
+            raise LmtrainError(_keywords("; ".join(problems)))
         scores = score_texts(self.module, self.vocab, items, batch_size)
         return scores[0] if single else scores
 
@@ -266,8 +282,8 @@ class Model:
         text: str | Path | None = None,
         *,
         file: str | Path | None = None,
-        batch_size: int = 1,
-        streams: int = 1,
+        batch_size: int = EvalOptions.batch_size,
+        streams: int = EvalOptions.streams,
     ) -> EvalResult:
         """Loss (.loss nats per token), .ppl, .bpc and .tokens on held-out text, exactly as
         `lmtrain eval` computes them.
@@ -276,7 +292,11 @@ class Model:
         `builtin:NAME` corpus. With neither, the run's data.test.
         """
         from lmtrain.data import read_text
+        from lmtrain.evaluation import check_options, evaluate_string
 
+        options = EvalOptions(batch_size, streams)
+        with _keyword_messages():
+            check_options(options)  # before the text is read, as `lmtrain eval` does
         if isinstance(text, Path):
             text, file = None, text
         if text is not None and file is not None:
@@ -294,33 +314,22 @@ class Model:
                     f"file={text!r} or Path({text!r}) to evaluate the file"
                 )
             source = "text"
-        return _evaluate_text(self, text, source, batch_size, streams)
+        with _keyword_messages():
+            report = evaluate_string(
+                self.module, self.vocab, self.config.data, text, source, options
+            )
+        return report.result
 
 
-def _evaluate_text(
-    model: Model, text: str, source: str, batch_size: int, streams: int
-) -> EvalResult:
-    from lmtrain.data.coverage import check_coverage
-    from lmtrain.evaluation.stream import evaluate_ids
-
-    if batch_size < 1 or streams < 1:
-        raise LmtrainError("batch_size and streams must be >= 1")
-    enc = model.vocab.encode(text)
-    check_coverage(enc, model.vocab, source)
-    if model.config.data.mode == "sentences":
-        from lmtrain.data.sentences import split_sequences
-        from lmtrain.evaluation.scoring import evaluate_sentences
-
-        if streams != 1:
-            raise LmtrainError("streams applies to stream-mode models only")
-        sequences = split_sequences(enc.ids, model.vocab, model.config.data.documents)
-        return evaluate_sentences(
-            model.module, sequences, model.vocab.kind, enc.oov, batch_size,
-            text_tokens=enc.ids.numel(),
-        ).with_text(text)  # fmt: skip
-    if enc.ids.numel() < streams + 1:
-        raise LmtrainError(f"{source}: too little text to evaluate ({enc.ids.numel()} tokens)")
-    return evaluate_ids(model.module, enc.ids, model.vocab.kind, enc.oov, streams).with_text(text)
+@contextlib.contextmanager
+def _keyword_messages() -> Iterator[None]:
+    """Raise the library's plain errors with keyword names in place of option names."""
+    try:
+        yield
+    except LmtrainError as e:
+        if type(e) is not LmtrainError:
+            raise
+        raise LmtrainError(_keywords(str(e))) from None
 
 
 def load(source: str | Path, device: torch.device | str = "cpu") -> Model:
@@ -343,7 +352,10 @@ def generate(model: Model | str | Path, prompt: str = "", **options: Any) -> str
 
 
 def score(
-    model: Model | str | Path, texts: str | Sequence[str], *, batch_size: int = 32
+    model: Model | str | Path,
+    texts: str | Sequence[str],
+    *,
+    batch_size: int = ScoreOptions.batch_size,
 ) -> SentenceScore | list[SentenceScore]:
     """`load(model).score(texts)`; see Model.score."""
     return _model(model).score(texts, batch_size=batch_size)

@@ -6,64 +6,20 @@ the recurrent network. All samples of a call run as one batch.
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass, field
 
 import torch
 
+from lmtrain.config import SampleOptions
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import LmtrainError
 from lmtrain.models import LanguageModel
-
-# Bounds on what one call may generate: the ids are held in one (max_tokens, num_samples) tensor
-# and every text is decoded in memory, so a typo such as --max-tokens 2000000000 is refused up
-# front instead of failing on an allocation.
-MAX_TOKENS = 1_000_000
-MAX_SAMPLES = 10_000
-MAX_TOTAL_TOKENS = 10_000_000
-SEED_RANGE = 2**63  # torch.Generator.manual_seed takes 0 .. 2**63 - 1 on every device
 
 
 def draw_seed() -> int:
     """A fresh seed short enough to retype: --seed N regenerates the same text."""
     return secrets.randbelow(2**31)
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    max_tokens: int = 200
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    greedy: bool = False
-    num_samples: int = 1
-    seed: int | None = None
-
-    def problems(self) -> list[str]:
-        """Every out-of-range option, each message naming its command-line option."""
-        p = []
-        if not 0 <= self.max_tokens <= MAX_TOKENS:
-            p.append(f"--max-tokens must be in [0, {MAX_TOKENS:,}], got {self.max_tokens}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            p.append(f"--temperature must be > 0 and finite, got {self.temperature}")
-        if self.top_k < 0:
-            p.append(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:  # also refuses nan
-            p.append(f"--top-p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not 1 <= self.num_samples <= MAX_SAMPLES:
-            p.append(f"--num-samples must be in [1, {MAX_SAMPLES:,}], got {self.num_samples}")
-        elif 0 <= self.max_tokens <= MAX_TOKENS:
-            total = self.max_tokens * self.num_samples
-            if total > MAX_TOTAL_TOKENS:
-                p.append(
-                    f"--max-tokens {self.max_tokens} x --num-samples {self.num_samples} is "
-                    f"{total:,} tokens, more than the {MAX_TOTAL_TOKENS:,} one call generates; "
-                    "ask for fewer"
-                )
-        if self.seed is not None and not 0 <= self.seed < SEED_RANGE:
-            p.append(f"--seed must be in [0, 2**63 - 1], got {self.seed}")
-        return p
 
 
 @dataclass
@@ -146,6 +102,7 @@ def generate(model: LanguageModel, vocab: Vocab, prompt: str, opts: SampleOption
         out[t] = nxt
         hidden, state = model(nxt.unsqueeze(0), state)
         last = hidden[-1]
-    sep = "" if vocab.kind in ("char", "byte") or not prompt.strip() else " "
+    # Characters, bytes and BPE pieces carry their own spacing; words are joined by a space.
+    sep = "" if vocab.kind in ("char", "byte", "bpe") or not prompt.strip() else " "
     texts = [prompt + sep + vocab.decode(out[:, i]) for i in range(b)]
     return SampleResult(texts, seed, warnings)

@@ -136,7 +136,7 @@ def test_import_is_light_and_api_names_beat_submodules() -> None:
         except SystemExit:
             pass
         print("torch" in sys.modules)
-        import lmtrain.evaluation.stream, lmtrain.score   # bind the submodules first
+        import lmtrain.evaluation.stream, lmtrain.evaluation.scoring   # bind the submodules first
         from lmtrain import evaluate, fit, generate, load, score
         print(all(callable(f) and f.__module__ == "lmtrain.api"
                   for f in (evaluate, fit, generate, load, score)))

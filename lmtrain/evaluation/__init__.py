@@ -1,0 +1,36 @@
+"""Held-out evaluation: stream and sentences figures, eval-time adaptation, scoring.
+
+Callers (training, the eval and score commands, the Python API) import from this package:
+
+entry.py       evaluate_text / evaluate_file / evaluate_string: every rule of an evaluation
+stream.py      EvalResult; one stream read from its first token to its last (or N streams)
+sentences.py   every line or document from a zero state, in packed batches
+adaptation.py  dynamic evaluation and the continuous cache pointer
+scoring.py     `lmtrain score`: the log-probability of each sentence
+bpb.py         bits per byte, comparable across tokenisers
+"""
+
+from lmtrain.evaluation.entry import (
+    EvalReport,
+    check_options,
+    evaluate_file,
+    evaluate_string,
+    evaluate_text,
+)
+from lmtrain.evaluation.scoring import SentenceScore, score_texts, texts_to_score, unknown_warning
+from lmtrain.evaluation.stream import EvalResult, EvaluationInterrupted, unigram_baseline
+
+__all__ = [
+    "EvalReport",
+    "EvalResult",
+    "EvaluationInterrupted",
+    "SentenceScore",
+    "check_options",
+    "evaluate_file",
+    "evaluate_string",
+    "evaluate_text",
+    "score_texts",
+    "texts_to_score",
+    "unigram_baseline",
+    "unknown_warning",
+]

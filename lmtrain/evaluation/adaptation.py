@@ -23,73 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from lmtrain.config import AdaptOptions
 from lmtrain.evaluation.stream import EvalResult
 from lmtrain.models import LanguageModel, build_model, detach_state
-
-
-@dataclass(frozen=True)
-class AdaptOptions:
-    dynamic_lr: float = 0.0
-    """Dynamic evaluation step size (0 = off)."""
-    dynamic_bptt: int = 35
-    """Tokens per segment: each is scored, then used for one step."""
-    dynamic_method: Literal["sgd", "rms"] = "sgd"
-    """sgd, or rms (gradient / sqrt(running mean of its square))."""
-    dynamic_decay: float = 0.0
-    """Pull towards the trained weights each step: w += decay * (w_trained - w)."""
-    cache_size: int = 0
-    """Cached (hidden state, next token) pairs (0 = no cache)."""
-    cache_theta: float = 0.662
-    """Sharpness of the cache distribution (Grave et al.'s theta; AWD-LSTM's WikiText-2 value)."""
-    cache_lambda: float = 0.1279
-    """Weight of the cache in the mixture (AWD-LSTM's WikiText-2 value)."""
-
-    @property
-    def dynamic(self) -> bool:
-        return self.dynamic_lr > 0
-
-    @property
-    def cache(self) -> bool:
-        return self.cache_size > 0
-
-    def problems(self) -> list[str]:
-        """Every out-of-range option, each message naming its command-line option."""
-        p = []
-        if not (math.isfinite(self.dynamic_lr) and self.dynamic_lr >= 0):
-            p.append(f"--dynamic-lr must be >= 0 and finite (0 = off), got {self.dynamic_lr}")
-        if self.dynamic_bptt < 1:
-            p.append(f"--dynamic-bptt must be >= 1, got {self.dynamic_bptt}")
-        if self.dynamic_method not in ("sgd", "rms"):
-            p.append(f"--dynamic-method must be sgd or rms, got {self.dynamic_method!r}")
-        if not 0 <= self.dynamic_decay < 1:  # also refuses nan
-            p.append(f"--dynamic-decay must be in [0, 1), got {self.dynamic_decay}")
-        if self.cache_size < 0:
-            p.append(f"--cache-size must be >= 0 (0 = off), got {self.cache_size}")
-        if not 0 <= self.cache_lambda < 1:
-            # lambda = 1 would give every token the cache has not seen probability 0.
-            p.append(f"--cache-lambda must be in [0, 1), got {self.cache_lambda}")
-        if not (math.isfinite(self.cache_theta) and self.cache_theta >= 0):
-            p.append(f"--cache-theta must be >= 0 and finite, got {self.cache_theta}")
-        return p
-
-    def describe(self) -> str:
-        parts = []
-        if self.dynamic:
-            parts.append(
-                f"dynamic eval ({self.dynamic_method}, lr {self.dynamic_lr:g}, segments of "
-                f"{self.dynamic_bptt}, decay {self.dynamic_decay:g})"
-            )
-        if self.cache:
-            parts.append(
-                f"cache ({self.cache_size} states, theta {self.cache_theta:g}, "
-                f"lambda {self.cache_lambda:g})"
-            )
-        return " + ".join(parts) or "none"
 
 
 def cache_log_probs(
@@ -228,9 +167,17 @@ def _dynamic_step(
 
 
 def evaluate_adaptive(
-    model: LanguageModel, ids: torch.Tensor, kind: str, oov: int, opts: AdaptOptions
+    model: LanguageModel,
+    ids: torch.Tensor,
+    kind: str,
+    oov: int,
+    opts: AdaptOptions,
+    text_bytes: int | None = None,
 ) -> EvalResult:
+    """The figure of `ids` read as one stream with the adaptations of `opts`; `text_bytes`:
+    UTF-8 bytes of their text, for bits per byte."""
     nll = adaptive_token_nll(model, ids, opts)
     return EvalResult(
-        nll=float(nll.sum()), tokens=nll.numel(), kind=kind, oov=oov, text_tokens=ids.numel()
-    )
+        nll=float(nll.sum()), tokens=nll.numel(), kind=kind, oov=oov,
+        text_tokens=ids.numel(), text_bytes=text_bytes,
+    )  # fmt: skip

@@ -7,7 +7,8 @@ divided by the UTF-8 bytes of that text, can:
     bpb = (sum of the per-token nll in nats) / (UTF-8 bytes of the text) / ln 2
 
 The byte count is that of the text as decoded (after `data.decode_errors: replace`, each
-replacement character counts its 3 bytes), so it is counted from the text, not the file size.
+replacement character counts its 3 bytes), so it is counted from the text, not the file size:
+lmtrain.data.corpus.text_utf8_bytes, which the data pipeline also records for prepared splits.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import codecs
 import math
 from pathlib import Path
+
+from lmtrain.data.corpus import text_utf8_bytes
 
 _CHUNK = 1 << 20
 
@@ -24,18 +27,6 @@ def bits_per_byte(nll_nats: float, text_bytes: int) -> float:
     if text_bytes <= 0:
         raise ValueError(f"bits per byte needs a text of at least one byte, not {text_bytes}")
     return nll_nats / text_bytes / math.log(2)
-
-
-def text_utf8_bytes(text: str) -> int:
-    """UTF-8 bytes of `text`, encoded a piece at a time so no second copy of it is made."""
-    if text.isascii():  # constant time in CPython: one byte per character
-        return len(text)
-    # surrogatepass: a lone surrogate (possible in a Python str) counts its 3 bytes, as the
-    # character tokeniser keeps it as one character.
-    return sum(
-        len(text[i : i + _CHUNK].encode("utf-8", "surrogatepass"))
-        for i in range(0, len(text), _CHUNK)
-    )
 
 
 def file_utf8_bytes(path: Path, errors: str = "strict") -> int:

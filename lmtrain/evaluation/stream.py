@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from lmtrain.data.batching import StreamBatches
-from lmtrain.evaluation.bpb import bits_per_byte, text_utf8_bytes
+from lmtrain.data.corpus import text_utf8_bytes
+from lmtrain.evaluation.bpb import bits_per_byte
 from lmtrain.models import LanguageModel, detach_state, select_rows
 
 # Rows of logits materialised at once during evaluation; bounds memory for large vocabularies.

@@ -11,9 +11,10 @@ import torch
 
 from conftest import invoke, tiny_config
 from lmtrain.checkpoint import load_model
-from lmtrain.evaluation.adaptation import AdaptOptions, adaptive_token_nll, cache_log_probs
+from lmtrain.config import AdaptOptions
+from lmtrain.evaluation.adaptation import adaptive_token_nll, cache_log_probs
 from lmtrain.evaluation.stream import stream_nll
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 OPTIONS = {
     "dynamic": AdaptOptions(dynamic_lr=0.5, dynamic_bptt=7),

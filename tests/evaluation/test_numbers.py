@@ -13,11 +13,12 @@ import torch
 
 from conftest import invoke, tiny_config, write_tiny_files
 from lmtrain.checkpoint import load_model
+from lmtrain.config import AdaptOptions
 from lmtrain.data.vocab import Vocab
-from lmtrain.evaluation.adaptation import AdaptOptions, adaptive_token_nll
+from lmtrain.evaluation.adaptation import adaptive_token_nll
 from lmtrain.models import build_model
 from lmtrain.models.cells import RecurrentLayer
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 # --- the cache pointer's mixture sums to 1 -------------------------------------------------
 

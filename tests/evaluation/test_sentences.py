@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import invoke, tiny_config
+from conftest import fit_with_losses, invoke, tiny_config
 from lmtrain.config import ModelConfig, config_from_dict
 from lmtrain.data import SentenceBatches, Vocab
 from lmtrain.data.sentences import sentence_ids, split_sequences
 from lmtrain.errors import ConfigError
-from lmtrain.evaluation.scoring import score_texts, sequence_nlls
+from lmtrain.evaluation.scoring import score_texts
+from lmtrain.evaluation.sentences import sequence_nlls
 from lmtrain.models import build_model
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 REL = 1e-5
 
@@ -274,7 +275,7 @@ def test_a_trained_model_scores_a_sentence_above_its_shuffled_words(tmp_path, ti
 def test_sentences_training_resumes_exactly_mid_batch(tmp_path, tiny_files) -> None:
     # bptt 3 splits every line into several chunks, so step 7 stops inside a batch.
     straight = _sentences_config(tmp_path / "a", tiny_files, "train.bptt=3", "train.max_steps=14")
-    full = fit(straight, quiet=True, echo=lambda _: None, record_losses=True).losses
+    full = fit_with_losses(straight, quiet=True, echo=lambda _: None).losses
     first = _sentences_config(
         tmp_path / "b", tiny_files, "train.bptt=3", "train.max_steps=7", "train.eval_every=7"
     )
@@ -282,7 +283,7 @@ def test_sentences_training_resumes_exactly_mid_batch(tmp_path, tiny_files) -> N
     second = _sentences_config(
         tmp_path / "b", tiny_files, "train.bptt=3", "train.max_steps=14", "train.eval_every=7"
     )
-    resumed = fit(second, resume="auto", quiet=True, echo=lambda _: None, record_losses=True)
+    resumed = fit_with_losses(second, resume="auto", quiet=True, echo=lambda _: None)
     assert sorted(resumed.losses) == list(range(8, 15))
     for step, loss in resumed.losses.items():
         assert loss == pytest.approx(full[step], rel=REL)
