@@ -1,21 +1,11 @@
-"""Export a trained model as a folder that loads without unpickling anything.
+"""`lmtrain export`: a run's checkpoint as a folder that loads without unpickling anything.
 
-    RUN/export/
-      model.safetensors   the weights only (safetensors: a JSON header and raw tensor bytes)
-      config.json         the run's full resolved config (JSON is also valid YAML)
-      vocab.json          the vocabulary: tokeniser kind and the token of each id
-      README.md           a model card: data, metrics, the command that trained it
-
-Reading it back (`load_export`, and `lmtrain eval/sample/score EXPORT_DIR`) parses JSON and
-safetensors only, so an export from anyone can be loaded without trusting it to run code.
-With `model.tie_weights` the decoder and the embedding share one matrix; safetensors stores a
-tensor once, so the file holds it under one name and loading ties the other name to it again
-(the model built from config.json already shares the matrix, and loading fills it once).
+The folder's files and how they are read back are lmtrain/checkpoint/export_format.py; this
+module picks the checkpoint, writes the model card and moves the finished folder into place.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -25,8 +15,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from lmtrain import __version__
 from lmtrain.checkpoint import (
     CHECKPOINT_DIR,
@@ -35,19 +23,22 @@ from lmtrain.checkpoint import (
     load_model,
     resolve_checkpoint,
 )
-from lmtrain.config import Config, config_from_dict
+from lmtrain.checkpoint.export_format import (
+    CARD,
+    CONFIG,
+    FILES,
+    FORMAT,
+    VERSION,
+    VOCAB,
+    WEIGHTS,
+    ExportError,
+    is_export_dir,
+    load_export,
+    write_export_files,
+)
+from lmtrain.config import Config
 from lmtrain.data.vocab import Vocab
-from lmtrain.errors import CheckpointError
-from lmtrain.models import LanguageModel, build_model
-
-WEIGHTS, CONFIG, VOCAB, CARD = "model.safetensors", "config.json", "vocab.json", "README.md"
-FILES = (WEIGHTS, CONFIG, VOCAB, CARD)
-FORMAT = "lmtrain-export"
-VERSION = 1
-
-
-class ExportError(CheckpointError):
-    """An export that cannot be written, or a folder that is not a readable export."""
+from lmtrain.models import LanguageModel
 
 
 @dataclass(frozen=True)
@@ -57,12 +48,6 @@ class ExportResult:
     checkpoint: Path
     """The checkpoint it was made from."""
     parameters: int
-
-
-def is_export_dir(path: str | Path) -> bool:
-    """True for a folder holding an export's weights and config (what load_export reads)."""
-    p = Path(path)
-    return p.is_dir() and (p / WEIGHTS).is_file() and (p / CONFIG).is_file()
 
 
 def default_out(run: Path) -> Path:
@@ -107,7 +92,8 @@ def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
     except OSError as e:
         raise ExportError(f"{out}: cannot create the export ({e.strerror or e})") from None
     try:
-        _write(tmp, model, vocab, cfg, progress, checkpoint)
+        card = model_card(model, vocab, cfg, progress, checkpoint)
+        write_export_files(tmp, model, vocab, cfg, card, __version__)
         _move_into_place(tmp, out)
     except OSError as e:
         raise ExportError(
@@ -126,35 +112,6 @@ def _check_out(out: Path) -> None:
             f"{out}: is a folder with other files in it, not a previous export; lmtrain "
             "overwrites only its own exports. Choose another --out, or empty it first."
         )
-
-
-def _write(
-    folder: Path,
-    model: LanguageModel,
-    vocab: Vocab,
-    cfg: Config,
-    progress: Progress,
-    checkpoint: Path,
-) -> None:
-    from safetensors.torch import save_model
-
-    # save_model drops the second name of a shared tensor (tied weights) and records it in the
-    # metadata; load_model below accepts exactly that.
-    (folder / CONFIG).write_text(
-        json.dumps(cfg.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    meta = {"format": FORMAT, "version": str(VERSION), "lmtrain_version": __version__}
-    save_model(model, str(folder / WEIGHTS), metadata=meta)
-    # safetensors creates its file owner-only; an export is made to be shared, so the weights
-    # get the permissions the umask gives every other file.
-    (folder / WEIGHTS).chmod((folder / CONFIG).stat().st_mode & 0o777)
-    (folder / VOCAB).write_text(
-        json.dumps(vocab.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    (folder / CARD).write_text(model_card(model, vocab, cfg, progress, checkpoint), "utf-8")
-    for name in FILES:
-        with (folder / name).open("rb") as f:
-            os.fsync(f.fileno())
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -233,46 +190,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def load_export(
-    path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[LanguageModel, Vocab, Config]:
-    """Model (in eval mode), vocabulary and config of an export folder; JSON and safetensors
-    only, never a pickle."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_model as load_weights
-
-    path = Path(path)
-    for name in (WEIGHTS, CONFIG, VOCAB):
-        if not (path / name).is_file():
-            raise ExportError(f"{path}: not an lmtrain export ({name} is missing)")
-    cfg = config_from_dict(_read_json(path / CONFIG), source=str(path / CONFIG))
-    raw_vocab = _read_json(path / VOCAB)
-    try:
-        vocab = Vocab.from_dict(raw_vocab)
-    except (KeyError, TypeError, ValueError, AssertionError, IndexError):
-        raise ExportError(f"{path / VOCAB}: not a vocabulary (expected kind and itos)") from None
-    weights = path / WEIGHTS
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ExportError(f"{weights}: not written by lmtrain export (no format mark)")
-        model = build_model(cfg.model, len(vocab))
-        load_weights(model, str(weights), strict=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        detail = " ".join(str(e).split())[:500]
-        raise ExportError(
-            f"{path}: the weights do not load ({detail}); the export is damaged or its files "
-            "come from different models"
-        ) from None
-    return model.to(device).eval(), vocab, cfg
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path}: cannot be read as JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise ExportError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+__all__ = [
+    "CARD",
+    "CONFIG",
+    "FILES",
+    "FORMAT",
+    "VERSION",
+    "VOCAB",
+    "WEIGHTS",
+    "ExportError",
+    "ExportResult",
+    "default_out",
+    "export_run",
+    "is_export_dir",
+    "load_export",
+    "model_card",
+    "retrain_dir",
+]

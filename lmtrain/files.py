@@ -119,6 +119,10 @@ def read_bounded(path: Path, limit: int | None) -> tuple[bytes, bool]:
     return data[:limit], len(data) > limit
 
 
+EMPTY_FILE = "the file is empty"
+"""check_readable's answer for a readable file without a byte."""
+
+
 def check_readable(path: Path) -> str | None:
     """Why `path` cannot be read as a regular file (a message tail), or None; reads nothing."""
     try:
@@ -138,7 +142,7 @@ def check_readable(path: Path) -> str | None:
     except OSError as e:
         return f"cannot read ({e.strerror})"
     if empty:
-        return "the file is empty"
+        return EMPTY_FILE
     return None
 
 

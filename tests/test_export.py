@@ -17,7 +17,7 @@ from lmtrain.config import load_config
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluation.scoring import score_texts
 from lmtrain.export import export_run, is_export_dir, load_export
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 SENTENCES = ["the cat sat on the mat .", "the log sat on the dog ."]
 

@@ -1,5 +1,5 @@
-"""The checkpoints folder: names, listing and linking. Which files a run may touch, and which
-checkpoint a resume starts from, is decided by lmtrain/rundir/__init__.py.
+"""The checkpoints folder: names, listing and linking. Which files a run may touch is the
+manifest's business (manifest.py); which checkpoint a resume starts from is decided in start.py.
 
 Files in RUN_DIR/checkpoints:
 

@@ -24,11 +24,12 @@ import torch
 
 import lmtrain
 from conftest import invoke, tiny_config
-from lmtrain import checkpoint as ckpt_mod
 from lmtrain.checkpoint import VERSION, Checkpoint, Progress, load_checkpoint
+from lmtrain.checkpoint import storage as ckpt_mod
 from lmtrain.errors import TrainingStopped
 from lmtrain.models.output import SoftmaxOutput
-from lmtrain.training.loop import Trainer, fit
+from lmtrain.training import fit
+from lmtrain.training.loop import Trainer
 
 REPO = Path(lmtrain.__file__).resolve().parents[1]
 RUN_STEPS = ("train.max_steps=8", "train.eval_every=4")

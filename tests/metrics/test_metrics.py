@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from conftest import invoke, tiny_config
-from lmtrain import metrics
 from lmtrain.errors import TrainingStopped
 from lmtrain.metrics import MetricsError, read_metrics, read_results
+from lmtrain.metrics import files as metrics_files
+from lmtrain.training import fit
 from lmtrain.training import loop as train_mod
-from lmtrain.training.loop import Trainer, fit
+from lmtrain.training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -396,7 +397,7 @@ def test_a_logger_that_is_not_installed_fails_before_training(
 
 def test_full_disk_while_writing_metrics_exits_2(tmp_path: Path, tiny_files, monkeypatch, cli):
     # /dev/full answers every write with ENOSPC, as a full disk does.
-    monkeypatch.setattr(metrics, "_open_append", lambda path: open("/dev/full", "a"))  # noqa: SIM115
+    monkeypatch.setattr(metrics_files, "_open_append", lambda path: open("/dev/full", "a"))  # noqa: SIM115
     path = _write_config(tmp_path, tiny_files, "train.max_steps=6", "train.log_every=2")
     r = invoke(cli, "fit", path)
     assert r.exit_code == 2, r.stderr

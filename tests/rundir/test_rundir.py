@@ -22,8 +22,8 @@ import pytest
 import lmtrain
 from conftest import invoke, tiny_config
 from lmtrain.checkpoint import load_checkpoint
-from lmtrain.rundir import RunDirectory
-from lmtrain.training.loop import fit
+from lmtrain.rundir import open_directory
+from lmtrain.training import fit
 
 REPO = Path(lmtrain.__file__).resolve().parents[1]
 RUN_ARGS = ("train.max_steps=12", "train.eval_every=4", "run.keep_last=3")
@@ -308,9 +308,9 @@ _HOLDER = textwrap.dedent(
     """
     import sys
     from lmtrain.config import load_config
-    from lmtrain.rundir import RunDirectory
+    from lmtrain.rundir import open_directory
     cfg = load_config(sys.argv[1], [])
-    run, start = RunDirectory.open(cfg, "auto")
+    run, start = open_directory(cfg, "auto")
     print("READY", flush=True)
     sys.stdin.read()
     run.close()
@@ -445,13 +445,13 @@ def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path, tiny_file
 
 def test_library_open_reports_the_decision(run_a, tmp_path, tiny_files):
     cfg = tiny_config(tmp_path, tiny_files, *RUN_ARGS)
-    run, start = RunDirectory.open(cfg, "auto", warn=lambda _: None)
+    run, start = open_directory(cfg, "auto", warn=lambda _: None)
     try:
         assert start.kind == "continue" and start.checkpoint is not None
         assert start.checkpoint.progress.step == 12 and start.source == run.checkpoints / "last.pt"
         assert run.run_id == _manifest(run_a)["run_id"] == start.checkpoint.run_id
     finally:
         run.close()
-    run, start = RunDirectory.open(cfg, str(run.checkpoints / "step-00000004.pt"), print)
+    run, start = open_directory(cfg, str(run.checkpoints / "step-00000004.pt"), print)
     run.close()
     assert start.kind == "rewind"

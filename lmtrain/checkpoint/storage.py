@@ -1,0 +1,183 @@
+"""Checkpoint files on disk: atomic writes, safe reads, and which file a run directory names.
+
+Writes are atomic (temporary file in the same directory, fsync, `os.replace`), so a crash, a full
+disk or a second Ctrl-C mid-save leaves the previous checkpoint intact and no temporary file.
+Loading always uses `torch.load(weights_only=True)`: a file whose pickle would build arbitrary
+objects (and so could run code) is refused, and there is no fallback to unsafe loading. Only
+regular files are opened: a FIFO, a device or a socket given as a checkpoint is refused before
+anything is read from it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import shutil
+import stat
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from lmtrain import files
+from lmtrain.checkpoint.format import BEST, CHECKPOINT_DIR, LAST, Checkpoint
+from lmtrain.checkpoint.validate import checkpoint_from_dict
+from lmtrain.errors import CheckpointError
+
+
+def save_checkpoint(path: Path, ck: Checkpoint) -> None:
+    """Write `ck` to `path` atomically: either the old file or the complete new one exists.
+
+    A full disk is reported as a CheckpointError (torch reports a failed write as a
+    RuntimeError, the file object as an OSError; both are caught). The temporary file is
+    removed on every way out, a second Ctrl-C included.
+    """
+    assert isinstance(ck, Checkpoint), type(ck)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ck.to_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, RuntimeError) and _os_error(e) is None and not _is_write_failure(e):
+            raise  # not an I/O problem: a bug, keep its traceback
+        raise CheckpointError(
+            f"{path}: could not write the checkpoint ({_write_reason(e, path.parent)}); the "
+            "previous checkpoint, if any, is unchanged and no partial file was left. Free some "
+            "disk space or choose another run.dir."
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    files.fsync_dir(path.parent)
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e`: itself, or one torch's writer wrapped (__context__/__cause__)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _is_write_failure(e: RuntimeError) -> bool:
+    # torch's zip writer: "PytorchStreamWriter failed writing file ...: file write failed", or
+    # "[enforce fail at inline_container.cc:...] . unexpected pos N vs M" after a short write.
+    text = str(e)
+    return "inline_container" in text or "PytorchStreamWriter" in text or "write failed" in text
+
+
+def _write_reason(e: BaseException, directory: Path) -> str:
+    os_error = _os_error(e)
+    if os_error is not None and os_error.errno is not None:
+        return os.strerror(os_error.errno)
+    try:
+        if shutil.disk_usage(directory).free < 1 << 20:
+            return os.strerror(errno.ENOSPC)
+    except OSError:
+        pass
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"the write failed: {first}"
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file; never blocks on a FIFO."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path}: checkpoint not found; check the path or run directory"
+        ) from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    kind = _not_regular(mode)
+    if kind is not None:
+        what = "is a directory" if kind == "a directory" else f"is {kind}"
+        raise CheckpointError(
+            f"{path}: {what}, not a checkpoint file; nothing was read from it. Give the path "
+            "of a .pt file written by lmtrain, or a run directory."
+        )
+    try:
+        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening does not wait
+        # for a writer; the fstat below then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    kind = _not_regular(os.fstat(fd).st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise CheckpointError(f"{path}: is {kind}, not a checkpoint file")
+    return os.fdopen(fd, "rb")
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read and validate a checkpoint onto the CPU, or raise CheckpointError saying why not."""
+    with _open_regular(path) as f:
+        if not zipfile.is_zipfile(f):
+            # torch.save always writes a zip archive; anything else (a truncated file, random
+            # bytes, a bare pickle) is rejected here without ever being unpickled.
+            raise CheckpointError(
+                f"{path}: damaged or truncated checkpoint (not a complete torch.save archive); "
+                "it cannot be read"
+            )
+        f.seek(0)
+        try:
+            raw = torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+                raise CheckpointError(
+                    f"{path}: refused: the file holds Python objects other than tensors and "
+                    "plain data, and loading it could run arbitrary code. lmtrain never loads "
+                    "such files; use a checkpoint written by lmtrain from a source you trust."
+                ) from None
+            raise CheckpointError(f"{path}: damaged checkpoint ({e}); it cannot be read") from None
+        except Exception as e:  # noqa: BLE001 - any failure to parse means the file is damaged
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(
+                f"{path}: damaged or truncated checkpoint ({first}); it cannot be read"
+            ) from None
+    return checkpoint_from_dict(raw, path)
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its best checkpoint, else its last)."""
+    path = Path(spec)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            candidate = path / CHECKPOINT_DIR / name
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(
+            f"{path}: no checkpoint in {path / CHECKPOINT_DIR}; is this an lmtrain run directory "
+            "whose training has saved at least once?"
+        )
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return path

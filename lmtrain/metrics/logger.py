@@ -1,0 +1,309 @@
+"""The logger the training loop talks to: the console (a progress bar or plain lines), the run
+files (lmtrain/metrics/files.py), TensorBoard and the optional loggers (backends.py).
+
+A little long (about 300 lines) because RunLogger is one class, the only object the loop logs
+through: every destination of a figure is decided here, in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from lmtrain.evaluation.stream import EvalResult
+from lmtrain.metrics.backends import TB_DIR, Mlflow, TensorBoardWriter, Wandb, check_loggers
+from lmtrain.metrics.files import (
+    RESULTS_VERSION,
+    MetricsError,
+    MetricsFile,
+    config_sha256,
+    write_results,
+)
+
+
+@dataclass(frozen=True)
+class TrainPoint:
+    """One logged training window (see the module docstring for each field)."""
+
+    step: int
+    epoch: int
+    """0-based, as Progress counts."""
+    loss: float
+    lr: float
+    grad_norm: float
+    grad_norm_max: float
+    tokens_per_sec: float
+    tokens: int
+    train_seconds: float
+
+
+def _clock(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
+
+
+class RunLogger:
+    """Console, metrics files, TensorBoard and optional loggers, fed by the training loop.
+
+    Progress is a tqdm bar on stderr when stderr is a terminal, otherwise a plain line to `echo`
+    every logged window; `quiet` drops both. Every other line (`message`: the run directory,
+    evaluations, warnings) goes to `echo` in any case. `write_files` (rank 0 of a real run)
+    writes metrics.jsonl and results.json.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool,
+        total_steps: int,
+        initial_step: int,
+        quiet: bool,
+        echo: Callable[[str], None],
+        purge_step: int | None = None,
+        *,
+        kind: str = "word",
+        write_files: bool = False,
+        config_yaml: str = "",
+        loggers: Sequence[str] = (),
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.echo = echo
+        self.quiet = quiet
+        self.kind = kind
+        self.total_steps = total_steps
+        self.initial_step = initial_step
+        self.config_yaml = config_yaml
+        self.started = time.perf_counter()
+        self.tokens = 0
+        sinks_modules = check_loggers(loggers)
+        self.metrics: MetricsFile | None = None
+        self.evals: list[dict[str, Any]] = []
+        if write_files:
+            self.metrics = MetricsFile(self.run_dir, purge_step - 1 if purge_step else None)
+            self.evals = [r for r in self.metrics.kept if r["type"] == "eval"]
+        self.writer: TensorBoardWriter | None = None
+        if tensorboard:
+            self.writer = TensorBoardWriter(self.run_dir, purge_step, kind)
+        self.sinks: list[Any] = []
+        for name, module in zip(loggers, sinks_modules, strict=True):
+            sink = Wandb if name == "wandb" else Mlflow
+            self.sinks.append(sink(module, self.run_dir, _yaml_dict(config_yaml)))
+        # The bar goes to stderr, so it is drawn whenever stderr is a terminal.
+        self.bar = tqdm(
+            total=total_steps,
+            initial=initial_step,
+            disable=quiet or not sys.stderr.isatty(),
+            unit="step",
+            dynamic_ncols=True,
+            leave=False,
+            file=sys.stderr,
+        )
+        self.message(f"run directory: {self.run_dir}")
+        if self.writer is not None:
+            self.message(f"TensorBoard: tensorboard --logdir {self.run_dir / TB_DIR}")
+
+    # -- values -------------------------------------------------------------------------------
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for tag, v in values.items():
+                self.writer.scalar(tag, v, step)
+        for sink in list(self.sinks):
+            try:
+                sink.log(step, values)
+            except Exception as e:  # a remote logger's trouble must not stop training
+                self.sinks.remove(sink)
+                self.message(f"warning: {sink.name} logging failed ({e}); turned off")
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.text(tag, text, step)
+
+    def _figures(self, loss: float) -> dict[str, float]:
+        """ppl, and bpc for character models, of a mean NLL in nats."""
+        out = {"ppl": math.exp(min(loss, 700.0)) if math.isfinite(loss) else math.nan}
+        if self.kind == "char":
+            out["bpc"] = loss / math.log(2)
+        return out
+
+    def train_point(self, point: TrainPoint) -> None:
+        figures = self._figures(point.loss)
+        self.scalars(
+            point.step,
+            {
+                "train/loss": point.loss,
+                **{f"train/{k}": v for k, v in figures.items()},
+                "watch/lr": point.lr,
+                "watch/grad_norm": point.grad_norm,
+                "watch/grad_norm_max": point.grad_norm_max,
+                "watch/tokens_per_sec": point.tokens_per_sec,
+            },
+        )
+        if self.metrics is not None:
+            self.metrics.append(
+                {
+                    "type": "train",
+                    "step": point.step,
+                    "epoch": point.epoch + 1,
+                    "loss": point.loss,
+                    **figures,
+                    "lr": point.lr,
+                    "grad_norm": point.grad_norm,
+                    "grad_norm_max": point.grad_norm_max,
+                    "tokens_per_sec": point.tokens_per_sec,
+                    "tokens": point.tokens,
+                    "train_seconds": point.train_seconds,
+                }
+            )
+        shown = (
+            ("bpc", figures["bpc"], ".3f")
+            if self.kind == "char"
+            else ("ppl", figures["ppl"], ".2f")
+        )
+        if not self.bar.disable:
+            self.bar.set_postfix_str(
+                f"loss {point.loss:.3f}, {shown[0]} {shown[1]:{shown[2]}}, "
+                f"{point.tokens_per_sec:,.0f} tok/s"
+            )
+            return
+        done = point.step - self.initial_step
+        elapsed = time.perf_counter() - self.started
+        eta = (self.total_steps - point.step) * elapsed / max(done, 1)
+        if self.quiet:
+            return
+        self.message(
+            f"step {point.step}/{self.total_steps} | epoch {point.epoch + 1} | "
+            f"loss {point.loss:.4f} | {shown[0]} {shown[1]:{shown[2]}} | lr {point.lr:.3g} | "
+            f"{point.tokens_per_sec:,.0f} tokens/s | elapsed {_clock(elapsed)} | "
+            f"ETA {_clock(eta)}"
+        )
+
+    def advance(self, n: int = 1, tokens: int | None = None) -> None:
+        """`n` more steps done; `tokens`: training tokens consumed so far."""
+        self.bar.update(n)
+        if tokens is not None:
+            self.tokens = tokens
+
+    def evaluation(
+        self, step: int, epoch: int, train_seconds: float, result: EvalResult, best: bool
+    ) -> None:
+        figures = self._figures(result.loss)
+        if result.bpb is not None:
+            figures["bpb"] = result.bpb
+        self.scalars(step, {"val/loss": result.loss, **{f"val/{k}": v for k, v in figures.items()}})
+        record = {
+            "type": "eval",
+            "step": step,
+            "epoch": epoch + 1,
+            "split": "valid",
+            "loss": result.loss,
+            **figures,
+            "tokens": result.tokens,
+            "best": best,
+            "train_seconds": train_seconds,
+            "train_tokens": self.tokens,
+        }
+        self.evals.append(record)
+        if self.metrics is not None:
+            self.metrics.append(record)
+        mark = " | new best" if best else ""
+        # Training minutes so far (evaluation excluded): what time-to-quality is read from.
+        self.message(
+            f"step {step} | epoch {epoch + 1} | {train_seconds / 60:.1f} min | "
+            f"val {result.summary()}{mark}"
+        )
+
+    # -- lines --------------------------------------------------------------------------------
+
+    def message(self, line: str) -> None:
+        """A line for the person running the job (every line but the progress ones)."""
+        if self.bar.disable:
+            self.echo(line)
+        else:
+            with tqdm.external_write_mode(file=sys.stderr):  # clears the bar, then redraws it
+                self.echo(line)
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def results(
+        self, status: str, step: int, tokens: int, train_seconds: float, nonfinite_steps: int
+    ) -> dict[str, Any]:
+        """What results.json holds (see the README's table of its fields)."""
+        import torch
+
+        from lmtrain import __version__
+
+        def figures(record: dict[str, Any] | None) -> dict[str, Any] | None:
+            if record is None:
+                return None
+            keys = ("step", "loss", "ppl", "bpc")
+            return {k: record[k] for k in keys if k in record}
+
+        best = min(
+            (r for r in self.evals if r.get("loss") is not None),
+            key=lambda r: (r["loss"], r["step"]),
+            default=None,
+        )
+        return {
+            "version": RESULTS_VERSION,
+            "status": status,
+            "steps": step,
+            "tokens": tokens,
+            "train_seconds": train_seconds,
+            "tokens_per_sec": tokens / train_seconds if train_seconds > 0 else None,
+            "best_val": figures(best),
+            "last_val": figures(self.evals[-1] if self.evals else None),
+            "nonfinite_steps": nonfinite_steps,
+            "config_sha256": config_sha256(self.config_yaml),
+            "lmtrain_version": __version__,
+            "torch_version": torch.__version__,
+        }
+
+    def finish(self, results: dict[str, Any]) -> None:
+        """Write results.json, the hparams summary and the optional loggers' summaries."""
+        if self.metrics is not None:
+            write_results(self.run_dir, results)
+        if self.writer is not None and results["best_val"] is not None:
+            self.writer.hparams(results, _yaml_dict(self.config_yaml))
+        for sink in self.sinks:
+            try:
+                sink.finish(results)
+            except Exception as e:  # the run is done; a logger's trouble is only reported
+                self.message(f"warning: {sink.name} summary failed ({e})")
+        self.sinks = []
+
+    def close(self, failed: bool = False) -> None:
+        """Flush and close everything; `failed`: an error is on its way out, so a second one
+        met while closing is dropped rather than hiding the first."""
+        self.bar.close()
+        for sink in self.sinks:
+            with contextlib.suppress(Exception):  # the run is failing already
+                sink.finish({"status": "failed"})
+        self.sinks = []
+        try:
+            if self.metrics is not None:
+                self.metrics.close()
+                self.metrics = None
+            if self.writer is not None:
+                writer, self.writer = self.writer, None
+                writer.close()
+        except MetricsError:
+            if not failed:
+                raise
+
+
+def _yaml_dict(text: str) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(text) if text else {}
+    return data if isinstance(data, dict) else {}
