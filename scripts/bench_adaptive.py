@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmtrain.config import AdaptiveSoftmaxConfig, ModelConfig  # noqa: E402
 from lmtrain.data import StreamBatches, Vocab, read_text  # noqa: E402
 from lmtrain.models import build_model, detach_state  # noqa: E402
-from lmtrain.runtime.distributed import LossForward  # noqa: E402
+from lmtrain.runtime.forward import LossForward  # noqa: E402
 
 DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 
@@ -47,7 +47,7 @@ def train_tokens_per_sec(
             tokens, start = 0, time.perf_counter()
         if k == warmup + steps:
             break
-        nll, state, _ = loss_fn(batch.inputs, batch.targets, state)
+        nll, state, *_ = loss_fn(batch.inputs, batch.targets, state)
         state = detach_state(state)
         opt.zero_grad(set_to_none=True)
         (nll / batch.num_tokens).backward()

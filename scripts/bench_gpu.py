@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmtrain.config import config_from_dict  # noqa: E402
 from lmtrain.data import StreamBatches, Vocab, read_text  # noqa: E402
-from lmtrain.training.loop import fit  # noqa: E402
+from lmtrain.training import fit  # noqa: E402
 
 DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -40,7 +40,8 @@ import bench_train  # noqa: E402  (the classic loop and its model)
 from lmtrain.config import load_config  # noqa: E402
 from lmtrain.data import StreamBatches  # noqa: E402
 from lmtrain.runtime.threads import configure_threads, describe_machine  # noqa: E402
-from lmtrain.training.loop import fit, prepare_data  # noqa: E402
+from lmtrain.training import fit  # noqa: E402
+from lmtrain.training.data import prepare_data  # noqa: E402
 
 RECORD = Path(__file__).with_name("classic_epoch.json")
 RECIPE = Path(__file__).resolve().parents[1] / "configs/wikitext2_word_cpu_quick.yaml"

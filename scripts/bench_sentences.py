@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from lmtrain.config import config_from_dict  # noqa: E402
 from lmtrain.data import SentenceBatches, Vocab  # noqa: E402
 from lmtrain.data.sentences import split_sequences  # noqa: E402
-from lmtrain.training.loop import fit  # noqa: E402
+from lmtrain.training import fit  # noqa: E402
 
 BATCH, BPTT = 20, 35
 

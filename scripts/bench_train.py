@@ -34,8 +34,16 @@ from lmtrain.config import Config, config_from_dict
 from lmtrain.data import StreamBatches
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, build_model, detach_state
+from lmtrain.runtime.distributed import LocalContext
+from lmtrain.runtime.precision import Amp
+from lmtrain.runtime.signals import StopRequest
 from lmtrain.runtime.threads import configure_threads, describe_machine
-from lmtrain.training.loop import LRSchedule, Progress, Trainer, build_optimizer, prepare_data
+from lmtrain.training.averaging import build_averager
+from lmtrain.training.data import prepare_data
+from lmtrain.training.loop import Progress, StepLosses, Trainer
+from lmtrain.training.optim import LRSchedule, build_optimizer
+from lmtrain.training.session import Session
+from lmtrain.training.step import build_step
 
 ROUNDS = 7
 DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
@@ -57,26 +65,32 @@ def config(
 def make_trainer(cfg: Config, corpus) -> Trainer:
     """A Trainer put together the way fit() does it, minus the run directory."""
     torch.manual_seed(cfg.train.seed)
+    device = torch.device("cpu")
+    ctx = LocalContext(device)
     batches = StreamBatches(corpus.train, cfg.train.batch_size, cfg.train.bptt)
     model = build_model(cfg.model, len(corpus.vocab))
     optimizer = build_optimizer(cfg.train, model)
     steps = len(batches) * cfg.train.epochs
+    schedule = LRSchedule(cfg.train, steps)
+    amp = Amp(device)
     logger = RunLogger(Path(cfg.run.dir), False, steps, 0, True, lambda _: None)
-    trainer = Trainer(
-        cfg, Path(cfg.run.dir), torch.device("cpu"), corpus, model, optimizer,
-        LRSchedule(cfg.train, steps), batches, logger, Progress(),
+    step = build_step(cfg.train, model, ctx.wrap(model), optimizer, schedule, amp, 1, device)
+    session = Session(
+        cfg, Path(cfg.run.dir), ctx, device, corpus, None, batches, steps, model, optimizer,
+        schedule, amp, build_averager(cfg.train, model), step, logger,
     )  # fmt: skip
+    trainer = Trainer(session, Progress(), None, StopRequest(), StepLosses(None))
     model.train()
     return trainer
 
 
 def run_trainer(trainer: Trainer, steps: int) -> float:
     """Seconds for `steps` optimiser steps through Trainer.train_epoch."""
-    p = trainer.progress
-    if p.batch_in_epoch + steps > len(trainer.batches):
+    p, s = trainer.progress, trainer.session
+    if p.batch_in_epoch + steps > len(s.batches):
         p.batch_in_epoch = 0
-    train = dataclasses.replace(trainer.cfg.train, max_steps=p.step + steps)
-    trainer.cfg = dataclasses.replace(trainer.cfg, train=train)
+    train = dataclasses.replace(s.cfg.train, max_steps=p.step + steps)
+    trainer.session = dataclasses.replace(s, cfg=dataclasses.replace(s.cfg, train=train))
     start = time.perf_counter()
     trainer.train_epoch()
     return time.perf_counter() - start
@@ -219,7 +233,7 @@ def main() -> int:
     )  # fmt: skip
     corpus = prepare_data(cfg)
     trainer = make_trainer(cfg, corpus)
-    hand = plain_loop(trainer.model, trainer.batches, cfg)
+    hand = plain_loop(trainer.model, trainer.session.batches, cfg)
     tokens = cfg.train.batch_size * cfg.train.bptt
     med, rates, cpu = alternate(
         {"lmtrain": lambda n: run_trainer(trainer, n), "plain": hand}, 10, tokens
@@ -242,7 +256,7 @@ def main() -> int:
     corpus = prepare_data(cfg)
     vocab = len(corpus.vocab)
     trainer = make_trainer(cfg, corpus)
-    classic = classic_loop(trainer.batches, vocab, 20.0, 0.25)
+    classic = classic_loop(trainer.session.batches, vocab, 20.0, 0.25)
     tokens = cfg.train.batch_size * cfg.train.bptt
     med, rates, cpu = alternate(
         {"lmtrain": lambda n: run_trainer(trainer, n), "classic": classic}, 3, tokens

@@ -28,7 +28,7 @@ import torch
 
 from lmtrain.config import load_config
 from lmtrain.errors import LmtrainError
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = ROOT / "scripts" / "reproduce_expected.json"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,11 +14,17 @@ from typer.testing import CliRunner
 
 from lmtrain.cli import app
 from lmtrain.config import Config, config_from_dict
+from lmtrain.training import FitResult, fit
 
 # The test models are tiny: a second thread buys nothing and, on a loaded 2-core machine,
 # oversubscription makes them several times slower. Subprocesses get OMP_NUM_THREADS=1.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Prepared token files (data.cache_dir: auto) go to a directory of this test session, never to
+# the user's ~/.cache; subprocesses inherit it. Tests about the cache itself set their own.
+_CACHE = tempfile.TemporaryDirectory(prefix="lmtrain-test-cache-")
+os.environ["LMTRAIN_CACHE_DIR"] = _CACHE.name
 
 DATA_DIR = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 
@@ -75,6 +84,25 @@ def tiny_config(
     for name, values in sections.items():
         raw[name].update(values)
     return config_from_dict(raw, list(overrides))
+
+
+@dataclass
+class FitWithLosses:
+    """A FitResult (its attributes read through) and the losses fit's `on_log` hook heard."""
+
+    result: FitResult
+    losses: dict[int, float] = field(default_factory=dict)
+    """Each step's mean training loss over the global batch, by step number."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.result, name)
+
+
+def fit_with_losses(cfg: Config, *args: Any, **kwargs: Any) -> FitWithLosses:
+    """fit(cfg, ...), observing each step's loss through the public `on_log` hook."""
+    losses: dict[int, float] = {}
+    result = fit(cfg, *args, on_log=losses.update, **kwargs)
+    return FitWithLosses(result, losses)
 
 
 @pytest.fixture

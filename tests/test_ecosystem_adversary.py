@@ -18,7 +18,7 @@ import lmtrain
 from conftest import invoke, tiny_config, write_tiny_files
 from lmtrain import api, catalog
 from lmtrain.errors import LmtrainError
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 QUICKSTART = api.config("quickstart")
 
@@ -169,7 +169,7 @@ def test_exporting_an_export_says_what_it_is_and_changes_nothing(
 
 def test_plot_writes_the_format_its_suffix_names(tmp_path: Path, cli) -> None:
     pytest.importorskip("matplotlib")
-    from tests.test_plot import write_run
+    from tests.metrics.test_plot import write_run
 
     a = write_run(tmp_path / "a", [(10, 3.0, 6.0), (20, 2.5, 12.0)])
     r = invoke(cli, "plot", a, "--out", tmp_path / "c.pdf")
@@ -184,7 +184,7 @@ def test_plot_writes_the_format_its_suffix_names(tmp_path: Path, cli) -> None:
 def test_plot_warns_when_char_and_word_runs_share_a_perplexity_axis(tmp_path: Path, cli) -> None:
     pytest.importorskip("matplotlib")
     from lmtrain import plot
-    from tests.test_plot import write_run
+    from tests.metrics.test_plot import write_run
 
     char = write_run(tmp_path / "char", [(10, 1.2, 6.0)], bpc=True)
     word = write_run(tmp_path / "word", [(10, 4.5, 6.0)])

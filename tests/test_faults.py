@@ -19,10 +19,11 @@ import torch
 
 import lmtrain
 from conftest import invoke, tiny_config
-from lmtrain import checkpoint as ckpt_mod
 from lmtrain.checkpoint import load_checkpoint
+from lmtrain.checkpoint import storage as ckpt_mod
 from lmtrain.models.output import SoftmaxOutput
-from lmtrain.training.loop import Trainer, fit
+from lmtrain.training import fit
+from lmtrain.training.loop import Trainer
 
 REPO = Path(lmtrain.__file__).resolve().parents[1]
 
@@ -366,14 +367,14 @@ def test_non_finite_step_is_skipped_with_weights_unchanged(
         before = [p.detach().clone() for p in trainer.model.parameters()]
         out = real_step(trainer, batch)
         after = list(trainer.model.parameters())
-        if trainer.skipped and all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):
+        if out.skipped and all(torch.equal(a, b) for a, b in zip(before, after, strict=True)):
             skipped_unchanged.append(trainer.progress.step + 1)
         return out
 
     monkeypatch.setattr(Trainer, "train_step", step)
     lines: list[str] = []
     cfg = tiny_config(tmp_path, tiny_files, "train.max_steps=10")
-    result = fit(cfg, quiet=True, echo=lines.append, record_losses=True)
+    result = fit(cfg, quiet=True, echo=lines.append)
     assert skipped_unchanged == [4, 5]
     assert result.progress.step == 10 and result.progress.nonfinite_steps == 2
     assert result.progress.nonfinite_run == 0

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import invoke, tiny_config, write_tiny_files
 from lmtrain.checkpoint import load_checkpoint
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 BASE_ARGS = ("train.max_steps=20", "train.eval_every=4", "run.keep_last=5")
 

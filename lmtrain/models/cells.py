@@ -11,9 +11,9 @@ with the same parameter names, shapes, gate order and default initialisation.
 
 Speed: the input projection W_ih x_t (and its layer norm) does not depend on the recurrence, so
 it is computed for all T steps in one matmul; each step then does one (B, H) x (H, G*H) matmul
-and a few element-wise ops. Eager code, because on this 2-core CPU TorchScript was slower than
-eager and torch.compile took minutes to compile (MEASURED.md); the LSTM goes further with a
-hand-written backward (fused_lstm.py). Figures: scripts/bench_cells.py.
+and a few element-wise ops. Eager code, which `python scripts/bench_cells.py` compares with
+TorchScript and torch.compile; the LSTM goes further with a hand-written backward
+(fused_lstm.py).
 """
 
 from __future__ import annotations
@@ -26,21 +26,11 @@ from torch import nn
 
 from lmtrain.config import ModelConfig
 from lmtrain.models.fused_lstm import FusedLSTMFunction
+from lmtrain.models.manual_rnn import ManualRNNLayer
+from lmtrain.models.parameters import add_rnn_parameters
 from lmtrain.models.state import State
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_manual": 1, "lstm": 4, "gru": 3}
-
-
-def add_rnn_parameters(layer: nn.Module, rows: int, input_size: int, hidden_size: int) -> None:
-    """weight_ih (rows, input), weight_hh (rows, H), bias_ih, bias_hh, named and initialised as
-    in nn.RNN/LSTM/GRU: every weight and bias uniform in (-1/sqrt(H), 1/sqrt(H))."""
-    layer.weight_ih = nn.Parameter(torch.empty(rows, input_size))
-    layer.weight_hh = nn.Parameter(torch.empty(rows, hidden_size))
-    layer.bias_ih = nn.Parameter(torch.empty(rows))
-    layer.bias_hh = nn.Parameter(torch.empty(rows))
-    bound = 1 / math.sqrt(hidden_size)
-    for w in (layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh):
-        nn.init.uniform_(w, -bound, bound)
 
 
 def needs_custom_stack(cfg: ModelConfig) -> bool:
@@ -162,8 +152,8 @@ class RecurrentLayer(nn.Module):
         self, xw: torch.Tensor, state: State, drop: torch.Tensor | None, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, State]:
         # The LSTM, the cell most used, runs its whole recurrence in one hand-differentiated
-        # Function (fused_lstm.py): on this 2-core CPU it measured about 1.2-1.3x faster
-        # forward+backward than the same maths as an autograd step loop.
+        # Function (fused_lstm.py), which avoids the per-step autograd bookkeeping of the same
+        # maths as a step loop (`python scripts/bench_cells.py` compares the two).
         ln = self.layer_norm
         out, h, c = FusedLSTMFunction.apply(
             xw,
@@ -201,8 +191,6 @@ class CustomRecurrent(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        from lmtrain.models.manual_rnn import ManualRNNLayer
-
         self.cfg = cfg
         layers: list[nn.Module] = []
         for k in range(cfg.num_layers):

@@ -11,8 +11,14 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmtrain.config import ModelConfig
-from lmtrain.models import cells
 from lmtrain.models.adaptive import AdaptiveSoftmaxOutput
+from lmtrain.models.cells import (
+    CustomRecurrent,
+    LearnedInitialState,
+    embedding_dropout,
+    init_recurrent,
+    needs_custom_stack,
+)
 from lmtrain.models.output import SoftmaxOutput
 from lmtrain.models.state import State
 from lmtrain.models.weight_drop import run_with_weight_drop
@@ -77,10 +83,8 @@ class LanguageModel(nn.Module):
         if cfg.freeze_embeddings:
             self.embedding.weight.requires_grad_(False)
         # The hand-built stack only when a feature nn.* lacks is asked for (models/cells.py).
-        self.rnn = (
-            cells.CustomRecurrent(cfg) if cells.needs_custom_stack(cfg) else TorchRecurrent(cfg)
-        )
-        cells.init_recurrent(self.rnn, cfg)
+        self.rnn = CustomRecurrent(cfg) if needs_custom_stack(cfg) else TorchRecurrent(cfg)
+        init_recurrent(self.rnn, cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.output = build_output(cfg, vocab_size)
         if cfg.tie_weights:
@@ -88,10 +92,8 @@ class LanguageModel(nn.Module):
             self.output.decoder.weight = self.embedding.weight
         self._state_parts = 2 if cfg.cell == "lstm" else 1
         self.initial_state = (
-            cells.LearnedInitialState(cfg, self._state_parts) if cfg.learn_initial_state else None
+            LearnedInitialState(cfg, self._state_parts) if cfg.learn_initial_state else None
         )
-        self.last_output: torch.Tensor | None = None
-        """The last layer's output (T, B, H) of the latest training forward, before dropout (TAR)."""
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
         """Zero (or learned, model.learn_initial_state) state at the start of every sequence."""
@@ -108,13 +110,22 @@ class LanguageModel(nn.Module):
 
         `lengths` (B,) marks rows shorter than T (padding after them); see TorchRecurrent.
         """
-        emb = cells.embedding_dropout(
-            self.embedding, inputs, self.cfg.embedding_dropout, self.training
-        )
+        hidden, new_state, _ = self.features(inputs, state, lengths)
+        return hidden, new_state
+
+    def features(
+        self, inputs: torch.Tensor, state: State, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """As `forward`, plus the last layer's output (T, B, H) before dropout.
+
+        Training's temporal activation regularisation (TAR) penalises that undropped output, so
+        it is returned to the caller rather than kept on the model, where it would hold the
+        step's graph alive until the next forward.
+        """
+        emb = embedding_dropout(self.embedding, inputs, self.cfg.embedding_dropout, self.training)
         x = self.dropout(emb)  # (T, B, E)
         out, new_state = self.rnn(x, state, lengths)  # (T, B, H)
-        self.last_output = out if self.training else None
-        return self.dropout(out), new_state
+        return self.dropout(out), new_state, out
 
 
 def build_output(cfg: ModelConfig, vocab_size: int) -> nn.Module:

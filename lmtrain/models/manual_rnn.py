@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmtrain.models.cells import add_rnn_parameters
+from lmtrain.models.parameters import add_rnn_parameters
 from lmtrain.models.state import State
 
 

@@ -4,28 +4,22 @@ The softmax lives here, not in the model's forward, so that the loss can be comp
 way is cheapest for the layer (a full softmax today; chunked or adaptive variants plug in with
 the same two methods) and the full logits matrix is only built where it is needed.
 
-With a large vocabulary the decoder is most of the work (91% of the FLOPs of a 2x200 LSTM over
-the 33,278 words of WikiText-2), so `nll` does not go through F.linear + F.cross_entropy. It uses
-`fused_linear_cross_entropy`: the loss and the gradients of the hidden states, weight and bias
-are computed together in the forward pass, a block of rows at a time, in one workspace that is
-reused from step to step. `python scripts/bench_output.py` measures each choice on the reference
-shape (N=700 rows, H=200, V=33,278). On a 2-vCPU AMD EPYC with torch 2.13, shared with other
-work (so only the ratios, interleaved within one run, mean much):
+With a large vocabulary the decoder is most of the work (for a 2x200 LSTM over the 33,278 words
+of WikiText-2, nine tenths of the FLOPs), so `nll` does not go through F.linear +
+F.cross_entropy. It uses `fused_linear_cross_entropy`: the loss and the gradients of the hidden
+states, weight and bias are computed together in the forward pass, a block of rows at a time, in
+one workspace that is reused from step to step. The choices, each measured by
+`python scripts/bench_output.py` on the reference shape (N=700 rows, H=200, V=33,278):
 
-- the (V, H) weight layout of nn.Linear is the right one: the weight-gradient product G^T x
-  into (V, H) took 0.72x the time of x^T G into an (H, V) weight; the forward product is the
-  same speed in both layouts.
-- writing the logits into a reused buffer (`torch.addmm(..., out=)`) instead of a fresh 93 MB
-  tensor from F.linear took 0.83x the time: fresh pages cost page faults.
-- the in-place row softmax is one fused pass; exp_() over the same buffer took 1.3x (up to 4x)
-  its time and torch.logsumexp 4.9x, so the loss is recovered from the softmax itself (below).
-- the bias gradient as a matrix-vector product G^T 1 took 0.6x the time of G.sum(0).
-- the forward product cut into slabs of 1,024 words took 0.48x the time of one product over
-  the whole vocabulary (171 against 102 GFLOP/s); the weight-gradient product G^T x already ran
-  at 167 GFLOP/s whole.
-- all together, decoder + loss forward and backward: 0.48x the time of F.linear +
-  F.cross_entropy with slabs of 1,024 words, 0.63x with the whole vocabulary as one slab, and
-  0.53x with blocks of 175 rows instead of 700.
+- the (V, H) weight layout of nn.Linear, whose weight-gradient product G^T x is the quicker of
+  the two layouts (the forward product is the same in both).
+- the logits written into a reused buffer (`torch.addmm(..., out=)`) rather than a fresh tensor
+  from F.linear: fresh pages cost page faults.
+- the in-place row softmax, one fused pass; the loss is recovered from the softmax itself
+  (below) rather than by a second pass such as exp_() or torch.logsumexp.
+- the bias gradient as a matrix-vector product G^T 1 rather than G.sum(0).
+- the forward product cut into slabs of words (SLAB_COLUMNS), so that each slab's logits are
+  still in cache when its softmax reads them.
 
 The technique (never materialise more logits than one block, turn them into gradients in place)
 follows "Cut Your Losses in Large-Vocabulary Language Models" (Wijmans et al., 2024) and the
@@ -40,16 +34,12 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 # Largest logits block, in elements (128 MB of fp32). A block this size still fits the rows of a
-# reference batch (35 x 20 rows x 33,278 words = 23M) in one piece, which measured fastest: the
-# big products run at full speed only with many rows, and blocks of 175 rows took 1.07x the time
-# of one block of 700 (both in slabs of 1,024 words; `python scripts/bench_output.py`). Bigger
-# batches go in several blocks, so memory stays bounded.
+# reference batch (35 x 20 rows x 33,278 words = 23M) in one piece: the big products run at full
+# speed only with many rows. Bigger batches go in several blocks, so memory stays bounded.
 MAX_BLOCK_ELEMENTS = 1 << 25
 
-# Words per slab. The forward product of a whole block, (700, 200) x (200, 33,278), ran at about
-# 100 GFLOP/s; cut into slabs of 1,024 words (a 2.8 MB block of logits per slab) the same product
-# ran at 165 GFLOP/s, and the softmax of each slab then reads it from cache. 512 measured about
-# the same, 2,048 and more slower (`python scripts/bench_output.py`).
+# Words per slab: a slab's logits (2.8 MB at 700 rows) stay in cache for its softmax; the size
+# is the one `python scripts/bench_output.py` finds quickest on the reference shape.
 SLAB_COLUMNS = 1024
 
 

@@ -11,6 +11,15 @@ from lmtrain.errors import LmtrainError
 _SPEC = re.compile(r"auto|cpu|cuda(?::(\d+))?")
 
 
+def wants_cuda(spec: str) -> bool:
+    """Whether `spec` asks for a GPU: `cuda`, `cuda:N`, or `auto` on a machine that has one.
+
+    Under torchrun (lmtrain/runtime/distributed.py) this picks the backend, and each process
+    takes the GPU of its LOCAL_RANK.
+    """
+    return spec.startswith("cuda") or (spec == "auto" and torch.cuda.is_available())
+
+
 def resolve_device(spec: str, option: str = "train.device") -> torch.device:
     """Turn `auto`, `cpu`, `cuda` or `cuda:N` into a device that exists on this machine.
 
@@ -22,7 +31,7 @@ def resolve_device(spec: str, option: str = "train.device") -> torch.device:
     if match is None:
         raise LmtrainError(f"{option} is {spec!r}; expected auto, cpu, cuda or cuda:N (N >= 0)")
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if wants_cuda(spec) else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():

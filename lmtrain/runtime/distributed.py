@@ -20,6 +20,10 @@ with one process or many. What changes with several processes:
   resumed run continues exactly, whichever machine holds the file (rank 0 reads and broadcasts).
 - Collectives time out after `train.dist_timeout` seconds, and a failed collective (a rank died,
   the network dropped) stops every process with `DistributedError` instead of hanging.
+
+One process gets a `LocalContext` with the same methods, so the training loop never asks
+whether it is distributed. The module is a little long (about 300 lines) because the two
+contexts belong side by side: a method added to one must be added to the other.
 """
 
 from __future__ import annotations
@@ -36,9 +40,12 @@ import torch.distributed as dist
 from torch import nn
 
 from lmtrain.errors import LmtrainError
-from lmtrain.models import State
+from lmtrain.models import LanguageModel, State
+from lmtrain.runtime.device import resolve_device, wants_cuda
+from lmtrain.runtime.forward import LossForward
 
 T = TypeVar("T")
+B = TypeVar("B")
 
 
 class DistributedError(LmtrainError):
@@ -112,19 +119,115 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def rng_by_rank(self) -> dict[str, Any]:
+        """Every rank's torch RNG state, for the checkpoint (`by_rank`), gathered on all ranks."""
+        return {"by_rank": self.gather_objects(torch.get_rng_state())}
+
+    def prepare_on_main(self, fn: Callable[[], object]) -> None:
+        """Run `fn` on rank 0 while the others wait, so that they find what it prepared.
+
+        Only its effect (files) is shared: what it returns stays on rank 0, because on_main
+        would broadcast it, and a tensor of a type pickle cannot rebuild (uint16) would fail on
+        the other ranks while rank 0 went on alone.
+        """
+
+        def prepare() -> None:
+            fn()
+
+        self.on_main(prepare)
+
+    # -- setup: how the job's parts are shared out -------------------------------------------
+
+    def check_batch_size(self, batch_size: int) -> None:
+        check_batch_size(batch_size, self)
+
+    def shard(self, batches: B) -> B:
+        return shard(batches, self)
+
+    def wrap(self, model: LanguageModel) -> nn.Module:
+        """LossForward(model) inside DistributedDataParallel."""
+        return nn.parallel.DistributedDataParallel(
+            LossForward(model, touch_all=True),
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+        )
+
+    def seed_per_rank(self, seed: int) -> None:
+        torch.manual_seed(seed + self.rank)  # independent dropout masks per rank
+
+    def describe(self, batch_share: str) -> str:
+        """The run summary's note on the processes, each with `batch_share` of a batch."""
+        return f"; {self.world} processes, each with {batch_share}"
+
     def _object_device(self) -> torch.device | None:
         # NCCL moves pickled objects through GPU memory; Gloo through host memory.
         return self.device if self.device.type == "cuda" else None
+
+
+@dataclass(frozen=True)
+class LocalContext:
+    """One process: DistContext's methods, each what its collective does for a world of one.
+
+    Training code calls these unconditionally, so it needs no branch for "not distributed".
+    """
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return True
+
+    def sum(self, values: list[torch.Tensor | float]) -> list[float]:
+        return [float(v) for v in values]
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        return fn()
+
+    def gather_rows(self, state: State | None) -> State | None:
+        return state
+
+    def my_rows(self, state: State) -> State | None:
+        return state
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def rng_by_rank(self) -> dict[str, Any]:
+        return {}  # the checkpoint's `torch` entry is the only RNG state
+
+    def prepare_on_main(self, fn: Callable[[], object]) -> None:
+        """Nothing to do ahead: the one process prepares as it goes."""
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Any batch size splits over one process."""
+
+    def shard(self, batches: B) -> B:
+        return batches
+
+    def wrap(self, model: LanguageModel) -> nn.Module:
+        return LossForward(model)
+
+    def seed_per_rank(self, seed: int) -> None:
+        """The seed set before the model was built already covers the only process."""
+
+    def describe(self, batch_share: str) -> str:
+        return ""
+
+
+Context = DistContext | LocalContext
+"""This process's place in the job: a torchrun rank, or the only process."""
 
 
 def in_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init(device_spec: str, timeout_s: int) -> DistContext | None:
-    """Join the process group torchrun describes in the environment; None for one process."""
+def init(device_spec: str, timeout_s: int) -> Context:
+    """Join the process group torchrun describes in the environment, or run as one process."""
     if not in_torchrun():
-        return None
+        return LocalContext(resolve_device(device_spec))
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -133,9 +236,7 @@ def init(device_spec: str, timeout_s: int) -> DistContext | None:
             f"WORLD_SIZE is set but the torchrun environment is incomplete ({e}); launch with "
             "torchrun --nproc_per_node=N -m lmtrain fit CONFIG"
         ) from None
-    use_cuda = device_spec.startswith("cuda") or (
-        device_spec == "auto" and torch.cuda.is_available()
-    )
+    use_cuda = wants_cuda(device_spec)
     if use_cuda:
         if ":" in device_spec:
             raise DistributedError(
@@ -165,8 +266,8 @@ def init(device_spec: str, timeout_s: int) -> DistContext | None:
     return DistContext(rank, world, local_rank, device)
 
 
-def close(ctx: DistContext | None) -> None:
-    if ctx is not None and dist.is_initialized():
+def close(ctx: Context) -> None:
+    if isinstance(ctx, DistContext) and dist.is_initialized():
         # Leave together: a rank that tears down Gloo while its peer still has the connection
         # open can abort the peer at exit ("terminate called without an active exception").
         with contextlib.suppress(RuntimeError, ValueError):
@@ -184,7 +285,7 @@ def check_batch_size(batch_size: int, ctx: DistContext) -> None:
         )
 
 
-def shard(batches: Any, ctx: DistContext) -> Any:
+def shard(batches: B, ctx: DistContext) -> B:
     """This rank's share of a batcher, through its `shard(rank, world)` method.
 
     Every batcher implements `shard(rank, world)`, returning
@@ -197,55 +298,13 @@ def shard(batches: Any, ctx: DistContext) -> Any:
     return batches.shard(ctx.rank, ctx.world)
 
 
-class LossForward(nn.Module):
-    """The model and its loss as one forward, which is what DistributedDataParallel wraps.
-
-    DDP hooks gradient all-reduce onto the graph its forward builds; computing the loss inside
-    that forward covers the output layer too.
-    """
-
-    def __init__(self, model: nn.Module, touch_all: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        # An adaptive softmax's tail clusters get no gradient in a batch without their words,
-        # and DDP expects a gradient for every parameter. Adding 0 * (sum of each) gives them
-        # an exact zero gradient; cheaper than find_unused_parameters' graph search each step.
-        self.spare = (
-            [p for n, p in model.named_parameters() if ".tail." in f".{n}"] if touch_all else []
-        )
-
-    def forward(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        state: State,
-        lengths: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """(summed NLL, final state, hidden (T, B, H)); hidden feeds AR/TAR penalties."""
-        hidden, new_state = self.model(inputs, state, lengths)  # (T, B, H)
-        nll = self.model.output.nll(hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1))
-        for p in self.spare:
-            nll = nll + 0.0 * p.sum()
-        return nll, new_state, hidden
-
-
-def wrap(model: nn.Module, ctx: DistContext | None) -> nn.Module:
-    """LossForward(model), inside DistributedDataParallel when several processes train."""
-    if ctx is None:
-        return LossForward(model)
-    return nn.parallel.DistributedDataParallel(
-        LossForward(model, touch_all=True),
-        device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-    )
-
-
 @contextlib.contextmanager
-def collective_errors(ctx: DistContext | None) -> Iterator[None]:
+def collective_errors(ctx: Context) -> Iterator[None]:
     """Turn a failed collective into a DistributedError that names this process."""
     try:
         yield
     except (dist.DistError, RuntimeError) as e:
-        if ctx is None or not _is_collective_failure(e):
+        if not isinstance(ctx, DistContext) or not _is_collective_failure(e):
             raise
         raise DistributedError(
             f"process {ctx.rank} of {ctx.world}: lost contact with the other processes "

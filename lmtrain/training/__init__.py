@@ -1,0 +1,13 @@
+"""Training: `fit(cfg)` builds a run once (setup.py) and runs the loop (loop.py).
+
+setup.py      config -> Session: device and processes, run directory, data, model,
+              optimiser, precision, averager, the step, logger, resume state
+data.py       text -> Corpus -> batches          optim.py    optimiser, learning rate
+step.py       one optimiser step, from pieces    averaging.py  NT-ASGD (or none)
+state.py      checkpoint payload and restore     validation.py the figure at eval points
+loop.py       Trainer.train_epoch: the loop      run.py      fit, FitResult
+"""
+
+from lmtrain.training.run import FitResult, fit
+
+__all__ = ["FitResult", "fit"]

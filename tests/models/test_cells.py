@@ -19,7 +19,7 @@ from lmtrain.models.cells import CustomRecurrent, RecurrentLayer, needs_custom_s
 from lmtrain.models.fused_lstm import FusedLSTMFunction
 from lmtrain.models.lm import TorchRecurrent
 from lmtrain.models.manual_rnn import ManualRNNFunction
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 from tests.conftest import invoke, tiny_config
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]

@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from conftest import fit_with_losses, tiny_config
 from lmtrain.models import lm
 from lmtrain.models.output import SoftmaxOutput, Workspace, fused_linear_cross_entropy
-from lmtrain.training.loop import fit
 
 
 def _inputs(n: int, h: int, v: int, bias: bool, seed: int = 0, pad_every: int = 0):
@@ -167,7 +166,7 @@ def test_training_with_fused_loss_follows_the_plain_loss(tmp_path, tiny_files, m
     # The same run twice: per-step training losses and the final validation loss must agree.
     def run(name: str):
         cfg = tiny_config(tmp_path, tiny_files, "train.max_steps=12", f"run.dir={tmp_path / name}")
-        result = fit(cfg, quiet=True, echo=lambda _: None, record_losses=True)
+        result = fit_with_losses(cfg, quiet=True, echo=lambda _: None)
         return result.losses, result.progress.last_val_loss
 
     fused_losses, fused_val = run("fused")

@@ -28,8 +28,9 @@ from test_rundir import snapshot
 from conftest import tiny_config, write_tiny_files
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.errors import LmtrainError, TrainingStopped
-from lmtrain.rundir import RunDirectory
-from lmtrain.training.loop import Trainer, fit
+from lmtrain.rundir import open_directory
+from lmtrain.training import fit
+from lmtrain.training.loop import Trainer
 
 LEARNING_RATES = ["0.001", "0.003", "0.03"]
 # Names a user might leave in a run directory; none of them is a name lmtrain writes.
@@ -192,7 +193,7 @@ class Lineage(RuleBasedStateMachine):
     @rule()
     def second_process(self) -> None:
         assert self.head is not None
-        holder, _ = RunDirectory.open(self.cfg(), "auto", warn=lambda _: None)
+        holder, _ = open_directory(self.cfg(), "auto", warn=lambda _: None)
         event("second process")
         try:
             self.refused(

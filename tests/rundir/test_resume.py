@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import fit_with_losses, tiny_config
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.errors import TrainingStopped
+from lmtrain.training import fit
 from lmtrain.training import loop as train_mod
-from lmtrain.training.loop import Trainer, fit
+from lmtrain.training.loop import Trainer
 
 DATA_MODES = ["stream", "sentences"]
 
@@ -44,12 +45,12 @@ class _Recorder:
         original = Trainer.train_step
 
         def wrapped(trainer: Trainer, batch: Any) -> Any:
-            nll, norm = original(trainer, batch)
+            out = original(trainer, batch)
             step = trainer.progress.step + 1
-            self.rows.append((step, trainer.progress.epoch, float(nll) / batch.num_tokens))
+            self.rows.append((step, trainer.progress.epoch, float(out.nll) / batch.num_tokens))
             if step == stop_after:
                 signal.raise_signal(signal.SIGTERM)  # a real signal through the real handler
-            return nll, norm
+            return out
 
         monkeypatch.setattr(Trainer, "train_step", wrapped)
 
@@ -79,7 +80,7 @@ def _uninterrupted(tmp_path_factory, files, mode: str) -> tuple[dict, list, dict
         tmp = tmp_path_factory.mktemp(f"reference-{mode}")
         with pytest.MonkeyPatch.context() as mp:
             rec = _Recorder(mp)
-            result = fit(_config(tmp, files, mode, "run"), quiet=True, record_losses=True)
+            result = fit_with_losses(_config(tmp, files, mode, "run"), quiet=True)
         last = load_checkpoint(tmp / "run" / "checkpoints" / "last.pt")
         _reference[mode] = (last, rec.rows, result.losses)
     return _reference[mode]
@@ -123,7 +124,7 @@ def test_stop_and_resume_equals_uninterrupted_run(
 
     monkeypatch.undo()
     rec_resumed = _Recorder(monkeypatch)
-    result = fit(cfg, resume="auto", quiet=True, record_losses=True)
+    result = fit_with_losses(cfg, resume="auto", quiet=True)
 
     assert result.progress.step == total
     # Per-step losses: the first k from the stopped run, the rest from the resumed one.

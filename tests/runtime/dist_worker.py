@@ -16,7 +16,8 @@ from pathlib import Path
 
 from lmtrain.config import config_from_dict
 from lmtrain.errors import LmtrainError
-from lmtrain.training.loop import Trainer, fit
+from lmtrain.training import fit
+from lmtrain.training.loop import Trainer
 
 
 def main() -> int:
@@ -38,13 +39,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
     try:
+        step_losses: dict[int, float] = {}
         result = fit(
-            config_from_dict(raw), resume=resume, quiet=True, echo=print, record_losses=True
+            config_from_dict(raw), resume=resume, quiet=True, echo=print, on_log=step_losses.update
         )
     except LmtrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    losses = {"losses": result.losses, "best_val_loss": result.progress.best_val_loss}
+    losses = {"losses": step_losses, "best_val_loss": result.progress.best_val_loss}
     (out / f"losses-rank{rank}.json").write_text(json.dumps(losses))
     return 0
 

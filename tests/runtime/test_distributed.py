@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fit_with_losses
 from lmtrain.config import Config
 from lmtrain.data.batching import SentenceBatches, StreamBatches
 from lmtrain.data.variable_bptt import VariableStreamBatches
 from lmtrain.runtime.distributed import DistContext, DistributedError, check_batch_size
-from lmtrain.training.loop import fit
 from tests.conftest import TINY_TEXT
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -127,7 +127,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     single_raw["run"]["dir"] = str(root / "single")
     from lmtrain.config import config_from_dict
 
-    single = fit(config_from_dict(single_raw), quiet=True, record_losses=True, echo=lambda _: None)
+    single = fit_with_losses(config_from_dict(single_raw), quiet=True, echo=lambda _: None)
 
     straight = _launch(raw, root / "straight")
     first = _launch(_raw(data, max_steps=10), root / "resumed")
@@ -211,16 +211,15 @@ def sentence_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
 
     single_raw = raw()
     single_raw["run"]["dir"] = str(root / "single")
-    single = fit(config_from_dict(single_raw), quiet=True, record_losses=True, echo=lambda _: None)
+    single = fit_with_losses(config_from_dict(single_raw), quiet=True, echo=lambda _: None)
     straight = _launch(raw(), root / "straight")
     first = _launch(raw(max_steps=SENTENCE_STOP), root / "resumed")
     # One process continues a copy of the 2-process checkpoint.
     shutil.copytree(root / "resumed/rank0/run", root / "single-resumed")
     stopped = torch.load(root / "single-resumed/checkpoints/last.pt", weights_only=True)
     single_raw["run"]["dir"] = str(root / "single-resumed")
-    single_resumed = fit(
-        config_from_dict(single_raw), resume="auto", quiet=True, record_losses=True,
-        echo=lambda _: None,
+    single_resumed = fit_with_losses(
+        config_from_dict(single_raw), resume="auto", quiet=True, echo=lambda _: None,
     )  # fmt: skip
     return {
         "root": root,
@@ -388,3 +387,16 @@ def test_gather_rows_inverts_my_rows(rows: int, world: int) -> None:
 def test_default_config_is_single_process() -> None:
     assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
     assert Config().train.dist_timeout == 600
+
+
+def test_one_process_context_is_a_world_of_one() -> None:
+    from lmtrain.runtime.distributed import LocalContext, init
+
+    ctx = init("cpu", 60)
+    assert ctx == LocalContext(torch.device("cpu"))
+    assert (ctx.rank, ctx.world, ctx.is_main) == (0, 1, True)
+    assert ctx.sum([torch.tensor(2.5, dtype=torch.float64), 4]) == [2.5, 4.0]
+    assert ctx.on_main(lambda: "done") == "done"
+    state = (torch.ones(2, 3, 4),)
+    assert ctx.gather_rows(state) is state and ctx.my_rows(state) is state
+    assert ctx.gather_objects("x") == ["x"] and ctx.rng_by_rank() == {}

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fit_with_losses
 from lmtrain.checkpoint import load_model
 from lmtrain.data import read_text
 from lmtrain.evaluation.stream import evaluate_ids
-from lmtrain.training.loop import fit
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -27,7 +27,7 @@ def _fit(tmp_path: Path, tiny_files: dict, *overrides: str, resume: str | None =
     with warnings.catch_warnings():
         # "RNN module weights are not part of single contiguous chunk of memory": must not happen.
         warnings.filterwarnings("error", message=".*contiguous chunk.*")
-        return fit(cfg, resume=resume, quiet=True, record_losses=True, echo=lambda _: None)
+        return fit_with_losses(cfg, resume=resume, quiet=True, echo=lambda _: None)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
@@ -44,7 +44,7 @@ def test_every_precision_trains_on_the_gpu(
         "train.max_steps=12",
         f"train.precision={precision}",
     )
-    result = fit(cfg, quiet=True, record_losses=True, echo=notes.append)
+    result = fit_with_losses(cfg, quiet=True, echo=notes.append)
     assert not any("instead" in n for n in notes), notes  # cuDNN has every precision: no fallback
     assert len(result.losses) == 12 and all(math.isfinite(v) for v in result.losses.values())
     assert result.losses[12] < result.losses[1]
@@ -54,10 +54,9 @@ def test_every_precision_trains_on_the_gpu(
 
 def test_gpu_losses_match_cpu_in_fp32(tmp_path: Path, tiny_files: dict) -> None:
     gpu = _fit(tmp_path / "gpu", tiny_files).losses
-    cpu = fit(
+    cpu = fit_with_losses(
         tiny_config(tmp_path / "cpu", tiny_files, "train.device=cpu", "train.max_steps=12"),
         quiet=True,
-        record_losses=True,
         echo=lambda _: None,
     ).losses
     for step in cpu:
@@ -86,7 +85,7 @@ def test_adaptive_softmax_eval_on_gpu_equals_cpu(tmp_path: Path, tiny_files: dic
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL test needs 2 GPUs")
 def test_two_gpus_with_nccl_match_one_gpu(tmp_path: Path, tiny_files: dict) -> None:
-    from tests.test_distributed import _launch, _raw
+    from tests.runtime.test_distributed import _launch, _raw
 
     data = tmp_path / "data"
     data.mkdir()
@@ -99,6 +98,6 @@ def test_two_gpus_with_nccl_match_one_gpu(tmp_path: Path, tiny_files: dict) -> N
     from lmtrain.config import config_from_dict
 
     single_raw = {**raw, "run": {**raw["run"], "dir": str(tmp_path / "single")}}
-    single = fit(config_from_dict(single_raw), quiet=True, record_losses=True, echo=lambda _: None)
+    single = fit_with_losses(config_from_dict(single_raw), quiet=True, echo=lambda _: None)
     for step, loss in single.losses.items():
         assert ddp[str(step)] == pytest.approx(loss, rel=1e-4), step

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fit_with_losses
 from lmtrain.config import ModelConfig
 from lmtrain.models import build_model
 from lmtrain.runtime.precision import Amp
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 from tests.conftest import invoke, tiny_config
 
 CPU = torch.device("cpu")
@@ -19,7 +20,7 @@ CPU = torch.device("cpu")
 
 def _losses(tmp_path: Path, tiny_files: dict, *overrides: str) -> dict[int, float]:
     cfg = tiny_config(tmp_path, tiny_files, "train.max_steps=6", "train.device=cpu", *overrides)
-    return fit(cfg, quiet=True, record_losses=True, echo=lambda _: None).losses
+    return fit_with_losses(cfg, quiet=True, echo=lambda _: None).losses
 
 
 def test_bf16_autocast_trains_close_to_fp32(tmp_path: Path, tiny_files: dict) -> None:

@@ -19,13 +19,13 @@ import torch
 from test_faults import _Run
 
 from conftest import TINY_TEXT, invoke, tiny_config
-from lmtrain import checkpoint as ckpt_mod
 from lmtrain.checkpoint import load_checkpoint
+from lmtrain.checkpoint import storage as ckpt_mod
 from lmtrain.errors import TrainingStopped
 from lmtrain.metrics import read_metrics
 from lmtrain.models import LanguageModel
 from lmtrain.runtime.signals import ImmediateStop, graceful_stop
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 CODES = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
 

@@ -11,7 +11,7 @@ import torch
 from conftest import invoke, tiny_config
 from lmtrain.errors import ConfigError
 from lmtrain.runtime.threads import configure_threads, describe_machine, physical_cores
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 
 @pytest.fixture

@@ -7,15 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import invoke, tiny_config
+from conftest import fit_with_losses, invoke, tiny_config
 from lmtrain.checkpoint import load_checkpoint, load_model
 from lmtrain.config import ModelConfig
 from lmtrain.data.corpus import read_text
 from lmtrain.data.variable_bptt import VariableStreamBatches
 from lmtrain.evaluation.stream import stream_nll
 from lmtrain.models import build_model
-from lmtrain.training.loop import fit, prepare_data
-from lmtrain.training.ntasgd import activation_penalty
+from lmtrain.training import fit
+from lmtrain.training.data import prepare_data
+from lmtrain.training.step import activation_penalty
 
 QUIET = {"quiet": True, "echo": lambda s: None}
 
@@ -60,7 +61,7 @@ def test_ar_tar_change_training(tmp_path: Path, tiny_files) -> None:
         cfg = tiny_config(
             tmp_path, tiny_files, f"run.dir={tmp_path / name}", "train.max_steps=6", *extra
         )
-        return list(fit(cfg, record_losses=True, **QUIET).losses.values())
+        return list(fit_with_losses(cfg, **QUIET).losses.values())
 
     base, ar, tar = losses("a"), losses("b", "train.ar_alpha=5"), losses("c", "train.tar_beta=5")
     # The first step's NLL is before any update; the penalties change the updates after it.

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import lmtrain.data.prepare as prepare_module
-import lmtrain.training.loop as train_module
-from conftest import tiny_config, write_tiny_files
+import lmtrain.evaluation.entry as evaluation_entry
+import lmtrain.training.data as train_module
+from conftest import fit_with_losses, tiny_config, write_tiny_files
 from lmtrain.checkpoint import load_model
 from lmtrain.config import Config, config_from_dict, load_config
 from lmtrain.data.batching import StreamBatches
@@ -23,7 +24,7 @@ from lmtrain.data.variable_bptt import VariableStreamBatches
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import ConfigError
 from lmtrain.evaluation.stream import EvalResult, unigram_baseline
-from lmtrain.training.loop import fit
+from lmtrain.training import fit
 
 OLD = 1_000_000_000  # outside the window in which a just-written file is hashed every time
 # Multi-byte characters (2, 3 and 4 UTF-8 bytes): bytes, characters and words all differ.
@@ -54,7 +55,7 @@ def _config(tmp_path: Path, files: dict[str, Path], run: str, *overrides: str) -
 
 def _fit(cfg: Config, lines: list[str] | None = None, resume: str | None = None):
     echo = (lambda _: None) if lines is None else lines.append
-    result = fit(cfg, resume=resume, quiet=True, echo=echo, record_losses=True)
+    result = fit_with_losses(cfg, resume=resume, quiet=True, echo=echo)
     # Read raw: the checkpoint's validation does not know the byte vocabulary yet (see below).
     saved = torch.load(Path(cfg.run.dir) / "checkpoints" / "last.pt", weights_only=True)
     return result.losses, saved["model"]
@@ -71,7 +72,6 @@ def _refuse_reading(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the text was read although the cache holds it")
 
     monkeypatch.setattr(prepare_module, "read_text", refuse)
-    monkeypatch.setattr(train_module, "read_text", refuse)
 
 
 def _ids_files(cache: Path) -> list[Path]:
@@ -87,8 +87,10 @@ def test_training_from_prepared_files_equals_training_from_text(
 ) -> None:
     kind, *more = setting
     cache = tmp_path / "cache"
-    plain = _config(tmp_path, old_files, "plain", f"data.tokenizer={kind}", *more)
-    assert plain.data.cache_dir is None  # the default: tokenised in memory, as before
+    plain = _config(
+        tmp_path, old_files, "plain", f"data.tokenizer={kind}", "data.cache_dir=null", *more
+    )
+    assert plain.data.cache_dir is None  # cache off: tokenised in memory
     losses, weights = _fit(plain)
     assert len(losses) == 10
 
@@ -234,13 +236,13 @@ def test_every_tokeniser_reports_bits_per_byte_of_the_validation_text(
     assert text_bytes > len(MULTI_TEXT)
     seen: list[EvalResult] = []
     name = "evaluate_sentences" if mode == "sentences" else "evaluate_ids"
-    real = getattr(train_module, name)
+    real = getattr(evaluation_entry, name)
 
     def spy(*args, **kwargs) -> EvalResult:
         seen.append(real(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(train_module, name, spy)
+    monkeypatch.setattr(evaluation_entry, name, spy)
     extra = [f"data.cache_dir={tmp_path / 'cache'}"] if cached else []
     cfg = _config(
         tmp_path, files, "run", f"data.tokenizer={kind}", f"data.mode={mode}", "train.max_steps=5",
@@ -308,7 +310,7 @@ def test_config_takes_cache_dir_and_byte_and_refuses_what_it_cannot_use(
 
 
 def test_under_torchrun_rank_zero_prepares_and_every_rank_maps(tmp_path: Path) -> None:
-    from tests.test_distributed import STEPS, _launch, _losses, _raw
+    from tests.runtime.test_distributed import STEPS, _launch, _losses, _raw
 
     data = tmp_path / "data"
     data.mkdir()
@@ -317,7 +319,7 @@ def test_under_torchrun_rank_zero_prepares_and_every_rank_maps(tmp_path: Path) -
     raw = _raw(data)
     single_raw = json.loads(json.dumps(raw))
     single_raw["run"]["dir"] = str(tmp_path / "single")
-    single = fit(config_from_dict(single_raw), quiet=True, record_losses=True, echo=lambda _: None)
+    single = fit_with_losses(config_from_dict(single_raw), quiet=True, echo=lambda _: None)
 
     raw["data"]["cache_dir"] = str(cache)
     procs = _launch(raw, tmp_path / "ddp")
@@ -371,7 +373,7 @@ def test_lmtrain_prepare_fills_the_cache_that_fit_then_maps(
     _refuse_reading(monkeypatch)
     fit(cfg, quiet=True)  # maps the prepared ids; reading the text would fail
     # Without data.cache_dir there is nothing to prepare into: a clear error, nothing written.
-    config.write_text(_config(tmp_path, old_files, "run2").to_yaml())
+    config.write_text(_config(tmp_path, old_files, "run2", "data.cache_dir=null").to_yaml())
     r = invoke(cli, "prepare", config)
     assert r.exit_code == 2 and "data.cache_dir is not set" in r.stderr
     assert not (tmp_path / "run2").exists()

@@ -6,18 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import fit_with_losses, tiny_config
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.config import TrainConfig
 from lmtrain.errors import CheckpointError
 from lmtrain.evaluation.stream import EvalResult, stream_nll
 from lmtrain.models import build_model
-from lmtrain.training.loop import LRSchedule, fit
+from lmtrain.training import fit
+from lmtrain.training.optim import LRSchedule
 
 
 def test_loss_falls_and_runs_write_their_files(tmp_path: Path, tiny_files) -> None:
     cfg = tiny_config(tmp_path, tiny_files, "train.epochs=6")
-    result = fit(cfg, quiet=True, echo=lambda s: None, record_losses=True)
+    result = fit_with_losses(cfg, quiet=True, echo=lambda s: None)
     losses = list(result.losses.values())
     assert len(losses) == result.progress.step
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -40,7 +41,7 @@ def test_same_seed_same_losses_other_seed_differs(tmp_path: Path, tiny_files) ->
             f"train.seed={seed}",
             "model.dropout=0.3",
         )
-        return list(fit(cfg, quiet=True, echo=lambda s: None, record_losses=True).losses.values())
+        return list(fit_with_losses(cfg, quiet=True, echo=lambda s: None).losses.values())
 
     a, b, c = losses("a", 1), losses("b", 1), losses("c", 2)
     assert a == b
@@ -153,3 +154,16 @@ def test_max_minutes_stops_training_and_is_reported(
     assert any("train.max_minutes=1 reached: stopping" in line for line in lines)
     # The final evaluation still runs and reports the training minutes.
     assert any(" min | val loss" in line for line in lines)
+
+
+def test_on_log_hears_each_steps_loss_once_per_logging_interval(tmp_path: Path, tiny_files):
+    from lmtrain.metrics import read_metrics
+
+    cfg = tiny_config(tmp_path, tiny_files, "train.max_steps=12", "train.log_every=5")
+    calls: list[dict[int, float]] = []
+    fit(cfg, quiet=True, echo=lambda _: None, on_log=calls.append)
+    assert [sorted(c) for c in calls] == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12]]
+    train = [r for r in read_metrics(Path(cfg.run.dir)) if r["type"] == "train"]
+    # Stream windows hold equal token counts: a logged loss is the mean of its steps' losses.
+    for record, heard in zip(train, calls, strict=True):
+        assert record["loss"] == pytest.approx(sum(heard.values()) / len(heard), rel=1e-9)

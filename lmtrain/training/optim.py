@@ -1,0 +1,105 @@
+"""The optimiser and its learning rate: `build_optimizer`, `LRSchedule`, `planned_steps`.
+
+`train.lr` goes from the config to the optimiser twice: `build_optimizer` gives it to torch as
+the initial rate, and before every step `LRSchedule.lr(step)` (warm-up, then constant, cosine or
+plateau) is written into each parameter group, times the window's variable-BPTT scale
+(lmtrain/training/step.py). Adding an optimiser: a name in `TrainConfig.optimizer` and a line in
+`_OPTIMIZERS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lmtrain.config import TrainConfig
+
+Params = list[nn.Parameter]
+
+_OPTIMIZERS: dict[str, Callable[[Params, TrainConfig], torch.optim.Optimizer]] = {
+    # Plain SGD; the NT-ASGD averager (lmtrain/training/averaging.py) averages once validation
+    # stalls.
+    "ntasgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda p, c: torch.optim.SGD(
+        p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+    ),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
+    "rmsprop": lambda p, c: torch.optim.RMSprop(
+        p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+    ),
+}
+
+WITH_MOMENTUM = ("sgd", "rmsprop")
+"""Optimisers whose momentum comes from train.momentum (and follows it on resume)."""
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _OPTIMIZERS[cfg.optimizer](params, cfg)  # the schema admits only these names
+
+
+def apply_config(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Weight decay and momentum from the current config, not the checkpoint's (a resumed run
+    may change them; lmtrain.checkpoint.check_resumable allows it)."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group and cfg.optimizer in WITH_MOMENTUM:
+            group["momentum"] = cfg.momentum
+
+
+class LRSchedule:
+    """Learning rate per step: optional linear warm-up, then constant, cosine or plateau.
+
+    Written here rather than with torch.optim.lr_scheduler so that one object works for every
+    optimiser, the plateau rule composes with warm-up, and its whole state is two numbers.
+    """
+
+    def __init__(self, cfg: TrainConfig, total_steps: int) -> None:
+        self.cfg = cfg
+        self.total_steps = max(total_steps, 1)
+        self.scale = 1.0  # plateau multiplier
+        self.bad_evals = 0
+
+    def lr(self, step: int) -> float:
+        """Learning rate for optimiser step number `step` (0-based)."""
+        c = self.cfg
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / (c.warmup_steps + 1)
+        if c.schedule == "cosine":
+            span = max(self.total_steps - c.warmup_steps, 1)
+            progress = min((step - c.warmup_steps) / span, 1.0)
+            return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1 + math.cos(math.pi * progress))
+        if c.schedule == "plateau":
+            return max(c.lr * self.scale, c.min_lr)
+        return c.lr
+
+    def on_validation(self, improved: bool) -> bool:
+        """Update the plateau rule; True when the rate was just cut."""
+        if self.cfg.schedule != "plateau":
+            return False
+        if improved:
+            self.bad_evals = 0
+            return False
+        self.bad_evals += 1
+        if self.bad_evals > self.cfg.plateau_patience:
+            self.scale *= self.cfg.plateau_factor
+            self.bad_evals = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, float]:
+        return {"scale": self.scale, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, d: dict[str, float]) -> None:
+        self.scale = float(d["scale"])
+        self.bad_evals = int(d["bad_evals"])
+
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Total optimiser steps: all epochs, or max_steps if that comes first."""
+    total = steps_per_epoch * cfg.epochs
+    return min(total, cfg.max_steps or total)

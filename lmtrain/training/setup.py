@@ -1,0 +1,136 @@
+"""Build a training run once: every question ("which device?", "are we resuming?", "how many
+processes?") is answered here, and the loop receives the answers as finished objects.
+
+    threads -> device and process group (Context) -> resources check -> run directory (new,
+    continue, fork or rewind) -> data -> batches -> model -> precision -> optimiser and schedule
+    -> averager -> the step -> logger -> restore a checkpoint, or announce a new run
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from lmtrain.checkpoint import Progress
+from lmtrain.config import Config, check_resources
+from lmtrain.data import Vocab
+from lmtrain.data.prepare import resolve_cache_dir
+from lmtrain.data.vectors import load_pretrained
+from lmtrain.evaluation import unigram_baseline
+from lmtrain.metrics import RunLogger
+from lmtrain.models import State, build_model
+from lmtrain.rundir import open_run
+from lmtrain.runtime.distributed import Context
+from lmtrain.runtime.precision import Amp, flatten_rnn_weights
+from lmtrain.runtime.threads import configure_threads
+from lmtrain.training.averaging import build_averager
+from lmtrain.training.data import make_batches, prepare_data, silent, validation_sequences
+from lmtrain.training.optim import LRSchedule, build_optimizer, planned_steps
+from lmtrain.training.session import Session
+from lmtrain.training.state import restore
+from lmtrain.training.step import build_step
+
+
+def loggers(cfg: Config) -> tuple[str, ...]:
+    return tuple(cfg.run.loggers)
+
+
+def build(
+    cfg: Config,
+    resume: str | None,
+    quiet: bool,
+    echo: Callable[[str], None],
+    ctx: Context,
+    stack: contextlib.ExitStack,
+) -> tuple[Session, Progress, State | None]:
+    """The run's Session, its progress counters and its carried state (both fresh unless
+    resuming). The run directory (and its lock) stays open until `stack` closes."""
+    main, world, device = ctx.is_main, ctx.world, ctx.device
+    say = echo if main else silent
+    configure_threads(cfg.train.num_threads)
+    ctx.check_batch_size(cfg.train.batch_size)
+    check_resources(cfg, None, device, world)  # before anything is built or written
+    # The one place where "are we resuming, and from what?" is answered (new, continue, fork,
+    # rewind). Under torchrun rank 0 locks the directory and reads the checkpoint for everyone.
+    run, start = stack.enter_context(open_run(cfg, resume, echo, ctx))
+    payload = start.checkpoint
+    torch.manual_seed(cfg.train.seed)
+    vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
+    if resolve_cache_dir(cfg.data.cache_dir) is not None:
+        # Under torchrun rank 0 tokenises into the cache while the others wait (its errors reach
+        # them all); then every rank below finds each split prepared and maps it.
+        ctx.prepare_on_main(lambda: prepare_data(cfg, vocab, echo))
+    corpus = prepare_data(cfg, vocab, say)
+    check_resources(cfg, len(corpus.vocab), device, world)  # the decoder's size is known now
+    batches = ctx.shard(make_batches(cfg, corpus))
+    model = build_model(cfg.model, len(corpus.vocab)).to(device)
+    vectors_report = None
+    if cfg.model.pretrained_embeddings is not None and payload is None:
+        vectors_report = load_pretrained(model, corpus.vocab, cfg.model)
+    flatten_rnn_weights(model)
+    amp = Amp.for_model(cfg.train.precision, device, model.rnn)
+    forward_loss = ctx.wrap(model)
+    ctx.seed_per_rank(cfg.train.seed)
+    optimizer = build_optimizer(cfg.train, model)
+    total_steps = planned_steps(cfg.train, len(batches))
+    schedule = LRSchedule(cfg.train, total_steps)
+    if main:
+        run.write_text("config.yaml", cfg.to_yaml())
+    start_step = 0 if payload is None else int(payload["progress"]["step"])
+    logger = RunLogger(
+        run.path,
+        cfg.run.tensorboard and main,
+        total_steps,
+        start_step,
+        quiet or not main,
+        say,
+        purge_step=start_step + 1 if payload is not None else None,
+        kind=corpus.vocab.kind,
+        write_files=main,
+        config_yaml=cfg.to_yaml(),
+        loggers=loggers(cfg) if main else (),
+    )
+    s = Session(
+        cfg, run, ctx, device, corpus, validation_sequences(cfg, corpus), batches, total_steps,
+        model, optimizer, schedule, amp, build_averager(cfg.train, model),
+        build_step(cfg.train, model, forward_loss, optimizer, schedule, amp, world, device),
+        logger,
+    )  # fmt: skip
+    progress, carried = Progress(), None
+    if payload is not None:
+        progress, carried = restore(s, payload)
+    else:
+        logger.text("config", cfg.to_yaml(), 0)
+    if vectors_report is not None:
+        logger.message(vectors_report)
+    _announce(s, start_step if payload is not None else None)
+    return s, progress, carried
+
+
+def _announce(s: Session, resumed_at: int | None) -> None:
+    """The run's one-line summary, the unigram baseline of a new run, and precision notes."""
+    cfg, corpus, log = s.cfg, s.corpus, s.logger.message
+    n_params = sum(p.numel() for p in s.model.parameters())
+    b = cfg.train.batch_size // s.ctx.world
+    share = f"{b} of each batch's sequences" if cfg.data.mode == "sentences" else f"{b} streams"
+    log(
+        f"{cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}, "
+        f"{n_params:,} parameters, vocabulary {len(corpus.vocab):,} ({corpus.vocab.kind}), "
+        f"{corpus.train.numel():,} training tokens, {len(s.batches)} steps/epoch, "
+        f"device {s.device}"
+        + (f"; resuming at step {resumed_at}" if resumed_at is not None else "")
+        + s.ctx.describe(share)
+    )
+    if corpus.valid is not None and resumed_at is None:
+        predicted = None  # stream mode: every token after the first
+        if s.valid_sequences is not None:  # every token of every sequence, end markers included
+            predicted = torch.cat([q[1:] for q in s.valid_sequences] or [corpus.valid[:0]])
+        base = unigram_baseline(
+            corpus.train, corpus.valid, len(corpus.vocab), corpus.vocab.kind, predicted,
+            corpus.valid_bytes,
+        )  # fmt: skip
+        log(f"unigram baseline on validation: {base.summary()}")
+    for note in s.amp.notes:
+        log(note)
