@@ -47,6 +47,7 @@ bench: install
 	$(PY) scripts/bench_sentences.py
 	$(PY) scripts/bench_cells.py
 	$(PY) scripts/bench_output.py
+	$(PY) scripts/bench_data.py
 
 ## bench-quality: time for the WikiText-2 CPU recipe to reach the classic loop's one-epoch
 ## validation perplexity (scripts/classic_epoch.json), against that epoch's time; ~5 minutes

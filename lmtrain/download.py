@@ -1,14 +1,22 @@
 """Fetch the corpora of the shipped recipes and check them byte for byte.
 
 The same sources and checksums as scripts/download_data.sh (tests/test_recipes.py checks that
-the two agree). Sources are pinned commits, so the bytes cannot change under a recipe:
+the two agree). Sources are pinned commits or fixed archives, so the bytes cannot change under
+a recipe:
   WikiText-2 (Merity et al. 2016, CC BY-SA 3.0), tokenised v1 files as used by pytorch/examples
     word_language_model, commit 77f55b912142e11fcfdf5b530231fb9c52f181e8.
   Tiny Shakespeare (public domain), karpathy/char-rnn data/tinyshakespeare/input.txt,
     commit 6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e.
+  WikiText-103 (tokenised v1, and raw v1 for BPE; Merity et al. 2016, CC BY-SA) and enwik8
+    (the first 10^8 bytes of an English Wikipedia dump of 2006, Hutter Prize) come as zip
+    archives from their authors' sites. Their sha256 values were not computed here: they are
+    the ones the Hugging Face `datasets` library publishes for the same URLs, with their sizes
+    (huggingface/datasets, datasets/wikitext/dataset_infos.json and
+    datasets/enwik8/dataset_infos.json, commit 040102f100964a33fd334e2695f1c493fa6b92db).
 Each file is downloaded to a temporary name beside its target, its sha256 compared with the
 value recorded here, and only then moved into place: a target is either absent, the previous
-file, or the verified new one.
+file, or the verified new one. An archive is verified as a whole, then the files a recipe reads
+are taken from it (enwik8 is cut at the customary 90 / 5 / 5 M bytes) and the archive deleted.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,12 +41,37 @@ class DownloadError(LmtrainError):
 
 
 @dataclass(frozen=True)
+class Part:
+    """A file a recipe reads, taken from a verified archive: bytes [start, end) of a member."""
+
+    name: str
+    member: str
+    start: int = 0
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class Archive:
+    name: str
+    """The archive's file name under the source's URL."""
+    sha256: str
+    size: int
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True)
 class Source:
     base_url: str
     """Where the files are; a mirror can be named with the environment variable `mirror_env`."""
     mirror_env: str
-    files: tuple[tuple[str, str], ...]
-    """(file name, sha256) of each file."""
+    files: tuple[tuple[str, str], ...] = ()
+    """(file name, sha256) of each file fetched as it is."""
+    archive: Archive | None = field(default=None)
+    """A zip archive the files are taken from, verified as a whole."""
+
+
+_M = 1_000_000
+_WIKITEXT_URL = "https://s3.amazonaws.com/research.metamind.io/wikitext"
 
 
 CORPORA: dict[str, Source] = {
@@ -56,6 +90,46 @@ CORPORA: dict[str, Source] = {
         "6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare",
         "TINYSHAKESPEARE_URL",
         (("input.txt", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),),
+    ),
+    "wikitext-103": Source(
+        _WIKITEXT_URL,
+        "WIKITEXT103_URL",
+        archive=Archive(
+            "wikitext-103-v1.zip",
+            "242ba0f20b329cfdf1ccc61e9e9e5b59becf189db7f7a81cd2a0e2fc31539590",
+            190_229_076,
+            tuple(
+                Part(f"{split}.txt", f"wikitext-103/wiki.{split}.tokens")
+                for split in ("train", "valid", "test")
+            ),
+        ),
+    ),
+    "wikitext-103-raw": Source(
+        _WIKITEXT_URL,
+        "WIKITEXT103_RAW_URL",
+        archive=Archive(
+            "wikitext-103-raw-v1.zip",
+            "91c00ae287f0d699e18605c84afc9e45c192bc6b7797ff8837e5474655a33794",
+            191_984_949,
+            tuple(
+                Part(f"{split}.txt", f"wikitext-103-raw/wiki.{split}.raw")
+                for split in ("train", "valid", "test")
+            ),
+        ),
+    ),
+    "enwik8": Source(
+        "http://mattmahoney.net/dc",
+        "ENWIK8_URL",
+        archive=Archive(
+            "enwik8.zip",
+            "547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
+            36_445_475,
+            (
+                Part("train.txt", "enwik8", 0, 90 * _M),
+                Part("valid.txt", "enwik8", 90 * _M, 95 * _M),
+                Part("test.txt", "enwik8", 95 * _M, 100 * _M),
+            ),
+        ),
     ),
 }
 
@@ -107,7 +181,71 @@ def download(
         echo(f"fetching {url}")
         _fetch_verified(url, target, want, opener)
         echo(f"ok       {target}")
+    if source.archive is not None:
+        _fetch_archive(
+            f"{base.rstrip('/')}/{source.archive.name}", directory, source.archive, echo, opener
+        )
     return directory
+
+
+def _stamp(directory: Path, archive: Archive) -> Path:
+    """Records which verified archive the parts came from: present = all parts were written."""
+    return directory / f".{archive.name}.sha256"
+
+
+def _fetch_archive(
+    url: str, directory: Path, archive: Archive, echo: Callable[[str], None], opener: Opener
+) -> None:
+    stamp = _stamp(directory, archive)
+    parts = [directory / p.name for p in archive.parts]
+    if (
+        stamp.is_file()
+        and stamp.read_text().strip() == archive.sha256
+        and all(p.is_file() for p in parts)
+    ):
+        echo(f"ok       {directory} (already extracted from {archive.name}, checksum matched)")
+        return
+    zipped = directory / archive.name
+    if not (zipped.is_file() and sha256_of(zipped) == archive.sha256):
+        echo(f"fetching {url} ({archive.size / 1e6:,.0f} MB)")
+        _fetch_verified(url, zipped, archive.sha256, opener)
+    stamp.unlink(missing_ok=True)
+    try:
+        with zipfile.ZipFile(zipped) as z:
+            for part in archive.parts:
+                _extract(z, part, directory / part.name)
+                echo(f"ok       {directory / part.name}")
+    except (zipfile.BadZipFile, KeyError, OSError) as e:
+        raise DownloadError(f"{zipped}: cannot extract the files ({e})") from None
+    stamp.write_text(archive.sha256 + "\n")
+    zipped.unlink()
+
+
+def _extract(z: zipfile.ZipFile, part: Part, target: Path) -> None:
+    """Bytes [start, end) of a member into `target`, through a temp file and os.replace."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, z.open(part.member) as member:
+            left = None if part.end is None else part.end - part.start
+            skip = part.start
+            while skip > 0:
+                block = member.read(min(skip, 1 << 20))
+                if not block:
+                    break
+                skip -= len(block)
+            while left is None or left > 0:
+                block = member.read(1 << 20 if left is None else min(left, 1 << 20))
+                if not block:
+                    break
+                out.write(block)
+                if left is not None:
+                    left -= len(block)
+        if skip > 0 or (left is not None and left > 0):
+            raise DownloadError(f"{part.member} is shorter than {target.name} needs")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def corpus_name(name: str, echo: Callable[[str], None] = print) -> str:

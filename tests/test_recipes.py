@@ -103,6 +103,9 @@ def test_configs_is_the_packaged_recipes_folder() -> None:
     assert sorted(p.name for p in configs.glob("*.yaml")) == [
         "quickstart.yaml",
         "shakespeare_char_cpu.yaml",
+        "wikipedia_enwik8_byte_gpu.yaml",
+        "wikitext103_bpe_gpu.yaml",
+        "wikitext103_word_gpu.yaml",
         "wikitext2_awd_gpu.yaml",
         "wikitext2_word_cpu.yaml",
         "wikitext2_word_cpu_quick.yaml",
@@ -246,3 +249,100 @@ def test_download_refuses_a_checksum_mismatch_and_replaces_nothing(
     assert (dest / "wikitext-2/train.txt").read_bytes() == b"an older copy\n"
     r = invoke(cli, "download", "wikitext-3")
     assert r.exit_code == 2 and "choose one of: wikitext-2, tinyshakespeare" in r.stderr
+
+
+def test_download_python_and_script_pin_the_same_archives() -> None:
+    from lmtrain.download import CORPORA
+
+    script = SCRIPT.read_text()
+    entries = re.findall(
+        r'"([a-z0-9-]+)\|\$[A-Z0-9]+/([a-z0-9.-]+\.zip)\|([0-9a-f]{64})\|([^"]+)"', script
+    )
+    pinned = {
+        name: (src.archive.name, src.archive.sha256)
+        for name, src in CORPORA.items()
+        if src.archive is not None
+    }
+    assert {name: (zip_name, sha) for name, zip_name, sha, _ in entries} == pinned
+    assert set(pinned) == {"wikitext-103", "wikitext-103-raw", "enwik8"}
+    for name, _, _, parts in entries:
+        archive = CORPORA[name].archive
+        assert archive is not None
+        spec = []
+        for part in archive.parts:
+            span = "" if part.end is None else f"@{part.start}+{part.end - part.start}"
+            spec.append(f"{part.name}={part.member}{span}")
+        assert parts.split() == spec
+    # The recipes' corpora are all downloadable.
+    from lmtrain.catalog import recipes
+
+    for r in recipes():
+        assert r.data in CORPORA or r.data.startswith("builtin:"), r.name
+
+
+def test_download_extracts_parts_of_a_verified_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli
+) -> None:
+    import hashlib
+    import io
+    import zipfile
+
+    from lmtrain import download
+
+    payload = bytes(range(256)) * 40  # 10,240 bytes
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("corpus/whole", payload)
+    zipped = buf.getvalue()
+    mirror = _mirror(tmp_path, {"c.zip": zipped})
+    archive = download.Archive(
+        "c.zip",
+        hashlib.sha256(zipped).hexdigest(),
+        len(zipped),
+        (
+            download.Part("train.txt", "corpus/whole", 0, 9000),
+            download.Part("valid.txt", "corpus/whole", 9000, 9640),
+            download.Part("test.txt", "corpus/whole", 9640, 10240),
+        ),
+    )
+    source = download.Source(f"file://{mirror}", "ENWIK8_URL", archive=archive)
+    monkeypatch.setitem(download.CORPORA, "enwik8", source)
+    monkeypatch.delenv("ENWIK8_URL", raising=False)
+    dest = tmp_path / "data"
+    r = invoke(cli, "download", "enwik8", dest)
+    assert r.exit_code == 0, r.output
+    got = [(dest / "enwik8" / n).read_bytes() for n in ("train.txt", "valid.txt", "test.txt")]
+    assert got == [payload[:9000], payload[9000:9640], payload[9640:]]
+    assert not (dest / "enwik8" / "c.zip").exists()  # the archive is deleted once extracted
+    (mirror / "c.zip").unlink()
+    r = invoke(cli, "download", "enwik8", dest)
+    assert r.exit_code == 0 and "already extracted" in r.stderr
+    # A tampered archive is refused and nothing is extracted from it.
+    (mirror / "c.zip").write_bytes(zipped[:-1] + b"x")
+    r = invoke(cli, "download", "enwik8", tmp_path / "other")
+    assert r.exit_code == 2 and "checksum mismatch" in r.stderr
+    assert list((tmp_path / "other").rglob("*.txt*")) == []
+
+
+def test_download_script_refuses_a_tampered_archive(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "enwik8.zip").write_bytes(b"not the real archive")
+    r = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "data"), "enwik8"],
+        env={**os.environ, "ENWIK8_URL": f"file://{mirror}"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert "checksum mismatch for enwik8/enwik8.zip" in r.stderr
+    assert "expected sha256 547994d9" in r.stderr
+    assert [p.name for p in (tmp_path / "data").rglob("*") if p.is_file()] == []
+    r = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "data"), "wikitext-4"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 1 and "unknown corpus wikitext-4" in r.stderr

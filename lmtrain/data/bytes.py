@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lmtrain.data.vocab import PAD, UNK, Encoded
+from lmtrain.data.specials import PAD, UNK, Encoded
 
 _SPECIALS = (PAD, UNK)
 OFFSET = len(_SPECIALS)

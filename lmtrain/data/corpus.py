@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 BUILTIN_PREFIX = "builtin:"
 SPLITS = ("train", "valid", "test")
 _SPLIT_FRACTIONS = (0.90, 0.05, 0.05)
+_UTF8_PIECE = 1 << 20
 
 
 def _python_docs() -> str:
@@ -55,6 +56,19 @@ def _split_paragraphs(text: str, split: str) -> str:
     cuts.append(len(text))
     i = SPLITS.index(split)
     return text[cuts[i] : cuts[i + 1]]
+
+
+def text_utf8_bytes(text: str) -> int:
+    """UTF-8 bytes of `text` (what bits per byte divides by), counted a piece at a time so that
+    no second copy of the text is made."""
+    if text.isascii():  # constant time in CPython: one byte per character
+        return len(text)
+    # surrogatepass: a lone surrogate (possible in a Python str) counts its 3 bytes, as the
+    # character tokeniser keeps it as one character.
+    return sum(
+        len(text[i : i + _UTF8_PIECE].encode("utf-8", "surrogatepass"))
+        for i in range(0, len(text), _UTF8_PIECE)
+    )
 
 
 def expand_vars(spec: str, key: str = "data path") -> str:

@@ -1,10 +1,14 @@
 """The splits of a config through the prepared-file cache: map them if prepared, else tokenise.
 
-`prepare_corpus` gives what `train.prepare_data` gives (vocabulary, training ids, validation
-ids and their out-of-vocabulary count) plus the UTF-8 bytes of each split, for bits per byte.
-A split found in the cache is mapped without reading its text; otherwise it is read, tokenised
-piece by piece into a new cache entry, and mapped. The ids are uint8 / uint16 / uint32 views of
-the files: code that feeds them to a model converts a window at a time (`.long()`).
+`load_corpus` gives what training needs (vocabulary, training ids, validation ids and their
+out-of-vocabulary count) plus the UTF-8 bytes of each split, for bits per byte. A split found in
+the cache is mapped without reading its text; otherwise it is read, tokenised piece by piece into
+a new cache entry, and mapped. The ids are uint8 / uint16 / uint32 views of the files: code that
+feeds them to a model converts a window at a time (`.long()`).
+
+Where is the cache? `data.cache_dir` (`resolve_cache_dir`): `auto`, the default, is
+$LMTRAIN_CACHE_DIR when set, else $XDG_CACHE_HOME/lmtrain, else ~/.cache/lmtrain; a path is that
+directory; null turns the cache off, and every split is then read and tokenised in memory.
 
 Which vocabulary? A fresh run builds it from the training split, and the entry remembers it
 (settings `"vocab": "built"`). A resumed run, eval or a validation split brings its own; the
@@ -18,6 +22,7 @@ rank runs it and finds every split prepared.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +31,25 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lmtrain import files
-from lmtrain.data.corpus import expand_vars, is_builtin, read_text, split_file_spec
+from lmtrain.data.corpus import (
+    expand_vars,
+    is_builtin,
+    read_text,
+    split_file_spec,
+    text_utf8_bytes,
+)
 from lmtrain.data.prepared import (
     CacheMiss,
     PreparedWriter,
     canonical_sha256,
+    hash_file,
     load_prepared,
     load_vocab,
     save_vocab,
     source_of,
 )
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.vocab import AnyVocab, Vocab
 from lmtrain.errors import DataError
-from lmtrain.evaluation.bpb import text_utf8_bytes
 
 if TYPE_CHECKING:
     from lmtrain.config import DataConfig
@@ -48,6 +59,26 @@ if TYPE_CHECKING:
 ENCODING_VERSION = 1
 # Characters tokenised per piece when writing an entry: bounds the int64 ids held at once.
 _PIECE_CHARS = 1 << 22
+AUTO = "auto"
+
+
+def resolve_cache_dir(spec: str | None) -> Path | None:
+    """The prepared-data cache directory `data.cache_dir` names; None when the cache is off.
+
+    `auto`: $LMTRAIN_CACHE_DIR when set, else $XDG_CACHE_HOME/lmtrain (when it is an absolute
+    path, as the XDG specification requires), else ~/.cache/lmtrain. Anything else is a path,
+    with `~` and `${VAR}` expanded.
+    """
+    if spec is None:
+        return None
+    if spec != AUTO:
+        return Path(expand_vars(spec, "data.cache_dir"))
+    if env := os.environ.get("LMTRAIN_CACHE_DIR"):
+        return Path(expand_vars(env, "$LMTRAIN_CACHE_DIR"))
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "lmtrain"
+    return Path.home() / ".cache" / "lmtrain"
 
 
 @dataclass(frozen=True)
@@ -61,13 +92,25 @@ class Split:
 
 @dataclass(frozen=True)
 class PreparedCorpus:
-    vocab: Vocab
+    vocab: AnyVocab
     train: Split
     valid: Split | None
 
 
-def vocab_sha256(vocab: Vocab) -> str:
+def vocab_sha256(vocab: AnyVocab) -> str:
     return canonical_sha256(vocab.to_dict())
+
+
+def build_vocab(text: str, d: DataConfig) -> AnyVocab:
+    """The vocabulary `d` asks for, built from `text` (the training split) where it needs one."""
+    return Vocab.build(
+        text,
+        d.tokenizer,
+        d.min_freq,
+        d.max_size,
+        vocab_size=d.vocab_size,
+        tokenizer_file=d.tokenizer_file,
+    )
 
 
 def _settings(d: DataConfig, split: str | None, vocab: str) -> dict[str, Any]:
@@ -78,7 +121,19 @@ def _settings(d: DataConfig, split: str | None, vocab: str) -> dict[str, Any]:
         "split": split,
         "vocab": vocab,
     }
-    if vocab == "built":
+    if vocab == "built" and d.tokenizer == "bpe":
+        if d.tokenizer_file is not None:
+            # The file's contents, not its name, decide the ids.
+            path = Path(expand_vars(d.tokenizer_file, "data.tokenizer_file"))
+            try:
+                settings.update(tokenizer_sha256=hash_file(path))
+            except OSError as e:
+                raise DataError(
+                    f"data.tokenizer_file: {path}: cannot read it ({e.strerror})"
+                ) from None
+        else:
+            settings.update(vocab_size=d.vocab_size)
+    elif vocab == "built":
         settings.update(min_freq=d.min_freq, max_size=d.max_size)
     return settings
 
@@ -86,13 +141,13 @@ def _settings(d: DataConfig, split: str | None, vocab: str) -> dict[str, Any]:
 def _pieces(text: str, kind: str) -> Iterator[str]:
     """Consecutive pieces of `text` whose encodings, joined, are the encoding of `text`.
 
-    Word pieces end at a line end, as each encoded line ends with `<eos>`; a piece of
-    characters may end anywhere.
+    Word and BPE pieces end at a line end, as each line is tokenised alone and ends with
+    `<eos>`; a piece of characters or bytes may end anywhere.
     """
     start = 0
     while start < len(text):
         end = start + _PIECE_CHARS
-        if end < len(text) and kind == "word":
+        if end < len(text) and kind in ("word", "bpe"):
             newline = text.find("\n", end)
             end = len(text) if newline < 0 else newline + 1
         yield text[start:end]
@@ -101,7 +156,9 @@ def _pieces(text: str, kind: str) -> Iterator[str]:
 
 def _source_path(spec: str, key: str) -> tuple[Path, str | None]:
     path, split = split_file_spec(expand_vars(spec, key))
-    if (why := files.check_readable(Path(path))) is not None:
+    # An empty file goes on to be read, which refuses it with the message the in-memory path
+    # gives for empty and whitespace-only text alike.
+    if (why := files.check_readable(Path(path))) not in (None, files.EMPTY_FILE):
         raise DataError(f"{key}: {path}: {why}")
     return Path(path), split
 
@@ -110,19 +167,19 @@ def prepare_split(
     d: DataConfig,
     spec: str,
     role: str,
-    cache_dir: Path,
-    vocab: Vocab | None,
+    cache_dir: Path | None,
+    vocab: AnyVocab | None,
     echo: Callable[[str], None],
-) -> tuple[Vocab, Split]:
+) -> tuple[AnyVocab, Split]:
     """(vocabulary, split) of the text `spec` for `role` (train / valid / test).
 
     `vocab` None builds it from this text (a fresh run's training split); otherwise the ids
-    are in that vocabulary.
+    are in that vocabulary. `cache_dir` None (or a built-in corpus) encodes in memory.
     """
-    if is_builtin(spec):
+    if cache_dir is None or is_builtin(spec):
         text = read_text(spec, role, d.decode_errors)
         if vocab is None:
-            vocab = Vocab.build(text, d.tokenizer, d.min_freq, d.max_size)
+            vocab = build_vocab(text, d)
         enc = vocab.encode(text)
         return vocab, Split(enc.ids, enc.oov, text_utf8_bytes(text))
 
@@ -155,7 +212,7 @@ def prepare_split(
     if source_of(path, cache_dir, verify=True).sha256 != source.sha256:
         raise DataError(f"{path}: the file changed while it was read; run again once it is written")
     if vocab is None:
-        vocab = Vocab.build(text, d.tokenizer, d.min_freq, d.max_size)
+        vocab = build_vocab(text, d)
     sha = save_vocab(cache_dir, vocab.to_dict())
     oov = 0
     with PreparedWriter(cache_dir, source, settings, len(vocab)) as w:
@@ -167,14 +224,27 @@ def prepare_split(
     return vocab, Split(written.ids, written.oov, written.text_bytes)
 
 
-def prepare_corpus(
+def load_corpus(
     d: DataConfig,
-    cache_dir: Path,
-    vocab: Vocab | None = None,
+    vocab: AnyVocab | None = None,
     echo: Callable[[str], None] = lambda _: None,
 ) -> PreparedCorpus:
-    """The training and validation splits of `d`; the vocabulary is built when not given."""
-    if cache_dir.exists() and not cache_dir.is_dir():
+    """The training and validation splits of `d`, through the cache `data.cache_dir` names (in
+    memory when it is null); the vocabulary is built from the training split when not given."""
+    return prepare_corpus(d, resolve_cache_dir(d.cache_dir), vocab, echo)
+
+
+def prepare_corpus(
+    d: DataConfig,
+    cache_dir: Path | None,
+    vocab: AnyVocab | None = None,
+    echo: Callable[[str], None] = lambda _: None,
+) -> PreparedCorpus:
+    """The training and validation splits of `d`; the vocabulary is built when not given.
+
+    `cache_dir` None reads and encodes every split in memory, as without a cache.
+    """
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
         # Said once, here: otherwise every entry would read as "damaged" before the write fails.
         raise DataError(
             f"data.cache_dir {cache_dir} exists and is not a directory; point data.cache_dir at "

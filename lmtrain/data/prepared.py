@@ -22,6 +22,9 @@ Checking an entry reads no corpus text: a file whose size and modification time 
 recorded with its hash is taken to be unchanged, as `make` and `git status` do. Anything else
 (a touched, copied or edited file) is hashed again, in chunks. An edit that keeps both size
 and modification time goes unseen by that check; `verify=True` always rehashes.
+
+The module is longer than most because it is the one owner of the cache's files (layout,
+atomic writes, header checks); split up, the on-disk format would be spread over several files.
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.vocab import AnyVocab
 from lmtrain.errors import DataError
 
 
-def marker_id(vocab: Vocab) -> int:
+def marker_id(vocab: AnyVocab) -> int:
     """The start and end marker of every sequence."""
     eos = vocab.eos_id
     if eos is None:
@@ -34,13 +34,19 @@ def marker_id(vocab: Vocab) -> int:
     return eos
 
 
-def _space_ids(vocab: Vocab) -> torch.Tensor:
-    """(V,) bool: tokens that are whitespace (only characters can be)."""
+def _space_ids(vocab: AnyVocab) -> torch.Tensor:
+    """(V,) bool: tokens that are whitespace (characters, bytes and BPE pieces can be)."""
+    if vocab.kind == "bpe":
+        # A piece's entry is its byte-level spelling (a space is "Ġ"): ask what text it is.
+        return torch.tensor(
+            [i != vocab.eos_id and vocab.decode([i]).isspace() for i in range(len(vocab))],
+            dtype=torch.bool,
+        )
     return torch.tensor([len(s) == 1 and s.isspace() for s in vocab.itos], dtype=torch.bool)
 
 
 def split_sequences(
-    ids: torch.Tensor, vocab: Vocab, documents: bool = False, max_length: int | None = None
+    ids: torch.Tensor, vocab: AnyVocab, documents: bool = False, max_length: int | None = None
 ) -> list[torch.Tensor]:
     """Cut an encoded text (`vocab.encode`) into marker-framed sequences, in text order.
 
@@ -75,7 +81,7 @@ def split_sequences(
     return [torch.cat([marker, ids[s : e + 1]])[:limit] for s, e in spans]
 
 
-def sentence_ids(vocab: Vocab, text: str) -> tuple[torch.Tensor, int]:
+def sentence_ids(vocab: AnyVocab, text: str) -> tuple[torch.Tensor, int]:
     """(marker-framed sequence, out-of-vocabulary count) of one sentence, as in training."""
     enc = vocab.encode(text.rstrip("\n") + "\n")
     eos = marker_id(vocab)

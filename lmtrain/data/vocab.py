@@ -1,8 +1,10 @@
-"""Vocabularies and the two tokenisers (characters and whitespace-separated words).
+"""Vocabularies: characters and whitespace-separated words here, and the choice among all tokenisers.
 
 Index 0 is always `<pad>` and index 1 `<unk>`; word vocabularies add `<eos>` at index 2, which
 ends every line. The vocabulary is built from the training split only and travels inside the
-checkpoint, so eval, score and sample never need the training corpus again.
+checkpoint, so eval, score and sample never need the training corpus again. `Vocab.build` and
+`Vocab.from_dict` also give the byte (lmtrain/data/bytes.py) and BPE (bpe.py) vocabularies, which
+have the same interface.
 
 Text can never produce the padding id or the end-of-line id by spelling them: a word `<pad>` or
 `<eos>` written in the text is an ordinary word with its own entry (listed as `<pad> (literal)`,
@@ -18,18 +20,17 @@ import re
 from array import array
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from lmtrain.data.bytes import ByteVocab
+from lmtrain.data.bpe import BpeVocab, read_tokenizer_file
+from lmtrain.data.bytes import ByteVocab
+from lmtrain.data.specials import EOS, LITERAL, PAD, RESERVED_WORDS, UNK, Encoded, surface
+from lmtrain.errors import DataError
 
-PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
-# Suffix of the entry of a text word spelled like a reserved special (see the module docstring).
-LITERAL = " (literal)"
-_RESERVED_WORDS = (PAD, EOS)
+__all__ = ["EOS", "LITERAL", "PAD", "UNK", "AnyVocab", "Encoded", "Vocab"]
 
 # Characters handled per piece when encoding: bounds the temporary copies (UTF-32 bytes, index
 # tensors, lists of words) to tens of MB however long the text or a single line of it is, while
@@ -69,27 +70,6 @@ def _word_pieces(text: str) -> Iterator[tuple[str, bool]]:
         start = end + 1
 
 
-def _surface(entry: str) -> str:
-    """The text spelling of a vocabulary entry (a literal `<pad> (literal)` is written `<pad>`)."""
-    if entry.endswith(LITERAL) and entry[: -len(LITERAL)] in _RESERVED_WORDS:
-        return entry[: -len(LITERAL)]
-    return entry
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of a text plus how many of its tokens were not in the vocabulary."""
-
-    ids: torch.Tensor  # (N,) int64
-    oov: int
-
-    @property
-    def oov_rate(self) -> float:
-        """Out-of-vocabulary tokens over all tokens of the text (line ends included), so the same
-        text has the same rate whatever the evaluation mode or number of streams."""
-        return self.oov / max(self.ids.numel(), 1)
-
-
 class Vocab:
     """A fixed token list with its tokeniser kind (`char` or `word`)."""
 
@@ -105,7 +85,7 @@ class Vocab:
         reserved = {self.pad_id, eos}
         # Text token -> id. The padding and end-of-line ids are absent, so no text can spell
         # them; a literal entry is found under the word the text writes.
-        self.stoi = {_surface(s): i for i, s in enumerate(self.itos) if i not in reserved}
+        self.stoi = {surface(s): i for i, s in enumerate(self.itos) if i not in reserved}
         self._lut: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -127,16 +107,28 @@ class Vocab:
 
     @classmethod
     def build(
-        cls, text: str, kind: str, min_freq: int = 1, max_size: int | None = None
-    ) -> Vocab | ByteVocab:
+        cls,
+        text: str,
+        kind: str,
+        min_freq: int = 1,
+        max_size: int | None = None,
+        *,
+        vocab_size: int | None = None,
+        tokenizer_file: str | Path | None = None,
+    ) -> AnyVocab:
         """Vocabulary of `text`: most frequent first (ties alphabetically), specials first.
 
-        `byte` is the fixed vocabulary of lmtrain/data/bytes.py, whatever the text.
+        `byte` is the fixed vocabulary of lmtrain/data/bytes.py, whatever the text. `bpe` reads
+        `tokenizer_file` when given, else trains `vocab_size` entries on `text` (bpe.py).
         """
         if kind == "byte":
-            from lmtrain.data.bytes import ByteVocab  # bytes.py imports this module
-
             return ByteVocab()
+        if kind == "bpe":
+            if tokenizer_file is not None:
+                return BpeVocab(read_tokenizer_file(Path(tokenizer_file)))
+            if vocab_size is None:
+                raise DataError("data.tokenizer: bpe needs data.vocab_size or data.tokenizer_file")
+            return BpeVocab.train(text, vocab_size)
         if kind == "char":
             counts = Counter(text)  # single characters: none can equal a special's name
             specials = [PAD, UNK]
@@ -146,7 +138,7 @@ class Vocab:
                 counts.update(piece.split())
             specials = [PAD, UNK, EOS]
             counts.pop(UNK, None)  # a written <unk> is the unknown word (module docstring)
-            for word in _RESERVED_WORDS:
+            for word in RESERVED_WORDS:
                 if word in counts:
                     counts[word + LITERAL] = counts.pop(word)
         tokens = sorted(
@@ -217,7 +209,7 @@ class Vocab:
             if i == self._eos:
                 lines.append([])
             else:
-                lines[-1].append(_surface(self.itos[i]))
+                lines[-1].append(surface(self.itos[i]))
         return "\n".join(" ".join(line) for line in lines)
 
     # --- persistence ----------------------------------------------------------------------
@@ -226,10 +218,15 @@ class Vocab:
         return {"kind": self.kind, "itos": self.itos}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Vocab | ByteVocab:
+    def from_dict(cls, d: dict[str, Any]) -> AnyVocab:
         """The vocabulary `to_dict` wrote, of any kind (a checkpoint's, a prepared file's)."""
         if d["kind"] == "byte":
-            from lmtrain.data.bytes import ByteVocab  # bytes.py imports this module
-
             return ByteVocab.from_dict(d)
+        if d["kind"] == "bpe":
+            return BpeVocab.from_dict(d)
         return cls(d["itos"], d["kind"])
+
+
+# Any of the tokenisers: they share Vocab's interface (itos, stoi, kind, len, pad_id, unk_id,
+# eos_id, encode, decode, tokenize, to_dict).
+AnyVocab = Vocab | ByteVocab | BpeVocab

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,11 @@ import torch
 
 import lmtrain.data.prepare as prepare_module
 from conftest import TINY_TEXT, tiny_config
+from lmtrain.config import Config
 from lmtrain.data.prepare import prepare_corpus
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import DataError
-from lmtrain.training.loop import prepare_data
+from lmtrain.training.data import Corpus, prepare_data
 
 OLD = 1_000_000_000  # outside the window in which a just-written file is hashed every time
 
@@ -23,6 +25,11 @@ def old_files(tiny_files: dict[str, Path]) -> dict[str, Path]:
     for path in tiny_files.values():
         os.utime(path, (OLD, OLD))
     return tiny_files
+
+
+def _in_memory(cfg: Config, vocab: Vocab | None = None) -> Corpus:
+    """Today's path: training's own reading and encoding, with the cache off."""
+    return prepare_data(replace(cfg, data=replace(cfg.data, cache_dir=None)), vocab)
 
 
 def _no_text_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,7 +44,7 @@ def test_same_ids_as_prepare_data_then_mapped_without_reading(
     tmp_path: Path, old_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     cfg = tiny_config(tmp_path, old_files, f"data.tokenizer={kind}")
-    today = prepare_data(cfg)
+    today = _in_memory(cfg)
     lines: list[str] = []
     cache = tmp_path / "cache"
     for attempt in range(2):
@@ -72,7 +79,7 @@ def test_another_vocabulary_gets_its_own_ids(tmp_path: Path, old_files: dict[str
     prepare_corpus(cfg.data, cache)
     small = Vocab.build(TINY_TEXT, "word", max_size=3)  # most words become <unk>
     got = prepare_corpus(cfg.data, cache, small)
-    today = prepare_data(cfg, small)
+    today = _in_memory(cfg, small)
     assert torch.equal(got.train.ids.long(), today.train)
     assert got.train.oov == small.encode(TINY_TEXT).oov > 0
 
@@ -83,7 +90,7 @@ def test_pieces_cut_at_line_ends_give_the_same_ids(
     cfg = tiny_config(tmp_path, old_files)
     monkeypatch.setattr(prepare_module, "_PIECE_CHARS", 10)
     got = prepare_corpus(cfg.data, tmp_path / "cache")
-    assert torch.equal(got.train.ids.long(), prepare_data(cfg).train)
+    assert torch.equal(got.train.ids.long(), _in_memory(cfg).train)
 
 
 def test_a_one_file_corpus_caches_each_split(tmp_path: Path, old_files: dict[str, Path]) -> None:
@@ -92,7 +99,7 @@ def test_a_one_file_corpus_caches_each_split(tmp_path: Path, old_files: dict[str
     os.utime(whole, (OLD, OLD))
     cfg = tiny_config(tmp_path, old_files, f"data.train={whole}:train", f"data.valid={whole}:valid")
     got = prepare_corpus(cfg.data, tmp_path / "cache")
-    today = prepare_data(cfg)
+    today = _in_memory(cfg)
     assert torch.equal(got.train.ids.long(), today.train)
     assert got.valid is not None and torch.equal(got.valid.ids.long(), today.valid)
 
@@ -103,7 +110,7 @@ def test_builtin_corpus_is_encoded_in_memory(tmp_path: Path, old_files: dict[str
         "data.tokenizer=char",
     )  # fmt: skip
     got = prepare_corpus(cfg.data, tmp_path / "cache")
-    today = prepare_data(cfg)
+    today = _in_memory(cfg)
     assert torch.equal(got.train.ids, today.train)
     assert not (tmp_path / "cache").exists()
 

@@ -101,7 +101,7 @@ def test_fit_loads_reports_and_freezes(tmp_path: Path, tiny_files, cli) -> None:
 
 
 def test_fine_tuned_vectors_move(tmp_path: Path, tiny_files) -> None:
-    from lmtrain.training.loop import fit
+    from lmtrain.training import fit
 
     path = write(tmp_path / "g.txt", "glove", {"the": [1.0, 2.0, 3.0]})
     cfg = tiny_config(
