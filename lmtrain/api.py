@@ -135,6 +135,7 @@ def fit(
     resume: str | None = None,
     quiet: bool = True,
     echo: Callable[[str], None] | None = None,
+    on_log: Callable[[dict[int, float]], None] | None = None,
 ) -> FitResult:
     """Train a model; returns the FitResult (run_dir, progress with best_val_loss, timing).
 
@@ -143,6 +144,8 @@ def fit(
     given (default: stderr, as the command line does, or nothing at all when quiet). quiet=True
     (the default) drops the progress bar and progress lines; an `echo` given still gets every
     other line (run directory, evaluations, warnings), as `lmtrain fit --quiet` prints them.
+    `on_log` receives {step: loss}, each step's mean training loss over the whole batch, once
+    per logging interval (train.log_every).
     """
     from lmtrain.metrics import console
     from lmtrain.training import fit as train_fit
@@ -150,7 +153,7 @@ def fit(
     cfg = config(source, overrides)
     # A closed stderr pipe (`python script.py 2>&1 | head`) must not stop the training.
     say = echo if echo is not None else _silent if quiet else console(_to_stderr, sys.stderr)
-    return train_fit(cfg, resume=resume, quiet=quiet, echo=say)
+    return train_fit(cfg, resume=resume, quiet=quiet, echo=say, on_log=on_log)
 
 
 @dataclass

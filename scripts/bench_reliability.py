@@ -4,7 +4,7 @@
 
 1. Guard: one training step (forward, backward, clipping, Adam) of the reference LSTM shape
    (embedding 200, hidden 200, 2 layers, bptt 35, batch 20) on a character vocabulary, with and
-   without the finiteness check lmtrain.train.Trainer.train_step makes before each optimiser
+   without the finiteness check lmtrain.training.step.Step makes before each optimiser
    step. The two variants alternate (A B A B ...) and medians are compared.
 2. Checkpoints: time to save the same model with a WikiText-2-sized vocabulary (33,278) and its
    Adam state, with run.keep_last 0 (last.pt only) and 2 (a numbered checkpoint hard-linked as

@@ -125,6 +125,24 @@ def test_fit_takes_dicts_configs_and_recipe_names(tmp_path: Path) -> None:
         lmtrain.fit(cfg, {"train.lrr": 1})
 
 
+def test_fit_on_log_hears_every_step_once_and_matches_the_logged_loss(tmp_path: Path) -> None:
+    import json
+
+    import lmtrain
+
+    files = write_tiny_files(tmp_path)
+    cfg = tiny_config(tmp_path, files, "train.max_steps=6", "train.log_every=3")
+    heard: list[dict[int, float]] = []
+    lmtrain.fit(cfg, on_log=heard.append)
+    assert [sorted(h) for h in heard] == [[1, 2, 3], [4, 5, 6]]
+    lines = (Path(cfg.run.dir) / "metrics.jsonl").read_text().splitlines()
+    logged = [r for r in map(json.loads, lines) if r["type"] == "train"]
+    # Each window has the same number of tokens per step, so its loss is the mean of the steps'.
+    for window, row in zip(heard, logged, strict=True):
+        assert row["step"] == max(window)
+        assert row["loss"] == pytest.approx(sum(window.values()) / len(window), rel=1e-6)
+
+
 def test_import_is_light_and_api_names_beat_submodules() -> None:
     code = textwrap.dedent(
         """

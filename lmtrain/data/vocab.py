@@ -170,8 +170,8 @@ class Vocab:
         return Encoded(t, int(missing.sum()))
 
     def _encode_chars(self, text: str) -> Encoded:
-        # Vectorised: UTF-32 code points -> ids through a lookup table, so a 10 MB text takes
-        # well under a second instead of a Python loop over every character; piece by piece
+        # Vectorised: UTF-32 code points -> ids through a lookup table, a few tensor
+        # operations per piece instead of a Python loop over every character; piece by piece
         # so that the temporaries stay small (see _PIECE_CHARS).
         lut = self._char_lut()
         ids = torch.empty(len(text), dtype=torch.long)
