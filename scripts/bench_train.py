@@ -1,6 +1,8 @@
 """Training throughput on this CPU: lmtrain against plain PyTorch loops, measured in one run.
 
-    python scripts/bench_train.py     (also run by `make bench`; ~130 s of CPU time)
+    python scripts/bench_train.py     (also run by `make bench`; ~130 s of CPU time, plus (c))
+    python scripts/bench_train.py --no-bf16             (a) and (b) only
+    python scripts/bench_train.py --rounds 1 --steps 1  (a smoke run: the figures mean nothing)
 
 (a) Loop overhead: lmtrain's Trainer.train_epoch (the path `lmtrain fit` runs) against a plain
     hand-written loop over the same model object and the same batches. Goal: >= 95%.
@@ -10,14 +12,23 @@
     F.cross_entropy, SGD, clip_grad_norm_, fresh tensors each step). Goal: >= 1.5x. Also the
     GFLOP/s lmtrain achieves (LSTM and decoder matrix products, forward and backward; the
     embedding lookup is not counted) against a 1024^3 fp32 matmul measured here. Goal: >= 70%.
+(c) bf16 against fp32: what `train.precision: auto` picks on this machine and why; the 1024^3
+    matmul rate in fp32 and in bf16; on the reference shape, lmtrain with train.precision=bf16
+    against lmtrain in fp32 and the classic fp32 loop (goals: >= 1.5x and >= 2.5x), and the
+    share of the bf16 matmul peak it reaches. Where `auto` picks fp32 (no bf16 matrix units:
+    bf16 is emulated, often many times slower) the bf16 contender is timed over a few one-step
+    rounds only, and where the recurrent kernel has no bf16 version at all it is not run and
+    the reason is printed. Ratios below 1 mean bf16 is slower here. --no-bf16 skips (c).
 
 The contenders alternate (A B A B ...) so that drift in the machine's load hits both, and the
-medians are reported. Data: $LMTRAIN_DATA (default ../shared/data) with wikitext-2/train.txt and
-tinyshakespeare/input.txt.
+medians are reported. One script, longer than most, because (b) and (c) share their contenders
+and must run in the same process to be compared. Data: $LMTRAIN_DATA (default ../shared/data)
+with wikitext-2/train.txt and tinyshakespeare/input.txt.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import statistics
@@ -35,7 +46,7 @@ from lmtrain.data import StreamBatches
 from lmtrain.metrics import RunLogger
 from lmtrain.models import LanguageModel, build_model, detach_state
 from lmtrain.runtime.distributed import LocalContext
-from lmtrain.runtime.precision import Amp
+from lmtrain.runtime.precision import Amp, choose_precision
 from lmtrain.runtime.signals import StopRequest
 from lmtrain.runtime.threads import configure_threads, describe_machine
 from lmtrain.training.averaging import build_averager
@@ -46,6 +57,7 @@ from lmtrain.training.session import Session
 from lmtrain.training.step import build_step
 
 ROUNDS = 7
+FEW_ROUNDS = 3  # (c): rounds of one step for a bf16 contender that auto would not pick
 DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
 
 
@@ -62,8 +74,8 @@ def config(
     )
 
 
-def make_trainer(cfg: Config, corpus) -> Trainer:
-    """A Trainer put together the way fit() does it, minus the run directory."""
+def make_trainer(cfg: Config, corpus, amp: Amp | None = None) -> Trainer:
+    """A Trainer put together the way fit() does it, minus the run directory (fp32 by default)."""
     torch.manual_seed(cfg.train.seed)
     device = torch.device("cpu")
     ctx = LocalContext(device)
@@ -72,7 +84,7 @@ def make_trainer(cfg: Config, corpus) -> Trainer:
     optimizer = build_optimizer(cfg.train, model)
     steps = len(batches) * cfg.train.epochs
     schedule = LRSchedule(cfg.train, steps)
-    amp = Amp(device)
+    amp = amp or Amp(device)
     logger = RunLogger(Path(cfg.run.dir), False, steps, 0, True, lambda _: None)
     step = build_step(cfg.train, model, ctx.wrap(model), optimizer, schedule, amp, 1, device)
     session = Session(
@@ -170,21 +182,29 @@ def classic_loop(batches: StreamBatches, vocab: int, lr: float, clip: float):
     return run
 
 
-def alternate(contenders: dict[str, Callable[[int], float]], steps: int, tokens: int):
+def alternate(
+    contenders: dict[str, Callable[[int], float]],
+    steps: int | dict[str, int],
+    tokens: int,
+    rounds: int | None = None,
+    warmup: int = 2,
+):
     """Per contender: median tokens/s over rounds run A B A B ..., after one warm-up each.
 
     Also tokens per second of this process's CPU time: on a machine shared with other work the
     wall-clock rate depends on everyone else's load, the CPU-time rate much less so.
+    `steps` per round: one number for all, or one per contender.
     """
+    per = steps if isinstance(steps, dict) else dict.fromkeys(contenders, steps)
     for run in contenders.values():
-        run(2)
+        run(warmup)
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     cpu_rates: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(ROUNDS):
+    for _ in range(ROUNDS if rounds is None else rounds):
         for name, run in contenders.items():
             cpu = time.process_time()
-            rates[name].append(steps * tokens / run(steps))
-            cpu_rates[name].append(steps * tokens / (time.process_time() - cpu))
+            rates[name].append(per[name] * tokens / run(per[name]))
+            cpu_rates[name].append(per[name] * tokens / (time.process_time() - cpu))
     med = {name: statistics.median(r) for name, r in rates.items()}
     cpu_med = {name: statistics.median(r) for name, r in cpu_rates.items()}
     return med, rates, cpu_med
@@ -208,13 +228,90 @@ def matmul_peak() -> float:
     return statistics.median(rates) / 1e9
 
 
+def matmul_rate(dtype: torch.dtype, budget_s: float = 3.0) -> float:
+    """GFLOP/s of a 1024^3 product in `dtype`: the median of single products, timed until
+    `budget_s` is spent (at least one, at most 35), so that an emulated bf16 stays affordable."""
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    c = torch.empty(1024, 1024, dtype=dtype)
+    torch.mm(a, b, out=c)
+    rates: list[float] = []
+    spent = 0.0
+    while len(rates) < 35 and (not rates or spent < budget_s):
+        start = time.perf_counter()
+        torch.mm(a, b, out=c)
+        took = time.perf_counter() - start
+        rates.append(2 * 1024**3 / took)
+        spent += took
+    return statistics.median(rates) / 1e9
+
+
 def flops_per_token(emb: int, hidden: int, layers: int, vocab: int) -> float:
     """Matrix-product FLOPs per token, forward + backward (backward = 2x forward)."""
     lstm = sum(2 * 4 * hidden * ((emb if i == 0 else hidden) + hidden) for i in range(layers))
     return 3 * (lstm + 2 * hidden * vocab)
 
 
-def main() -> int:
+def bf16_section(
+    cfg: Config, corpus, trainer: Trainer, classic, steps: int, n_rounds: int, vocab: int
+) -> None:
+    """(c): bf16 against fp32 on the reference shape, after (b) and with its contenders."""
+    cpu = torch.device("cpu")
+    choice = choose_precision(cpu)
+    print(f"\n(c) bf16 against fp32 on the reference shape; {choice.describe()}")
+    fp32_peak, bf16_peak = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+    print(
+        f"    matmul peak (1024^3): fp32 {fp32_peak:.1f} GFLOP/s, bf16 {bf16_peak:.1f} GFLOP/s"
+        f" = {bf16_peak / fp32_peak:.2f}x fp32"
+        + ("   (bf16 is slower than fp32 on this CPU)" if bf16_peak < fp32_peak else "")
+    )
+    amp = Amp.for_model("bf16", cpu, build_model(cfg.model, vocab).rnn)
+    if amp.dtype is None:
+        reason = amp.notes[0].split("; training in fp32 instead")[0]
+        print(f"    lmtrain bf16: not run; {reason}")
+        return
+    few = choice.precision != "bf16"
+    bf16_steps, n_rounds = (1, min(n_rounds, FEW_ROUNDS)) if few else (steps, n_rounds)
+    bf16 = make_trainer(cfg, corpus, amp)
+    tokens = cfg.train.batch_size * cfg.train.bptt
+    contenders = {
+        "bf16": lambda n: run_trainer(bf16, n),
+        "fp32": lambda n: run_trainer(trainer, n),
+        "classic": classic,
+    }
+    per = {"bf16": bf16_steps, "fp32": steps, "classic": steps}
+    med, rates, cpu_rates = alternate(contenders, per, tokens, n_rounds, warmup=1)
+    gflops = med["bf16"] * flops_per_token(200, 200, 2, vocab) / 1e9
+    if few:
+        print(
+            f"    (few steps: auto picks fp32 here, so bf16 is timed over {n_rounds} rounds of "
+            "1 step)"
+        )
+    for name, label in (("bf16", "lmtrain bf16"), ("fp32", "lmtrain fp32"), ("classic", "classic")):
+        print(
+            f"    {label:<12} {med[name]:7,.0f} tokens/s  {1e3 * tokens / med[name]:6.0f} ms/step"
+            f"  ({rounds(rates[name])})"
+        )
+    slower = "   (bf16 is slower here)" if med["bf16"] < med["fp32"] else ""
+    print(
+        f"    lmtrain bf16 / classic = {med['bf16'] / med['classic']:.2f}x   (goal >= 2.5x); "
+        f"bf16 / lmtrain fp32 = {med['bf16'] / med['fp32']:.2f}x   (goal >= 1.5x){slower}; "
+        f"per CPU-second: {cpu_rates['bf16'] / cpu_rates['fp32']:.2f}x\n"
+        f"    lmtrain bf16 {gflops:.1f} GFLOP/s = {gflops / bf16_peak:.0%} of the bf16 peak"
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-bf16", action="store_true", help="skip (c), bf16 against fp32")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="alternating rounds (7)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per round (default: 10 in (a), 3 in (b))"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     wt2, shakespeare = DATA / "wikitext-2/train.txt", DATA / "tinyshakespeare/input.txt"
     for path in (wt2, shakespeare):
         if not path.exists():
@@ -236,8 +333,9 @@ def main() -> int:
     hand = plain_loop(trainer.model, trainer.session.batches, cfg)
     tokens = cfg.train.batch_size * cfg.train.bptt
     med, rates, cpu = alternate(
-        {"lmtrain": lambda n: run_trainer(trainer, n), "plain": hand}, 10, tokens
-    )
+        {"lmtrain": lambda n: run_trainer(trainer, n), "plain": hand},
+        args.steps or 10, tokens, args.rounds,
+    )  # fmt: skip
     print(
         "\n(a) loop overhead: char LSTM 1x256, embedding 64, batch 32, bptt 64, Adam, "
         f"vocabulary {len(corpus.vocab)}\n"
@@ -259,8 +357,9 @@ def main() -> int:
     classic = classic_loop(trainer.session.batches, vocab, 20.0, 0.25)
     tokens = cfg.train.batch_size * cfg.train.bptt
     med, rates, cpu = alternate(
-        {"lmtrain": lambda n: run_trainer(trainer, n), "classic": classic}, 3, tokens
-    )
+        {"lmtrain": lambda n: run_trainer(trainer, n), "classic": classic},
+        args.steps or 3, tokens, args.rounds,
+    )  # fmt: skip
     peak = statistics.median([peak0, matmul_peak()])
     gflops = med["lmtrain"] * flops_per_token(200, 200, 2, vocab) / 1e9
     gflops_classic = med["classic"] * flops_per_token(200, 200, 2, vocab) / 1e9
@@ -277,6 +376,11 @@ def main() -> int:
         f"    lmtrain {gflops:.1f} GFLOP/s = {gflops / peak:.0%} of peak   (goal >= 70%); "
         f"classic {gflops_classic:.1f} GFLOP/s = {gflops_classic / peak:.0%}"
     )
+    if args.no_bf16:
+        auto = choose_precision(torch.device("cpu")).describe()
+        print(f"\n(c) bf16 against fp32: skipped (--no-bf16); {auto}")
+    else:
+        bf16_section(cfg, corpus, trainer, classic, args.steps or 3, args.rounds, vocab)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -73,7 +73,7 @@ def estimate_memory(cfg: Config, vocab_size: int, world_size: int = 1) -> Memory
     state = 4 * (parameters + trained * (1 + slots))
     tokens = t.batch_size * t.bptt // max(world_size, 1)
     per_token = m.embedding_dim + m.num_layers * (gates + 1) * m.hidden_size + 2 * logits
-    activations = tokens * per_token * (4 if t.precision == "fp32" else 2)
+    activations = tokens * per_token * (4 if t.precision in ("fp32", "auto") else 2)
     return MemoryEstimate(parameters, state, activations)
 
 

@@ -18,7 +18,7 @@ Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual"]
 Init = Literal["default", "orthogonal", "identity"]
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "ntasgd"]
 Schedule = Literal["constant", "plateau", "cosine"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class TrainConfig:
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu, cuda or cuda:N."""
     precision: Precision = "fp32"
-    """fp32, or mixed precision: bf16 or fp16 (autocast; fp16 adds gradient scaling)."""
+    """fp32, mixed bf16 or fp16 (autocast; fp16 adds loss scaling), or auto: bf16 where native."""
     dist_timeout: int = 600
     """Under torchrun: seconds a process waits for the others before stopping with an error."""
     eval_every: int | None = None

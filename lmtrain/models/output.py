@@ -24,6 +24,10 @@ one workspace that is reused from step to step. The choices, each measured by
 The technique (never materialise more logits than one block, turn them into gradients in place)
 follows "Cut Your Losses in Large-Vocabulary Language Models" (Wijmans et al., 2024) and the
 fused linear cross-entropy of Liger-Kernel (2024); this is our own CPU-oriented version.
+
+Under bf16 autocast (`train.precision: bf16` or `auto`) `nll` runs the same blocks and slabs
+with bf16 products and fp32 sums (lmtrain/models/fused_bf16.py). Evaluation runs outside
+autocast, so its figures come from this fp32 path whatever the training precision.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from lmtrain.models.fused_bf16 import Bf16LinearCrossEntropy
 
 # Largest logits block, in elements (128 MB of fp32). A block this size still fits the rows of a
 # reference batch (35 x 20 rows x 33,278 words = 23M) in one piece: the big products run at full
@@ -44,20 +50,30 @@ SLAB_COLUMNS = 1024
 
 
 class Workspace:
-    """A logits buffer kept between calls, so that each step reuses the same pages.
+    """Logits buffers kept between calls, so that each step reuses the same pages.
 
-    It lives as long as the model and grows to the largest block used (at most
-    MAX_BLOCK_ELEMENTS, 128 MB); it is not part of the state_dict.
+    One buffer per dtype (the bf16 path uses an fp32 one and a bf16 one; evaluation shares
+    the fp32 one with training). It lives as long as the model and grows to the largest block
+    used (at most MAX_BLOCK_ELEMENTS, 128 MB in fp32); it is not part of the state_dict.
     """
 
     def __init__(self) -> None:
-        self.buffer: torch.Tensor | None = None
+        self.buffers: dict[torch.dtype, torch.Tensor] = {}
 
-    def get(self, numel: int, like: torch.Tensor) -> torch.Tensor:
-        """The first `numel` elements of the buffer, reallocated only when it grows or moves."""
-        b = self.buffer
-        if b is None or b.numel() < numel or b.device != like.device or b.dtype != like.dtype:
-            b = self.buffer = torch.empty(numel, device=like.device, dtype=like.dtype)
+    @property
+    def buffer(self) -> torch.Tensor | None:
+        """The fp32 buffer, the one the fp32 path uses."""
+        return self.buffers.get(torch.float32)
+
+    def get(self, numel: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The first `numel` elements of the buffer of `dtype` (default: like's) on like's device.
+
+        Reallocated only when it grows or moves.
+        """
+        dtype = like.dtype if dtype is None else dtype
+        b = self.buffers.get(dtype)
+        if b is None or b.numel() < numel or b.device != like.device:
+            b = self.buffers[dtype] = torch.empty(numel, device=like.device, dtype=dtype)
         return b[:numel]
 
 
@@ -175,6 +191,7 @@ def fused_linear_cross_entropy(
     workspace: Workspace | None = None,
     max_block_elements: int = MAX_BLOCK_ELEMENTS,
     slab_columns: int | None = None,
+    products: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=0, reduction="sum").
 
@@ -182,17 +199,32 @@ def fused_linear_cross_entropy(
     gradients, computed `max_block_elements // V` rows and `slab_columns` words at a time in
     `workspace`. Slabs are a CPU cache measure: by default SLAB_COLUMNS on the CPU and the
     whole vocabulary elsewhere, where each slab would cost a handful of kernel launches.
+
+    `products=torch.bfloat16` runs the three big products in bf16 and the rest in fp32
+    (lmtrain/models/fused_bf16.py): equal to the plain computation within bf16's precision,
+    with fp32 loss and weight and bias gradients.
     """
     if slab_columns is None:
         slab_columns = SLAB_COLUMNS if hidden.device.type == "cpu" else weight.size(0)
+    workspace = workspace or Workspace()
     if not torch.is_grad_enabled():
         # Inside torch.no_grad() autograd still reports the inputs' requires_grad to the
         # Function; detached inputs tell it that no gradient is wanted, so evaluation runs the
         # forward product and softmax only, not the two gradient products.
         hidden, weight = hidden.detach(), weight.detach()
         bias = None if bias is None else bias.detach()
+    if products == torch.bfloat16:
+        vocab = weight.size(0)
+        rows = _block_rows(hidden.size(0), vocab, max_block_elements)
+        slab = min(slab_columns, vocab)
+        logits = workspace.get(rows * vocab, hidden, torch.float32)
+        scratch = workspace.get(rows * slab, hidden, torch.bfloat16)
+        return Bf16LinearCrossEntropy.apply(
+            hidden, weight, bias, targets, logits, scratch, rows, slab
+        )
+    assert products == torch.float32, f"no fused path with {products} products"
     return _FusedLinearCrossEntropy.apply(
-        hidden, weight, bias, targets, workspace or Workspace(), max_block_elements, slab_columns
+        hidden, weight, bias, targets, workspace, max_block_elements, slab_columns
     )
 
 
@@ -216,10 +248,16 @@ class SoftmaxOutput(nn.Module):
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed negative log-likelihood of `targets` (N,), skipping padding (id 0)."""
         w, b = self.decoder.weight, self.decoder.bias
-        # The fused path is written for fp32; reduced-precision hidden states (autocast) take
-        # the plain path, which upcasts the logits.
-        if self.fused and hidden.dtype == w.dtype == torch.float32:
-            return fused_linear_cross_entropy(hidden, w, b, targets, self.workspace)
+        if self.fused and w.dtype == torch.float32:
+            # Under bf16 autocast the fused loss takes bf16 products with fp32 sums; fp16's
+            # narrow range would need loss scaling inside it, so fp16 states take the plain
+            # path, which upcasts the logits.
+            if _autocast_dtype(hidden.device) == torch.bfloat16:
+                return fused_linear_cross_entropy(
+                    hidden, w, b, targets, self.workspace, products=torch.bfloat16
+                )
+            if hidden.dtype == torch.float32:
+                return fused_linear_cross_entropy(hidden, w, b, targets, self.workspace)
         logits = self.logits(hidden)
         return F.cross_entropy(logits.float(), targets, ignore_index=0, reduction="sum")
 
@@ -227,3 +265,10 @@ class SoftmaxOutput(nn.Module):
         """Per-token NLL (N,), 0 where the target is padding."""
         logits = self.logits(hidden)
         return F.cross_entropy(logits.float(), targets, ignore_index=0, reduction="none")
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast casts products to on `device` right now; None when it is off."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)

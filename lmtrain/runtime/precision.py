@@ -14,19 +14,85 @@ Not every recurrent kernel has a reduced-precision version (oneDNN's CPU LSTM ha
 for instance). `Amp.for_model` runs one tiny forward and backward of the model's recurrent
 layer under the requested precision first; if the kernel is missing, training falls back to fp32
 with a message that says so, instead of failing at the first step.
+
+- auto: bf16 where the device multiplies bf16 matrices natively (a GPU of compute capability 8.0
+  or newer; a CPU with AMX-BF16 or AVX512-BF16), fp32 elsewhere, where bf16 products are
+  emulated and slower than fp32 ones. The choice and its reason are one line of the run's output.
+  The default stays fp32: the recipes and their figures were tuned and measured in fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import platform
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# CPU features that multiply bf16 matrices in hardware, as torch.cpu.get_capabilities() and
+# /proc/cpuinfo name them, and as the user reads them.
+_CPU_BF16 = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `train.precision: auto` resolves to on a device, and why."""
+
+    precision: str
+    """fp32 or bf16."""
+    reason: str
+
+    def describe(self) -> str:
+        return f"train.precision=auto: {self.precision} ({self.reason})"
+
+
+def choose_precision(device: torch.device) -> Choice:
+    """The `auto` rule: bf16 where the device has native bf16 matrix products, else fp32."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8 and torch.cuda.is_bf16_supported():
+            return Choice("bf16", f"GPU {name}, compute capability {major}.{minor}, has bf16 units")
+        return Choice(
+            "fp32", f"GPU {name}, compute capability {major}.{minor}, has no native bf16 products"
+        )
+    if device.type == "cpu":
+        features = cpu_bf16_features()
+        if features:
+            return Choice("bf16", f"this CPU has {' and '.join(features)}")
+        return Choice(
+            "fp32",
+            "this CPU has no AVX512-BF16 or AMX; bf16 products would be slower than fp32",
+        )
+    return Choice("fp32", f"no bf16 rule for device type {device.type}")
+
+
+def cpu_bf16_features() -> list[str]:
+    """This CPU's bf16 matrix instructions (e.g. ["AMX-BF16", "AVX512-BF16"]); [] if none."""
+    caps = getattr(torch.cpu, "get_capabilities", None)
+    if caps is not None:
+        found = caps()
+        return [label for key, label in _CPU_BF16.items() if found.get(key, False)]
+    # Older torch: the kernel's flags (Linux only; elsewhere no claim is made).
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.system() != "Linux" or not cpuinfo.exists():
+        return []
+    return cpuinfo_bf16_features(cpuinfo.read_text())
+
+
+def cpuinfo_bf16_features(cpuinfo: str) -> list[str]:
+    """The bf16 matrix instructions named on the first `flags` line of /proc/cpuinfo's text."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return [label for key, label in _CPU_BF16.items() if key in flags]
+    return []
 
 
 @dataclass
@@ -42,6 +108,8 @@ class Amp:
 
     @classmethod
     def for_model(cls, precision: str, device: torch.device, recurrent: nn.Module) -> Amp:
+        if precision == "auto":
+            return cls._auto(device, recurrent)
         if precision == "fp32":
             return cls(device)
         dtype = _DTYPES[precision]
@@ -56,6 +124,22 @@ class Amp:
             )
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         return cls(device, dtype, scaler, [f"mixed precision: {precision} autocast"])
+
+    @classmethod
+    def _auto(cls, device: torch.device, recurrent: nn.Module) -> Amp:
+        choice = choose_precision(device)
+        if choice.precision == "fp32":
+            return cls(device, notes=[choice.describe()])
+        reason = _unsupported("bf16", torch.bfloat16, device, recurrent)
+        if reason is not None:
+            fallback = Choice("fp32", f"{choice.reason}, but {reason}")
+            return cls(device, notes=[fallback.describe()])
+        return cls(device, torch.bfloat16, None, [choice.describe()])
+
+    @property
+    def precision(self) -> str:
+        """The precision this run trains in: fp32, bf16 or fp16 (never auto)."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Context for the forward pass and the loss (never for backward or the optimiser)."""

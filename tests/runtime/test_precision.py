@@ -1,4 +1,5 @@
-"""Mixed precision on CPU: bf16 autocast runs, fp16 scales and unscales, missing kernels fall back."""
+"""Mixed precision on CPU: bf16 autocast runs, fp16 scales and unscales, missing kernels fall back,
+`auto` follows the device's bf16 capability, evaluation stays fp32."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 import torch
 
 from conftest import fit_with_losses
+from lmtrain import api
 from lmtrain.config import ModelConfig
 from lmtrain.models import build_model
-from lmtrain.runtime.precision import Amp
+from lmtrain.runtime import precision as policy
+from lmtrain.runtime.precision import Amp, choose_precision, cpuinfo_bf16_features
 from lmtrain.training import fit
 from tests.conftest import invoke, tiny_config
 
@@ -102,3 +105,116 @@ def test_missing_kernel_falls_back_to_fp32_with_a_message(
     fp32 = _losses(tmp_path / "a", tiny_files, "train.max_steps=3")
     fb = _losses(tmp_path / "b", tiny_files, "train.max_steps=3", "train.precision=fp16")
     assert fb == fp32
+
+
+NO_BF16 = (
+    "train.precision=auto: fp32 (this CPU has no AVX512-BF16 or AMX; "
+    "bf16 products would be slower than fp32)"
+)
+
+
+def _gru() -> torch.nn.Module:
+    return build_model(ModelConfig(cell="gru"), 10).rnn
+
+
+def _cpu_has(monkeypatch: pytest.MonkeyPatch, *features: str) -> None:
+    monkeypatch.setattr(policy, "cpu_bf16_features", lambda: list(features))
+
+
+def test_auto_picks_bf16_on_a_cpu_with_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cpu_has(monkeypatch, "AMX-BF16", "AVX512-BF16")
+    amp = Amp.for_model("auto", CPU, _gru())
+    assert amp.dtype == torch.bfloat16 and amp.scaler is None and amp.precision == "bf16"
+    assert amp.notes == ["train.precision=auto: bf16 (this CPU has AMX-BF16 and AVX512-BF16)"]
+
+
+def test_auto_picks_fp32_on_a_cpu_without_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cpu_has(monkeypatch)
+    amp = Amp.for_model("auto", CPU, _gru())
+    assert amp.dtype is None and amp.scaler is None and amp.precision == "fp32"
+    assert amp.notes == [NO_BF16]
+
+
+def test_auto_falls_back_to_fp32_when_the_recurrent_kernel_has_no_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _cpu_has(monkeypatch, "AVX512-BF16")
+    monkeypatch.setattr(policy, "_unsupported", lambda *_: "the kernel has no bf16 (test)")
+    amp = Amp.for_model("auto", CPU, _gru())
+    assert amp.dtype is None
+    assert amp.notes == [
+        "train.precision=auto: fp32 (this CPU has AVX512-BF16, but the kernel has no bf16 (test))"
+    ]
+
+
+def test_explicit_precisions_win_over_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cpu_has(monkeypatch, "AMX-BF16")
+    fp32 = Amp.for_model("fp32", CPU, _gru())
+    assert fp32.dtype is None and fp32.notes == []
+    _cpu_has(monkeypatch)
+    bf16 = Amp.for_model("bf16", CPU, _gru())
+    assert bf16.dtype == torch.bfloat16 and bf16.notes == ["mixed precision: bf16 autocast"]
+
+
+@pytest.mark.parametrize(
+    ("capability", "supported", "picked"),
+    [
+        ((8, 0), True, "bf16"),
+        ((9, 0), True, "bf16"),
+        ((7, 5), True, "fp32"),
+        ((8, 6), False, "fp32"),
+    ],
+)
+def test_auto_on_a_gpu_follows_its_compute_capability(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], supported: bool, picked: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Test GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_: supported)
+    choice = choose_precision(torch.device("cuda"))
+    assert choice.precision == picked
+    assert choice.describe().startswith(
+        f"train.precision=auto: {picked} (GPU Test GPU, compute capability "
+        f"{capability[0]}.{capability[1]}, "
+    )
+
+
+def test_cpu_flags_are_read_from_cpuinfo_text() -> None:
+    text = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    assert cpuinfo_bf16_features(text) == ["AMX-BF16", "AVX512-BF16"]
+    assert cpuinfo_bf16_features("flags\t\t: fpu sse2 avx2\n") == []
+    assert cpuinfo_bf16_features("") == []
+
+
+def test_auto_run_says_what_it_picked_and_trains_as_that_precision(
+    tmp_path: Path, tiny_files: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run(name: str, *overrides: str) -> tuple[dict[int, float], list[str]]:
+        said: list[str] = []
+        cfg = tiny_config(
+            tmp_path / name, tiny_files, "train.max_steps=4", "train.device=cpu",
+            "model.cell=gru", *overrides,
+        )  # fmt: skip
+        return fit_with_losses(cfg, quiet=True, echo=said.append).losses, said
+
+    _cpu_has(monkeypatch)
+    auto, said = run("auto-fp32", "train.precision=auto")
+    assert NO_BF16 in said
+    assert auto == run("fp32")[0]
+    _cpu_has(monkeypatch, "AMX-BF16")
+    auto, said = run("auto-bf16", "train.precision=auto")
+    assert "train.precision=auto: bf16 (this CPU has AMX-BF16)" in said
+    assert auto == run("bf16", "train.precision=bf16")[0]
+
+
+def test_evaluation_after_bf16_training_is_fp32(tmp_path: Path, tiny_files: dict) -> None:
+    # Validation runs outside autocast: the figure a bf16 run reports is the fp32 evaluation of
+    # its weights (the issue allows 1e-3 relative; fp32 against fp32 is far closer than that).
+    cfg = tiny_config(
+        tmp_path, tiny_files, "train.max_steps=6", "train.device=cpu", "model.cell=gru",
+        "train.precision=bf16",
+    )  # fmt: skip
+    result = fit_with_losses(cfg, quiet=True, echo=lambda _: None)
+    reported = result.progress.last_val_loss
+    fp32 = api.load(tmp_path / "run/checkpoints/last.pt").evaluate(file=tiny_files["valid"])
+    assert fp32.loss == pytest.approx(reported, rel=1e-6)
