@@ -319,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     configure_threads(None)
     print(f"machine: {describe_machine()}")
-    print(f"load average at start: {os.getloadavg()[0]:.1f} (above the core count = shared)")
+    load = os.getloadavg()[0]
+    print(
+        f"load average at start: {load:.1f} (a value above the core count means a shared machine)"
+    )
     peak0 = matmul_peak()
 
     # (a) loop overhead, on a small character model where per-step overhead shows most.

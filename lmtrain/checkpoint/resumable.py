@@ -43,6 +43,8 @@ RESUMABLE_CHANGES: dict[str, str] = {
     "train.ar_alpha": "the activation penalty",
     "train.tar_beta": "the activation penalty",
     "train.nonmono": "when NT-ASGD starts averaging",
+    "train.early_stopping": "when the run stops for stalled validation (the count carries over)",
+    "train.schedule_span": "the learning rate",
     "data.test": "the default text of `lmtrain eval` (training never reads it)",
     "data.cache_dir": "where tokenised splits are cached (the ids are the same either way)",
     "model.pretrained_embeddings": "nothing: only a new run is initialised from vectors",

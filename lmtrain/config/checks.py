@@ -49,7 +49,7 @@ def check_ranges(cfg: Config) -> list[str]:
             f"got {m.embedding_dim} and {m.hidden_size}; set them equal or tie_weights: false"
         )
     a = m.adaptive_softmax
-    if a.cutoffs:
+    if a.cutoffs or a.auto:
         ok = all(c is not None and c >= 1 for c in a.cutoffs) and all(
             x < y for x, y in zip(a.cutoffs, a.cutoffs[1:], strict=False)
         )
@@ -62,13 +62,14 @@ def check_ranges(cfg: Config) -> list[str]:
         need(
             tail_widths(m.hidden_size, a) is not None,
             "model.adaptive_softmax.div_value",
-            f"{a.div_value} ** {len(a.cutoffs)} (one power per tail cluster) overflows; "
-            "use a smaller div_value",
+            f"{a.div_value} ** {len(a.cutoffs) or AUTO_MAX_CLUSTERS} (one power per tail "
+            "cluster) overflows; use a smaller div_value",
         )
         if m.tie_weights:
             p.append(
                 "model.tie_weights: cannot tie the embedding to an adaptive softmax; set "
                 "tie_weights: false or model.adaptive_softmax.cutoffs: []"
+                + (" and auto: false" if a.auto else "")
             )
     p += _check_recurrent_options(m)
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
@@ -87,6 +88,13 @@ def check_ranges(cfg: Config) -> list[str]:
         v = getattr(t, name)
         need(v is None or v > 0, f"train.{name}", f"must be > 0 or null, got {v}")
     need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
+    need(
+        t.early_stopping is None or t.early_stopping >= 1,
+        "train.early_stopping",
+        f"must be >= 1 or null, got {t.early_stopping}",
+    )
+    if t.early_stopping is not None and cfg.data.valid is None:
+        p.append("train.early_stopping: counts evaluations on validation data; set data.valid")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     known_loggers = ("wandb", "mlflow")
     for name in r.loggers:
@@ -220,11 +228,18 @@ def _check_tokenizer(d: DataConfig) -> list[str]:
     return p
 
 
+# model.adaptive_softmax.auto: the most tail clusters a vocabulary within the config's integer
+# range gets (2,000 x 5 ** k < 2 ** 63), for the div_value overflow check.
+AUTO_MAX_CLUSTERS = 23
+
+
 def tail_widths(hidden_size: int, a: AdaptiveSoftmaxConfig) -> list[int] | None:
     """Projection width of each adaptive-softmax tail cluster, as torch computes it; None if
-    a power of div_value overflows (torch would fail building the layer)."""
+    a power of div_value overflows (torch would fail building the layer). With `auto` and no
+    explicit cutoffs, as many clusters as the largest vocabulary would get."""
+    clusters = len(a.cutoffs) or (AUTO_MAX_CLUSTERS if a.auto else 0)
     try:
-        return [int(hidden_size // a.div_value ** (i + 1)) for i in range(len(a.cutoffs))]
+        return [int(hidden_size // a.div_value ** (i + 1)) for i in range(clusters)]
     except OverflowError:
         return None
 
@@ -236,6 +251,10 @@ def _check_recurrent_options(m: ModelConfig) -> list[str]:
         v = getattr(m, name)
         if not 0.0 <= v < 1.0:
             p.append(f"model.{name}: must be in [0, 1), got {v}")
+    if not 0.0 < m.init_gain <= 1.0:
+        p.append(f"model.init_gain: must be in (0, 1], got {m.init_gain}")
+    elif m.init_gain != 1.0 and m.init == "default":
+        p.append("model.init_gain: scales init identity or orthogonal; set model.init too")
     if m.learn_leak and not 0.0 < m.leak < 1.0:
         p.append(f"model.leak: learn_leak needs a starting leak in (0, 1), got {m.leak}")
     elif not 0.0 <= m.leak < 1.0:

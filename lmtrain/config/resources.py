@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtrain.config.checks import tail_widths
 from lmtrain.config.schema import Config, TrainConfig
 from lmtrain.errors import ConfigError
 
@@ -55,12 +54,13 @@ def estimate_memory(cfg: Config, vocab_size: int, world_size: int = 1) -> Memory
     # Layer 0 reads the embedding, the others the layer below; each has two bias vectors.
     h = m.hidden_size
     recurrent = gates * h * (m.embedding_dim + h + 2) + (m.num_layers - 1) * gates * h * (2 * h + 2)
-    cutoffs = m.adaptive_softmax.cutoffs
+    cutoffs = m.adaptive_softmax.cutoffs_for(vocab_size)  # the clusters the model will have
     if cutoffs:
         head = cutoffs[0] + len(cutoffs)  # the frequent words and one entry per tail cluster
         bounds = [*cutoffs, max(vocab_size, cutoffs[-1] + 1)]
         decoder = m.hidden_size * head
-        widths = tail_widths(m.hidden_size, m.adaptive_softmax) or [0] * len(cutoffs)
+        div = m.adaptive_softmax.div_value
+        widths = [int(m.hidden_size // div ** (i + 1)) for i in range(len(cutoffs))]
         for i, width in enumerate(widths):
             decoder += width * (m.hidden_size + bounds[i + 1] - bounds[i])
         logits = head

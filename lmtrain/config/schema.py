@@ -18,6 +18,7 @@ Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual"]
 Init = Literal["default", "orthogonal", "identity"]
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "ntasgd"]
 Schedule = Literal["constant", "plateau", "cosine"]
+ScheduleSpan = Literal["auto", "steps"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
@@ -57,6 +58,35 @@ class AdaptiveSoftmaxConfig:
     """Adaptive softmax cluster boundaries by vocabulary id, increasing; [] = full softmax."""
     div_value: float = 4.0
     """Each tail cluster's projection is this many times narrower than the previous one."""
+    auto: bool = False
+    """Choose the cutoffs from the vocabulary size when `cutoffs` is [] (a 2,000-word head; none under 4,000 words)."""
+
+    def cutoffs_for(self, vocab_size: int) -> list[int]:
+        """The cutoffs a vocabulary of `vocab_size` entries gets: the explicit list without the
+        ids it does not hold, else (with `auto`) the rule below, else [] (full softmax).
+
+        The rule follows Grave et al. 2017's published settings: a head of 2,000 words (their
+        Penn Treebank and text8 runs, and this project's WikiText-2 recipe), each further
+        cluster 5 times the one before, kept while it starts in the first half of the
+        vocabulary. That gives [2000] for 10,000 words, [2000, 10000] for 33,278 or 44,000, and
+        no clusters under 4,000 words, where the full softmax is cheap.
+        """
+        if self.cutoffs:
+            return [c for c in self.cutoffs if c < vocab_size]
+        if not self.auto:
+            return []
+        chosen: list[int] = []
+        cutoff = AUTO_HEAD
+        while cutoff <= vocab_size // 2:
+            chosen.append(cutoff)
+            cutoff *= AUTO_GROWTH
+        return chosen
+
+
+AUTO_HEAD = 2000
+"""model.adaptive_softmax.auto: words in the head (the most frequent ones)."""
+AUTO_GROWTH = 5
+"""model.adaptive_softmax.auto: each cluster is this many times the size of the one before."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +104,7 @@ class ModelConfig:
     tie_weights: bool = False
     """Share the embedding matrix with the decoder (needs embedding_dim == hidden_size)."""
     adaptive_softmax: AdaptiveSoftmaxConfig = field(default_factory=AdaptiveSoftmaxConfig)
-    """Adaptive softmax output layer (Grave et al. 2017) for large word vocabularies."""
+    """Adaptive softmax (Grave et al. 2017): `cutoffs` ids ([] = full softmax; ids past the vocabulary are dropped) or `auto: true` to choose them from the vocabulary size."""
     layer_norm: bool = False
     """Layer-normalise the recurrent pre-activations before tanh/sigmoid (Ba et al. 2016)."""
     recurrent_dropout: float = 0.0
@@ -89,6 +119,8 @@ class ModelConfig:
     """Learn the leak per unit (starting from `leak`, which must then be in (0, 1))."""
     init: Init = "default"
     """Recurrent weights: default (PyTorch's), orthogonal, or identity (with rnn_relu: IRNN)."""
+    init_gain: float = 1.0
+    """Scale of the identity or orthogonal recurrent init, in (0, 1]; an IRNN on a stream trains at 0.5 (1 never forgets, so its carried state grows)."""
     residual: bool = False
     """Add each recurrent layer's input to its output where their sizes match."""
     learn_initial_state: bool = False
@@ -129,6 +161,8 @@ class TrainConfig:
     """Linear warm-up steps (cosine schedule)."""
     min_lr: float = 0.0
     """Floor of the learning rate for the cosine and plateau schedules."""
+    schedule_span: ScheduleSpan = "auto"
+    """Cosine decay over `auto`: the planned steps or train.max_minutes, whichever ends first (the rate follows the clock); `steps`: the steps only (same seed, same losses)."""
     plateau_factor: float = 0.25
     """Plateau schedule: multiply the learning rate by this when validation stops improving."""
     plateau_patience: int = 0
@@ -147,6 +181,8 @@ class TrainConfig:
     """Under torchrun: seconds a process waits for the others before stopping with an error."""
     eval_every: int | None = None
     """Evaluate (and checkpoint) every N steps; null = at the end of each epoch."""
+    early_stopping: int | None = None
+    """Stop after this many evaluations in a row without a new best validation loss; null = off."""
     log_every: int = 50
     """Steps between console/TensorBoard training log points."""
     max_nonfinite_steps: int = 5

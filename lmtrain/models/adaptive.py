@@ -7,6 +7,11 @@ small matrix product, rare ones two. The vocabulary orders ids by frequency (spe
 cutoffs by id are cutoffs by frequency. The maths is torch.nn.AdaptiveLogSoftmaxWithLoss; this
 class only gives it the interface every output layer here shares (`nll`, `token_nll`,
 `log_probs`), so training, evaluation, scoring and sampling need no special case.
+
+The cutoffs a model uses are `AdaptiveSoftmaxConfig.cutoffs_for(vocab_size)`: a function of the
+config and the vocabulary, both of which every checkpoint holds, so a resumed or evaluated model
+is rebuilt with the same clusters. `cutoffs_note` is the line that tells the user when they
+differ from the configured list.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmtrain.config import AdaptiveSoftmaxConfig
 from lmtrain.errors import ConfigError
 
 
@@ -63,3 +69,18 @@ def check_cutoffs(cutoffs: list[int], vocab_size: int) -> None:
                 "lower the cutoffs or set data.max_size/min_freq so the vocabulary is larger"
             ]
         )
+
+
+def cutoffs_note(a: AdaptiveSoftmaxConfig, vocab_size: int) -> str | None:
+    """The line saying which cutoffs a vocabulary of `vocab_size` got; None when they are the
+    configured list unchanged (or there is no adaptive softmax at all)."""
+    used = a.cutoffs_for(vocab_size)
+    shown = f"using {used}" if used else "using the full softmax"
+    if a.cutoffs and used != a.cutoffs:
+        return (
+            f"model.adaptive_softmax.cutoffs {a.cutoffs}: the vocabulary has only "
+            f"{vocab_size:,} entries, so {shown}"
+        )
+    if not a.cutoffs and a.auto:
+        return f"model.adaptive_softmax.auto: {shown} for a vocabulary of {vocab_size:,}"
+    return None

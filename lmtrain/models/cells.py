@@ -234,7 +234,11 @@ def init_recurrent(module: nn.Module, cfg: ModelConfig) -> None:
 
     `identity` sets each gate block of W_hh to I and the recurrent biases to zero: with rnn_relu
     this is the IRNN of Le, Jaitly & Hinton 2015. `orthogonal` draws each gate block as a random
-    orthogonal matrix (Saxe et al. 2014), whose singular values are all 1.
+    orthogonal matrix (Saxe et al. 2014), whose singular values are all 1. Both are multiplied
+    by `model.init_gain`: Le et al. use "the identity matrix or its scaled version". Below 1 an
+    IRNN forgets: on a stream, whose state is carried from window to window without end, an
+    exact identity with ReLU adds up its inputs for ever and the state (and loss) grows without
+    bound, where gamma * I keeps it within 1 / (1 - gamma) of one step's input.
     """
     if cfg.init == "default":
         return
@@ -246,9 +250,9 @@ def init_recurrent(module: nn.Module, cfg: ModelConfig) -> None:
                 continue
             for block in p.view(gates, h, h):
                 if cfg.init == "identity":
-                    block.copy_(torch.eye(h))
+                    block.copy_(torch.eye(h) * cfg.init_gain)
                 else:
-                    nn.init.orthogonal_(block)
+                    nn.init.orthogonal_(block, gain=cfg.init_gain)
         if cfg.init == "identity":
             for name, p in module.named_parameters():
                 if name.rsplit(".", 1)[-1].startswith(("bias_hh", "bias_ih")):

@@ -129,10 +129,15 @@ class LanguageModel(nn.Module):
 
 
 def build_output(cfg: ModelConfig, vocab_size: int) -> nn.Module:
-    """The output layer the config asks for; all share `nll`, `token_nll` and `log_probs`."""
+    """The output layer the config asks for; all share `nll`, `token_nll` and `log_probs`.
+
+    The adaptive softmax's cutoffs follow the vocabulary (AdaptiveSoftmaxConfig.cutoffs_for):
+    a recipe's cutoffs that a smaller vocabulary cannot hold are dropped, rather than failing.
+    """
     a = cfg.adaptive_softmax
-    if a.cutoffs:
-        return AdaptiveSoftmaxOutput(cfg.hidden_size, vocab_size, a.cutoffs, a.div_value)
+    cutoffs = a.cutoffs_for(vocab_size)
+    if cutoffs:
+        return AdaptiveSoftmaxOutput(cfg.hidden_size, vocab_size, cutoffs, a.div_value)
     return SoftmaxOutput(cfg.hidden_size, vocab_size)
 
 

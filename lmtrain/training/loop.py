@@ -84,7 +84,11 @@ class Trainer:
 
     def done(self) -> bool:
         p, s = self.progress, self.session
-        return p.out_of_time or p.step >= planned_steps(s.cfg.train, len(s.batches))
+        return (
+            p.out_of_time
+            or p.step >= planned_steps(s.cfg.train, len(s.batches))
+            or s.schedule.stalled()  # train.early_stopping
+        )
 
     def train_step(self, batch: Batch) -> StepResult:
         """One optimiser step on one window; carries the state on to the next."""
@@ -244,6 +248,13 @@ class Trainer:
                 s.logger.message(
                     f"step {p.step} | validation stalled: learning rate now "
                     f"{s.schedule.lr(p.step):.3g}"
+                )
+            if s.schedule.stalled():
+                n = s.cfg.train.early_stopping
+                s.logger.message(
+                    f"step {p.step} | train.early_stopping={n}: no new best validation loss in "
+                    f"{n} evaluations (best {p.best_val_loss:.4f}): stopping; best.pt holds "
+                    "the best weights"
                 )
             s.logger.evaluation(
                 p.step, p.epoch - (p.batch_in_epoch == 0), p.train_seconds, result, best

@@ -21,6 +21,7 @@ from lmtrain.data.vectors import load_pretrained
 from lmtrain.evaluation import unigram_baseline
 from lmtrain.metrics import RunLogger
 from lmtrain.models import State, build_model
+from lmtrain.models.adaptive import cutoffs_note
 from lmtrain.rundir import open_run
 from lmtrain.runtime.distributed import Context
 from lmtrain.runtime.precision import Amp, flatten_rnn_weights
@@ -75,7 +76,10 @@ def build(
     ctx.seed_per_rank(cfg.train.seed)
     optimizer = build_optimizer(cfg.train, model)
     total_steps = planned_steps(cfg.train, len(batches))
-    schedule = LRSchedule(cfg.train, total_steps)
+    # The cosine decay may follow the training clock (train.schedule_span): it reads
+    # `progress`, the run's counters, bound below to a fresh or a restored Progress; the lambda
+    # reads the name when a step asks for its rate, so it sees whichever one the run continues.
+    schedule = LRSchedule(cfg.train, total_steps, lambda: progress.train_seconds)
     if main:
         run.write_text("config.yaml", cfg.to_yaml())
     start_step = 0 if payload is None else int(payload["progress"]["step"])
@@ -98,7 +102,8 @@ def build(
         build_step(cfg.train, model, forward_loss, optimizer, schedule, amp, world, device),
         logger,
     )  # fmt: skip
-    progress, carried = Progress(), None
+    progress: Progress = Progress()
+    carried: State | None = None
     if payload is not None:
         progress, carried = restore(s, payload)
     else:
@@ -123,6 +128,9 @@ def _announce(s: Session, resumed_at: int | None) -> None:
         + (f"; resuming at step {resumed_at}" if resumed_at is not None else "")
         + s.ctx.describe(share)
     )
+    cutoffs = cutoffs_note(cfg.model.adaptive_softmax, len(corpus.vocab))
+    if cutoffs is not None:
+        log(cutoffs)
     if corpus.valid is not None and resumed_at is None:
         predicted = None  # stream mode: every token after the first
         if s.valid_sequences is not None:  # every token of every sequence, end markers included

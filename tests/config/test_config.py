@@ -208,3 +208,43 @@ def test_a_div_value_whose_powers_overflow_is_refused() -> None:
         in (str(e.value))
     )
     assert config_from_dict({}, [*overrides[:1], "model.adaptive_softmax.div_value=1e100"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["train.early_stopping=0"], "train.early_stopping: must be >= 1 or null, got 0"),
+        (
+            ["train.early_stopping=3", "data.valid=null"],
+            "train.early_stopping: counts evaluations on validation data; set data.valid",
+        ),
+        (
+            ["train.schedule_span=time"],
+            "train.schedule_span: expected one of 'auto', 'steps', got 'time'",
+        ),
+        (
+            ["model.adaptive_softmax.auto=true", "model.tie_weights=true"],
+            "model.tie_weights: cannot tie the embedding to an adaptive softmax; set "
+            "tie_weights: false or model.adaptive_softmax.cutoffs: [] and auto: false",
+        ),
+        (
+            ["model.adaptive_softmax.auto=true", "model.adaptive_softmax.div_value=0.5"],
+            "model.adaptive_softmax.div_value: must be >= 1",
+        ),
+    ],
+)
+def test_transfer_settings_are_checked(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({}, overrides)
+    assert needle in str(e.value)
+
+
+def test_transfer_settings_default_to_what_runs_did_before() -> None:
+    cfg = config_from_dict({}, ["train.early_stopping=2", "model.adaptive_softmax.auto=true"])
+    assert cfg.train.early_stopping == 2 and cfg.model.adaptive_softmax.auto
+    default = Config()
+    assert default.train.early_stopping is None  # off
+    assert default.model.adaptive_softmax.cutoffs_for(50_000) == []  # full softmax
+    text = describe()
+    assert "early_stopping: null  # Stop after this many evaluations in a row" in text
+    assert "schedule_span: auto  # Cosine decay over `auto`: the planned steps or" in text

@@ -103,14 +103,25 @@ def test_cli_trains_evaluates_and_samples(tmp_path: Path, tiny_files: dict, cli)
     assert "<pad>" not in words
 
 
-def test_cli_cutoff_beyond_the_vocabulary_is_a_clear_error(
+def test_cli_cutoff_beyond_the_vocabulary_is_dropped_with_one_line(
     tmp_path: Path, tiny_files: dict, cli
 ) -> None:
-    cfg = tiny_config(tmp_path, tiny_files, "model.adaptive_softmax.cutoffs=[5,500]")
+    # Issue 16: a recipe's cutoffs must not stop a run on a corpus with a smaller vocabulary.
+    # The ones the vocabulary cannot hold are dropped, the line says what was used, and `eval`
+    # rebuilds the same layer from the checkpoint's config and vocabulary.
+    cfg = tiny_config(
+        tmp_path, tiny_files, "model.adaptive_softmax.cutoffs=[5,500]", "train.max_steps=6"
+    )
     config = tmp_path / "asm.yaml"
     config.write_text(cfg.to_yaml())
-    res = invoke(cli, "fit", config, "--quiet")
-    assert res.exit_code == 2
-    assert "model.adaptive_softmax.cutoffs" in res.stderr and "got [5, 500]" in res.stderr
+    res = invoke(cli, "fit", config)
+    assert res.exit_code == 0, res.output
+    size = len(torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["vocab"]["itos"])
+    assert (
+        f"model.adaptive_softmax.cutoffs [5, 500]: the vocabulary has only {size:,} entries, "
+        "so using [5]"
+    ) in res.stderr
     assert "Traceback" not in res.output
-    assert not (tmp_path / "run/checkpoints").exists()
+    res = invoke(cli, "eval", tmp_path / "run", "--json")
+    assert res.exit_code == 0, res.output
+    assert math.isfinite(json.loads(res.stdout)["loss"])
