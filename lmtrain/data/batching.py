@@ -9,10 +9,12 @@ possible: the position in the data is just (epoch, index of the next batch).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from lmtrain.data.sentences import Sequences
 
 
 @dataclass
@@ -150,19 +152,23 @@ class SentenceBatches:
 
     def __init__(
         self,
-        sequences: list[torch.Tensor],
+        sequences: Sequence[torch.Tensor],
         batch_size: int,
         bptt: int,
         seed: int = 0,
         shuffle: bool = True,
     ) -> None:
-        lengths = torch.tensor([s.numel() for s in sequences], dtype=torch.long)
+        if isinstance(sequences, Sequences):
+            lengths = sequences.lengths  # known without reading the text
+        else:
+            lengths = torch.tensor([s.numel() for s in sequences], dtype=torch.long)
         if lengths.numel() == 0:
             raise ValueError("there are no sequences")
         # Internal invariant: split_sequences frames every sequence with its start marker.
         assert int(lengths.min()) >= 2, "a sequence needs a start marker and one target"
-        self.data = torch.cat(sequences)
-        self.offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+        # Rows are read when their batch comes: a copy of every sequence would be a second copy
+        # of the whole text, where `Sequences` holds only offsets into the (mapped) ids.
+        self.sequences = sequences
         self.steps = lengths - 1  # inputs (= predicted targets) per sequence
         self.batch_size = batch_size
         self.bptt = bptt
@@ -220,11 +226,12 @@ class SentenceBatches:
 
     def _pad(self, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         # Rows are already longest first (sorted descending, ties in any order).
+        if isinstance(self.sequences, Sequences):
+            return self.sequences.columns(rows)
         width = int(steps[0]) + 1
         out = torch.zeros((width, rows.numel()), dtype=torch.long)
         for j, (i, s) in enumerate(zip(rows.tolist(), steps.tolist(), strict=True)):
-            o = int(self.offsets[i])
-            out[: s + 1, j] = self.data[o : o + s + 1]
+            out[: s + 1, j] = self.sequences[i]
         return out
 
     def sequence_rows(self, epoch: int = 0) -> Iterator[torch.Tensor]:

@@ -17,6 +17,8 @@ same line inside a sentences-mode evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from lmtrain.data.vocab import AnyVocab
@@ -45,9 +47,94 @@ def _space_ids(vocab: AnyVocab) -> torch.Tensor:
     return torch.tensor([len(s) == 1 and s.isspace() for s in vocab.itos], dtype=torch.bool)
 
 
+# Tokens converted to int64 at a time while looking for line ends: the ids may be a narrow view
+# of a memory-mapped file far larger than memory, so the whole text is never converted at once.
+_CHUNK = 1 << 20
+
+
+class Sequences:
+    """Marker-framed sequences read on demand from the encoded text, held only as offsets.
+
+    Indexing and iteration give the same int64 tensors a list of whole sequences would; the ids
+    stay as given (a uint16 view of a prepared file stays mapped), plus two offsets and a length
+    per sequence.
+    """
+
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        marker: int,
+        starts: torch.Tensor,
+        ends: torch.Tensor,
+        limit: int | None,
+    ) -> None:
+        self.ids = ids
+        self.marker = marker
+        self.starts = starts
+        """(N,) int64 position of each sequence's first token."""
+        self.ends = ends
+        """(N,) int64 position of each closing marker; len(ids) for a last line without one."""
+        lengths = ends - starts + 2  # the leading marker, the tokens, the closing marker
+        self.lengths = lengths if limit is None else lengths.clamp(max=limit)
+        """(N,) int64 tokens of each sequence, leading marker included."""
+
+    def __len__(self) -> int:
+        return self.starts.numel()
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        i = range(len(self))[i]  # negative indices, and IndexError past the end as a list does
+        s, n = int(self.starts[i]), int(self.lengths[i])
+        # Prefilled with the marker: the leading one, and the closing one a last line lacks.
+        out = torch.full((n,), self.marker, dtype=torch.long)
+        body = self.ids[s : s + n - 1]
+        out[1 : 1 + body.numel()] = body
+        return out
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self[i] for i in range(len(self)))
+
+    def columns(self, rows: torch.Tensor) -> torch.Tensor:
+        """(L, B) int64: sequences `rows` side by side, 0 past each one's end, L the longest.
+
+        One gather for a whole batch: reading the rows one by one would cost the training loop
+        a Python round trip per sequence.
+        """
+        lengths = self.lengths[rows]  # (B,)
+        k = torch.arange(int(lengths.max())).unsqueeze(1)  # (L, 1) place within a sequence
+        at = self.starts[rows] + k - 1  # (L, B) where place k is read from in the text
+        inside = (k >= 1) & (k < lengths)  # the tokens after the leading marker
+        read = inside & (at < self.ids.numel())  # the rest is a last line's missing marker
+        out = torch.zeros(at.shape, dtype=torch.long)
+        out[read] = self.ids[at[read]].long()
+        out[inside & ~read] = self.marker
+        out[0] = self.marker
+        return out
+
+
+def _line_ends(
+    ids: torch.Tensor, eos: int, space: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(marker positions, visible tokens up to and including each marker), chunk by chunk."""
+    ends, seen = [], []
+    total = 0
+    for lo in range(0, ids.numel(), _CHUNK):
+        chunk = ids[lo : lo + _CHUNK]
+        is_eos = chunk == eos
+        at = is_eos.nonzero().flatten()
+        # A token is visible text when it is neither whitespace nor the marker.
+        visible = (~space[chunk.long()] & ~is_eos).cumsum(0)
+        ends.append(at + lo)
+        seen.append(visible[at] + total)
+        total += int(visible[-1])
+    if int(ids[-1]) != eos:  # a last line without its newline ends at a virtual marker
+        ends.append(torch.tensor([ids.numel()]))
+        seen.append(torch.tensor([total]))
+    return torch.cat(ends), torch.cat(seen)
+
+
 def split_sequences(
     ids: torch.Tensor, vocab: AnyVocab, documents: bool = False, max_length: int | None = None
-) -> list[torch.Tensor]:
+) -> Sequences:
     """Cut an encoded text (`vocab.encode`) into marker-framed sequences, in text order.
 
     Empty and whitespace-only lines are skipped (a zero-length sequence must never reach
@@ -55,30 +142,21 @@ def split_sequences(
     keeping its line ends. `max_length` keeps at most that many predicted tokens per sequence.
     """
     eos = marker_id(vocab)
-    ids = ids.long()
+    limit = None if max_length is None else max_length + 1
     if ids.numel() == 0:
-        return []
-    if int(ids[-1]) != eos:
-        ids = torch.cat([ids, ids.new_tensor([eos])])  # a last line without its newline
-    ends = (ids == eos).nonzero().flatten()  # position of each line's marker
+        none = torch.zeros(0, dtype=torch.long)
+        return Sequences(ids, eos, none, none, limit)
+    ends, seen = _line_ends(ids, eos, _space_ids(vocab))  # one entry per line
     starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
     # A line is blank when none of its tokens (marker excluded) is visible text.
-    visible = ~_space_ids(vocab)[ids] & (ids != eos)
-    counts = torch.cat([visible.new_zeros(1, dtype=torch.long), visible.long().cumsum(0)])
-    blank = (counts[ends + 1] - counts[starts]) == 0
-
-    spans: list[tuple[int, int]] = []  # [start, end] inclusive of the closing marker
-    for s, e, b in zip(starts.tolist(), ends.tolist(), blank.tolist(), strict=True):
-        if b:
-            continue
-        if documents and spans and spans[-1][1] == s - 1:
-            spans[-1] = (spans[-1][0], e)  # the next line of the same document
-        else:
-            spans.append((s, e))
-
-    marker = ids.new_tensor([eos])
-    limit = None if max_length is None else max_length + 1
-    return [torch.cat([marker, ids[s : e + 1]])[:limit] for s, e in spans]
+    blank = torch.diff(seen, prepend=seen.new_zeros(1)) == 0
+    keep = ~blank
+    if not documents:
+        return Sequences(ids, eos, starts[keep], ends[keep], limit)
+    # A document is a run of kept lines: it opens after a blank line and closes before one.
+    opens = keep & torch.cat([blank.new_ones(1), blank[:-1]])
+    closes = keep & torch.cat([blank[1:], blank.new_ones(1)])
+    return Sequences(ids, eos, starts[opens], ends[closes], limit)
 
 
 def sentence_ids(vocab: AnyVocab, text: str) -> tuple[torch.Tensor, int]:

@@ -38,7 +38,7 @@ def sequence_nlls(
     device = next(model.parameters()).device
     if bptt is None:
         bptt = max(16, min(4096, _LOGIT_ELEMENTS // (model.vocab_size * batch_size)))
-    batches = SentenceBatches(list(sequences), batch_size, bptt, shuffle=False)
+    batches = SentenceBatches(sequences, batch_size, bptt, shuffle=False)
     totals = torch.zeros(len(sequences), dtype=torch.float64, device=device)
     state = model.init_state(1, device)
     for batch, rows in zip(batches.batches(), batches.sequence_rows(), strict=True):
