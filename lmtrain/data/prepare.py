@@ -40,6 +40,7 @@ from lmtrain.data.corpus import (
 )
 from lmtrain.data.prepared import (
     CacheMiss,
+    CacheWriteError,
     PreparedWriter,
     canonical_sha256,
     hash_file,
@@ -230,8 +231,24 @@ def load_corpus(
     echo: Callable[[str], None] = lambda _: None,
 ) -> PreparedCorpus:
     """The training and validation splits of `d`, through the cache `data.cache_dir` names (in
-    memory when it is null); the vocabulary is built from the training split when not given."""
-    return prepare_corpus(d, resolve_cache_dir(d.cache_dir), vocab, echo)
+    memory when it is null); the vocabulary is built from the training split when not given.
+
+    A cache the user named must work (its failure is an error); the automatic one (`auto`, the
+    default) is a convenience, so when it cannot be written (a read-only home, a full disk) the
+    splits are read into memory instead, with one line saying why.
+    """
+    cache_dir = resolve_cache_dir(d.cache_dir)
+    if d.cache_dir != AUTO:
+        return prepare_corpus(d, cache_dir, vocab, echo)
+    try:
+        return prepare_corpus(d, cache_dir, vocab, echo)
+    except CacheWriteError as e:
+        echo(
+            f"warning: {e}. Reading the text into memory instead; set data.cache_dir (or "
+            "$LMTRAIN_CACHE_DIR) to a writable directory, or data.cache_dir: null to skip the "
+            "cache without this line"
+        )
+        return prepare_corpus(d, None, vocab, echo)
 
 
 def prepare_corpus(
@@ -246,7 +263,7 @@ def prepare_corpus(
     """
     if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
         # Said once, here: otherwise every entry would read as "damaged" before the write fails.
-        raise DataError(
+        raise CacheWriteError(
             f"data.cache_dir {cache_dir} exists and is not a directory; point data.cache_dir at "
             "a directory (it is created if missing)"
         )

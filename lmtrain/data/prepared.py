@@ -45,6 +45,18 @@ import torch
 
 from lmtrain.errors import DataError
 
+
+class CacheWriteError(DataError):
+    """The prepared-data cache could not be written: not a directory, no permission, disk full."""
+
+
+def _unwritable(cache_dir: Path, e: OSError) -> CacheWriteError:
+    return CacheWriteError(
+        f"cannot write the prepared-data cache {cache_dir} ({e.strerror or e}); make it writable "
+        "or point data.cache_dir at a writable directory"
+    )
+
+
 FORMAT = "lmtrain-prepared"
 FORMAT_VERSION = 1
 _CHUNK_BYTES = 1 << 20
@@ -183,10 +195,7 @@ def _write_cache_json(cache_dir: Path, path: Path, value: Any) -> None:
     try:
         _write_json_atomic(path, value)
     except OSError as e:
-        raise DataError(
-            f"cannot write the prepared-data cache {cache_dir} ({e.strerror}); make it writable "
-            "or point data.cache_dir at a writable directory"
-        ) from None
+        raise _unwritable(cache_dir, e) from None
 
 
 def cache_key(source_sha256: str, settings: Mapping[str, Any]) -> str:
@@ -322,10 +331,7 @@ class PreparedWriter:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = _create_temp(_paths(self.cache_dir, self.key)[0])
         except OSError as e:
-            raise DataError(
-                f"cannot write the prepared-data cache {self.cache_dir} ({e.strerror}); make it "
-                "writable or point data.cache_dir at a writable directory"
-            ) from None
+            raise _unwritable(self.cache_dir, e) from None
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
         return self
@@ -341,7 +347,10 @@ class PreparedWriter:
         # Through a bytearray the tensor shares: plain torch, no extra library, one copy.
         buf = bytearray(ids.numel() * self.dtype.itemsize)
         torch.frombuffer(buf, dtype=self.dtype).copy_(ids)
-        self._file.write(buf)
+        try:
+            self._file.write(buf)
+        except OSError as e:  # a full disk: __exit__ removes the partial file
+            raise _unwritable(self.cache_dir, e) from None
         self._digest.update(buf)
         self.tokens += ids.numel()
 
@@ -349,10 +358,13 @@ class PreparedWriter:
         """Publish the entry (ids file, then header) and return it mapped."""
         assert self._tmp is not None, "finish() belongs inside the with block"
         ids_path, header_path = _paths(self.cache_dir, self.key)
-        self._file.close()
-        os.replace(self._tmp, ids_path)
-        self._tmp = None
-        st = ids_path.stat()
+        try:
+            self._file.close()  # flushes: a full disk can show here
+            os.replace(self._tmp, ids_path)
+            self._tmp = None
+            st = ids_path.stat()
+        except OSError as e:
+            raise _unwritable(self.cache_dir, e) from None
         header = {
             "format": FORMAT,
             "version": FORMAT_VERSION,

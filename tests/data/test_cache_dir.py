@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from lmtrain.data import prepared as prepared_module
 from lmtrain.data.prepare import load_corpus, prepare_corpus, resolve_cache_dir
+from lmtrain.errors import DataError
 
 
 def test_auto_prefers_lmtrain_cache_dir_then_xdg_then_home(
@@ -73,3 +76,69 @@ def test_null_reads_in_memory_and_writes_nothing(
     cfg = tiny_config(tmp_path, tiny_files, "data.cache_dir=null")
     got = load_corpus(cfg.data)
     assert got.train.ids.dtype == torch.long and not cache.exists()
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write of an ids file fails as on a full disk (ENOSPC)."""
+
+    # Through the real method's error handling: only the file write itself fails.
+    original = prepared_module.PreparedWriter.write
+
+    def failing(self: prepared_module.PreparedWriter, ids: torch.Tensor) -> None:
+        class Full:
+            def write(self, _: object) -> None:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            def close(self) -> None:
+                pass
+
+            closed = False
+
+        self._file.close()
+        self._file = Full()
+        original(self, ids)
+
+    monkeypatch.setattr(prepared_module.PreparedWriter, "write", failing)
+
+
+@pytest.mark.parametrize("why", ["a file", "a full disk"])
+def test_an_unusable_automatic_cache_falls_back_to_memory_with_one_line(
+    tmp_path: Path, tiny_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    cache = tmp_path / "cache"
+    if why == "a file":
+        cache.write_text("not a directory")
+    else:
+        _full_disk(monkeypatch)
+    monkeypatch.setenv("LMTRAIN_CACHE_DIR", str(cache))
+    cfg = tiny_config(tmp_path, tiny_files)
+    assert cfg.data.cache_dir == "auto"
+    lines: list[str] = []
+    got = load_corpus(cfg.data, echo=lines.append)
+    memory = prepare_corpus(cfg.data, None)
+    assert torch.equal(got.train.ids, memory.train.ids) and got.train.ids.dtype == torch.long
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(cache) in warnings[0]
+    assert "Reading the text into memory instead" in warnings[0]
+    if why == "a file":
+        assert cache.read_text() == "not a directory"  # the user's file is untouched
+    else:
+        assert not list(cache.glob("*.tmp*")) and not list(cache.glob("*.ids"))
+
+
+@pytest.mark.parametrize("why", ["a file", "a full disk"])
+def test_a_named_cache_that_cannot_be_written_is_an_error(
+    tmp_path: Path, tiny_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    cache = tmp_path / "cache"
+    if why == "a file":
+        cache.write_text("not a directory")
+        expected = "exists and is not a directory"
+    else:
+        _full_disk(monkeypatch)
+        expected = os.strerror(errno.ENOSPC)
+    cfg = tiny_config(tmp_path, tiny_files, f"data.cache_dir={cache}")
+    with pytest.raises(DataError, match=expected):
+        load_corpus(cfg.data)
+    if why == "a full disk":
+        assert not [p for p in cache.iterdir() if p.suffix != ".json"]  # no partial ids file
