@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lmtrain.models.output import SoftmaxOutput, Workspace, fused_linear_cross_entropy
+from tests.models.test_output import _reference  # the plain float64 computation
 
 BF16 = torch.bfloat16
 LOSS_RTOL = 4e-3  # one bf16 rounding step
@@ -26,15 +26,6 @@ def _inputs(n: int, h: int, v: int, bias: bool, seed: int = 0, pad_every: int = 
     if pad_every:
         targets[::pad_every] = 0
     return hidden, weight, b, targets
-
-
-def _reference(hidden, weight, bias, targets):
-    """The plain computation in float64: what fp32 approximates, and bf16 less closely."""
-    h, w = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
-    b = None if bias is None else bias.detach().double().requires_grad_()
-    loss = F.cross_entropy(F.linear(h, w, b), targets, ignore_index=0, reduction="sum")
-    loss.backward()
-    return loss.item(), h.grad, w.grad, None if b is None else b.grad
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
