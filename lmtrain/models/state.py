@@ -11,7 +11,15 @@ def detach_state(state: State) -> State:
     # Truncated BPTT: the values flow into the next window, the gradient does not. Without
     # this, backward would run through every window since the start of the epoch, its cost
     # and memory growing with each step.
-    return tuple(s.detach() for s in state)
+    # Under bf16/fp16 autocast a fused recurrent kernel (cuDNN's, oneDNN's, the plain RNN's)
+    # returns its state in that precision. The carried state is kept in fp32 so that the
+    # checkpoint, a resume in another precision and the next window all see one dtype: the
+    # value is the kernel's, stored without a second rounding.
+    return tuple(_carried(s.detach()) for s in state)
+
+
+def _carried(s: torch.Tensor) -> torch.Tensor:
+    return s.float() if s.dtype in (torch.bfloat16, torch.float16) else s
 
 
 def select_rows(state: State, rows: torch.Tensor) -> State:

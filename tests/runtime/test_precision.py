@@ -12,7 +12,7 @@ import torch
 from conftest import fit_with_losses
 from lmtrain import api
 from lmtrain.config import ModelConfig
-from lmtrain.models import build_model
+from lmtrain.models import build_model, detach_state
 from lmtrain.runtime import precision as policy
 from lmtrain.runtime.precision import Amp, choose_precision, cpuinfo_bf16_features
 from lmtrain.training import fit
@@ -218,3 +218,27 @@ def test_evaluation_after_bf16_training_is_fp32(tmp_path: Path, tiny_files: dict
     reported = result.progress.last_val_loss
     fp32 = api.load(tmp_path / "run/checkpoints/last.pt").evaluate(file=tiny_files["valid"])
     assert fp32.loss == pytest.approx(reported, rel=1e-6)
+
+
+def test_bf16_kernel_state_is_carried_and_saved_in_fp32(tmp_path: Path, tiny_files: dict) -> None:
+    # oneDNN's plain RNN kernel runs in bf16 on any x86 CPU and returns its state in bf16, as
+    # cuDNN's kernels do on a GPU. The state carried to the next window, and saved in the
+    # checkpoint, is fp32: the kernel's value, not rounded again.
+    model = build_model(ModelConfig(cell="rnn_tanh", embedding_dim=8, hidden_size=8), 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, state = model(torch.randint(0, 10, (5, 2)), model.init_state(2))[:2]
+    assert [s.dtype for s in state] == [torch.bfloat16]
+    (kept,) = detach_state(state)
+    assert kept.dtype == torch.float32 and torch.equal(kept, state[0].float())
+
+    cfg = tiny_config(
+        tmp_path, tiny_files, "train.max_steps=3", "train.device=cpu", "model.cell=rnn_tanh",
+        "train.precision=bf16",
+    )  # fmt: skip
+    fit(cfg, quiet=True, echo=lambda _: None)
+    saved = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
+    assert [c.dtype for c in saved["carried_state"]] == [torch.float32]
+    # An fp32 state in, under bf16 autocast: the kernel takes it (autocast casts it down).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randint(0, 10, (5, 2)), (kept,))[0]
+    assert torch.isfinite(out.float()).all()
