@@ -55,6 +55,18 @@ bench: install
 bench-quality: install
 	$(PY) scripts/bench_quality.py
 
+## bench-bf16: the CPU recipes in fp32 and bf16 for the same steps (validation loss, tokens/s);
+## says so and skips where bf16 cannot run (scripts/gpu_check.sh runs it on a GPU)
+.PHONY: bench-bf16
+bench-bf16: install
+	$(PY) scripts/bench_bf16.py
+
+## bench-transfer: the WikiText-2 CPU recipe on three other corpora against settings tuned for
+## each (about an hour: 9 runs of 10 minutes, 2 at once)
+.PHONY: bench-transfer
+bench-transfer: install
+	$(PY) scripts/bench_transfer.py
+
 ## reproduce-quick: rerun the CPU recipes on a short budget; exit 1 on a quality regression
 .PHONY: reproduce-quick
 reproduce-quick: install
