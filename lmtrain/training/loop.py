@@ -28,6 +28,7 @@ from lmtrain.metrics import TrainPoint
 from lmtrain.models import LanguageModel, State
 from lmtrain.runtime import distributed
 from lmtrain.runtime.signals import StopRequest
+from lmtrain.training.budget import TimeBudget
 from lmtrain.training.optim import planned_steps
 from lmtrain.training.session import Session
 from lmtrain.training.state import payload, too_many_nonfinite
@@ -77,6 +78,14 @@ class Trainer:
     losses: StepLosses
     saved_step: int | None = None
     """Step of the newest checkpoint written by this process."""
+    budget: TimeBudget = field(init=False)
+    """train.max_minutes."""
+
+    def __post_init__(self) -> None:
+        t = self.session.cfg.train
+        self.budget = TimeBudget(
+            t.max_minutes, t.log_every, self.session.ctx, self.session.logger.message
+        )
 
     @property
     def model(self) -> LanguageModel:
@@ -107,7 +116,7 @@ class Trainer:
         window_tokens = 0
         # Throughput counts training time only: the window's tokens over the training seconds
         # it took (Progress.train_seconds leaves out evaluation, checkpoints and logging).
-        window_seconds0, window_tokens0 = p.train_seconds, p.tokens
+        window_seconds0, window_tokens0, window_step0 = p.train_seconds, p.tokens, p.step
         grad_norm = torch.zeros(())
         grad_norm_max = torch.zeros((), device=s.device)
         clock = time.perf_counter()
@@ -132,6 +141,7 @@ class Trainer:
                 grad_norm_max = torch.maximum(grad_norm_max, grad_norm)
             self.losses.add(p.step, nll, batch.num_tokens)
             s.logger.advance(tokens=p.tokens)
+            self.budget.after_step(p)
             if p.step % t.log_every == 0 or self.done():
                 # The only host synchronisation in the loop: once per logging interval, summed
                 # over ranks token-weighted.
@@ -157,8 +167,8 @@ class Trainer:
                 window_nll.zero_()
                 grad_norm_max.zero_()
                 window_tokens = 0
-                window_seconds0, window_tokens0 = p.train_seconds, p.tokens
-                self.check_time_budget()
+                self.budget.at_logging_point(p, seconds / max(p.step - window_step0, 1))
+                window_seconds0, window_tokens0, window_step0 = p.train_seconds, p.tokens, p.step
                 clock = time.perf_counter()
             if t.eval_every is not None and p.step % t.eval_every == 0:
                 if s.device.type == "cuda":
@@ -177,21 +187,6 @@ class Trainer:
             if t.eval_every is None:
                 self.evaluate_and_save()
         self.losses.flush(s.ctx)
-
-    def check_time_budget(self) -> None:
-        """Mark the run out of time once train.max_minutes of training have passed.
-
-        Checked at logging points only, and under torchrun decided for all ranks at once (any
-        rank over budget stops every rank), so that no process waits for one that has stopped.
-        """
-        budget = self.session.cfg.train.max_minutes
-        if budget is None:
-            return
-        if self.session.ctx.sum([float(self.progress.train_seconds >= budget * 60)])[0] > 0:
-            self.progress.out_of_time = True
-            self.session.logger.message(
-                f"step {self.progress.step} | train.max_minutes={budget:g} reached: stopping"
-            )
 
     def note_nonfinite(self) -> None:
         """Count a skipped step; stop the run after too many in a row."""

@@ -286,3 +286,50 @@ def test_a_schedule_state_from_before_early_stopping_loads() -> None:
         s.on_validation(improved=False)
     assert s.stalled()
     assert s.state_dict() == {"scale": 0.5, "bad_evals": 1, "evals_without_best": 3}
+
+
+def test_the_time_budget_ends_within_a_step_not_a_logging_interval(
+    tmp_path: Path, tiny_files: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2 s per step and a logging point every 50 steps: a budget checked only when logging would
+    # run to step 50 (100 s of a 60 s budget). One process checks its clock after every step.
+    _fake_clock(monkeypatch, 2.0)
+    cfg = tiny_config(
+        tmp_path, tiny_files, "train.epochs=1000", "train.max_minutes=1", "train.log_every=50"
+    )
+    lines: list[str] = []
+    result = fit(cfg, quiet=True, echo=lines.append)
+    assert result.progress.out_of_time
+    assert 60 <= result.progress.train_seconds < 64
+    assert result.progress.step == 30
+    assert sum("train.max_minutes=1 reached: stopping" in line for line in lines) == 1
+
+
+def test_under_torchrun_every_rank_plans_the_same_last_step() -> None:
+    # Ranks cannot each read their own clock (one would stop while the others wait for it), so
+    # at a logging point they agree, from all-reduced means, on the step where the budget ends.
+    from types import SimpleNamespace
+
+    from lmtrain.checkpoint import Progress
+    from lmtrain.training.budget import TimeBudget
+
+    said: list[str] = []
+    # Two ranks at 49 and 51 s, 1.9 and 2.1 s a step: means 50 s and 2 s, 5 steps left.
+    ctx = SimpleNamespace(world=2, sum=lambda values: [2 * v for v in values])
+    budget = TimeBudget(minutes=1, log_every=50, ctx=ctx, message=said.append)
+    p = Progress(step=100, train_seconds=50.0)
+    budget.at_logging_point(p, seconds_per_step=2.0)
+    assert budget.planned_step == 105 and not p.out_of_time
+    for step in range(101, 106):
+        p.step, p.train_seconds = step, p.train_seconds + 5.0  # a rank's own clock runs fast
+        budget.after_step(p)  # ...but only the planned step counts under torchrun
+        assert p.out_of_time == (step == 105)
+    assert said == ["step 105 | train.max_minutes=1 reached: stopping"]
+    # A budget already spent at the logging point stops there; none plans nothing.
+    spent = Progress(step=7, train_seconds=61.0)
+    TimeBudget(1, 50, ctx, said.append).at_logging_point(spent, 2.0)
+    assert spent.out_of_time and said[-1] == "step 7 | train.max_minutes=1 reached: stopping"
+    free = TimeBudget(None, 50, ctx, said.append)
+    free.at_logging_point(spent := Progress(step=7, train_seconds=1e9), 2.0)
+    free.after_step(spent)
+    assert not spent.out_of_time and free.planned_step is None
