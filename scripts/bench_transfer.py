@@ -148,12 +148,23 @@ def lmtrain(*args: str) -> list[str]:
     return [sys.executable, "-m", "lmtrain", *args]
 
 
+def finished(run_dir: Path) -> bool:
+    try:
+        status = json.loads((run_dir / "results.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return status in ("completed", "time_limit")
+
+
 def summarise(run_dir: Path) -> dict[str, object]:
     """Test perplexity, the best validation's step, and how much validation rose after it."""
-    ev = subprocess.run(lmtrain("eval", str(run_dir), "--json"), capture_output=True, text=True)
-    if ev.returncode != 0:
-        raise SystemExit(f"lmtrain eval {run_dir} failed:\n{ev.stderr}")
-    test = json.loads(ev.stdout)
+    saved = run_dir / "test_eval.json"  # kept, so that --report-only need not evaluate again
+    if not saved.exists():
+        ev = subprocess.run(lmtrain("eval", str(run_dir), "--json"), capture_output=True, text=True)
+        if ev.returncode != 0:
+            raise SystemExit(f"lmtrain eval {run_dir} failed:\n{ev.stderr}")
+        saved.write_text(ev.stdout)
+    test = json.loads(saved.read_text())
     evals = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
@@ -161,8 +172,10 @@ def summarise(run_dir: Path) -> dict[str, object]:
             evals.append((rec["step"], rec["loss"]))
     steps = [s for s, _ in evals]
     best_i = min(range(len(evals)), key=lambda i: evals[i][1])
+    results = json.loads((run_dir / "results.json").read_text())
     return {
         "test_ppl": test["ppl"],
+        "train_minutes": results["train_seconds"] / 60,
         "best_step": steps[best_i],
         "last_step": steps[-1],
         "best_valid_ppl": math.exp(evals[best_i][1]),
@@ -177,6 +190,9 @@ def main() -> int:
     ap.add_argument("--corpora", nargs="+", choices=CORPORA, default=list(CORPORA))
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=ROOT / "runs/bench_transfer")
+    ap.add_argument(
+        "--report-only", action="store_true", help="print the table of the runs already in --out"
+    )
     args = ap.parse_args()
     data = Path(os.environ.get("LMTRAIN_DATA", ROOT.parent / "shared/data"))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -193,12 +209,24 @@ def main() -> int:
             paths[name], floor[name] = build_synthetic(where)
 
     todo = [(c, v) for c in args.corpora for v in args.variants]
+    if args.report_only:
+        todo = []
+        results = {
+            (c, v): summarise(args.out / "runs" / f"{c}-{v}")
+            for c in args.corpora
+            for v in args.variants
+        }
+    else:
+        results = {}
     running: list[tuple[subprocess.Popen[bytes], str, str, float]] = []
-    results: dict[tuple[str, str], dict[str, object]] = {}
     while todo or running:
         while todo and len(running) < args.jobs:
             corpus, variant = todo.pop(0)
             run_dir = args.out / "runs" / f"{corpus}-{variant}"
+            if finished(run_dir):  # from an earlier invocation with the same --out
+                results[corpus, variant] = summarise(run_dir)
+                print(f"kept {corpus} / {variant} from {run_dir}", flush=True)
+                continue
             cmd = lmtrain(
                 "fit", str(RECIPE), *overrides(paths[corpus], run_dir, args.minutes, threads),
                 *VARIANTS[variant], "--quiet",
@@ -215,6 +243,8 @@ def main() -> int:
                 continue
             running.remove(item)
             if proc.returncode != 0:
+                for other, *_ in running:
+                    other.terminate()
                 raise SystemExit(f"{corpus} / {variant} exited {proc.returncode}; see its .log")
             results[corpus, variant] = summarise(args.out / "runs" / f"{corpus}-{variant}")
             print(
@@ -223,19 +253,22 @@ def main() -> int:
 
     print(f"\nWikiText-2 CPU recipe on other corpora: {args.minutes:g} minutes each, "
           f"{threads} thread(s), {args.jobs} runs at once")  # fmt: skip
-    print("| corpus | setting | test ppl | best valid ppl (step) | last valid ppl (step) |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "| corpus | setting | test ppl | best valid ppl (step) | last valid ppl (step) | minutes |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for corpus in args.corpora:
         for variant in args.variants:
             r = results[corpus, variant]
             print(f"| {corpus} | {variant} | {r['test_ppl']:.2f} | {r['best_valid_ppl']:.2f} "
-                  f"({r['best_step']}) | {r['last_valid_ppl']:.2f} ({r['last_step']}) |")  # fmt: skip
+                  f"({r['best_step']}) | {r['last_valid_ppl']:.2f} ({r['last_step']}) "
+                  f"| {r['train_minutes']:.1f} |")  # fmt: skip
         best = min(args.variants, key=lambda v: results[corpus, v]["test_ppl"])
         if "recipe" in args.variants:
             gap = results[corpus, "recipe"]["test_ppl"] / results[corpus, best]["test_ppl"] - 1
-            print(f"| {corpus} | gap: recipe vs best ({best}) | {100 * gap:+.1f}% | | |")
+            print(f"| {corpus} | gap: recipe vs best ({best}) | {100 * gap:+.1f}% | | | |")
         if corpus in floor:
-            print(f"| {corpus} | true source (forward algorithm) | {floor[corpus]:.2f} | | |")
+            print(f"| {corpus} | true source (forward algorithm) | {floor[corpus]:.2f} | | | |")
     return 0
 
 
