@@ -28,10 +28,11 @@ class TimeBudget:
     """The step at which the budget runs out, once that falls before the next logging point."""
 
     def at_logging_point(self, p: Progress, seconds_per_step: float) -> None:
-        """Stop if the budget is spent, or plan the last step if it ends before the next
-        logging point (at the last window's pace)."""
-        if self.minutes is None or p.out_of_time:
-            return
+        """Under torchrun: stop if the budget is spent, or plan the last step if it ends before
+        the next logging point (at the last window's pace; a plan can end the run a little
+        before the budget when the pace quickens, never a logging interval after it)."""
+        if self.minutes is None or p.out_of_time or self.ctx.world == 1:
+            return  # one process reads its own clock after every step (after_step)
         seconds, pace = (
             v / self.ctx.world for v in self.ctx.sum([p.train_seconds, seconds_per_step])
         )

@@ -333,3 +333,23 @@ def test_under_torchrun_every_rank_plans_the_same_last_step() -> None:
     free.at_logging_point(spent := Progress(step=7, train_seconds=1e9), 2.0)
     free.after_step(spent)
     assert not spent.out_of_time and free.planned_step is None
+
+
+def test_one_process_stops_on_its_clock_not_on_a_planned_step() -> None:
+    # A plan made at the last window's pace would end the run early when the pace quickens
+    # (seen: 599.3 s of a 600 s budget). One process needs no plan: it reads its own clock.
+    from types import SimpleNamespace
+
+    from lmtrain.checkpoint import Progress
+    from lmtrain.training.budget import TimeBudget
+
+    one = SimpleNamespace(world=1, sum=lambda values: list(values))
+    budget = TimeBudget(minutes=1, log_every=50, ctx=one, message=lambda _: None)
+    p = Progress(step=100, train_seconds=50.0)
+    budget.at_logging_point(p, seconds_per_step=2.0)
+    assert budget.planned_step is None
+    for step in range(101, 120):  # faster than planned: 1 s a step
+        p.step, p.train_seconds = step, p.train_seconds + 1.0
+        budget.after_step(p)
+        assert p.out_of_time == (p.train_seconds >= 60)
+    assert p.out_of_time
