@@ -11,15 +11,21 @@ def detach_state(state: State) -> State:
     # Truncated BPTT: the values flow into the next window, the gradient does not. Without
     # this, backward would run through every window since the start of the epoch, its cost
     # and memory growing with each step.
-    # Under bf16/fp16 autocast a fused recurrent kernel (cuDNN's, oneDNN's, the plain RNN's)
-    # returns its state in that precision. The carried state is kept in fp32 so that the
-    # checkpoint, a resume in another precision and the next window all see one dtype: the
-    # value is the kernel's, stored without a second rounding.
-    return tuple(_carried(s.detach()) for s in state)
+    return tuple(s.detach() for s in state)
 
 
-def _carried(s: torch.Tensor) -> torch.Tensor:
-    return s.float() if s.dtype in (torch.bfloat16, torch.float16) else s
+def carried_state(state: State) -> State:
+    """The state training carries into the next window and saves: detached, and in fp32.
+
+    Under bf16/fp16 autocast a fused recurrent kernel (cuDNN's, oneDNN's plain RNN) returns
+    its state in that precision; it is kept in fp32, so the checkpoint, a resume in another
+    precision and the next window all see one dtype (the kernel's value, not rounded again;
+    autocast casts it down again at the next window). Evaluation keeps the model's own dtype
+    (detach_state): a model converted to bf16 by hand needs its state in bf16.
+    """
+    return tuple(
+        s.float() if s.dtype in (torch.bfloat16, torch.float16) else s for s in detach_state(state)
+    )
 
 
 def select_rows(state: State, rows: torch.Tensor) -> State:

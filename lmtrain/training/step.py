@@ -22,7 +22,7 @@ from torch import nn
 
 from lmtrain.config import TrainConfig
 from lmtrain.data import Batch
-from lmtrain.models import LanguageModel, State, detach_state, select_rows
+from lmtrain.models import LanguageModel, State, carried_state, select_rows
 from lmtrain.runtime.precision import Amp
 from lmtrain.training.optim import LRSchedule
 
@@ -180,7 +180,7 @@ class Step:
         self.amp.step(self.optimizer)
         # Truncated BPTT: carry the state's value into the next window, not its graph.
         # (A placeholder's state is nobody's: the rank's next chunk starts fresh.)
-        kept = None if batch.placeholder else detach_state(new_state)
+        kept = None if batch.placeholder else carried_state(new_state)
         return StepResult(nll.detach(), grad_norm.detach(), False, kept)
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import fit_with_losses
 from lmtrain import api
 from lmtrain.config import ModelConfig
-from lmtrain.models import build_model, detach_state
+from lmtrain.models import build_model, carried_state, detach_state
 from lmtrain.runtime import precision as policy
 from lmtrain.runtime.precision import Amp, choose_precision, cpuinfo_bf16_features
 from lmtrain.training import fit
@@ -228,8 +228,10 @@ def test_bf16_kernel_state_is_carried_and_saved_in_fp32(tmp_path: Path, tiny_fil
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, state = model(torch.randint(0, 10, (5, 2)), model.init_state(2))[:2]
     assert [s.dtype for s in state] == [torch.bfloat16]
-    (kept,) = detach_state(state)
+    (kept,) = carried_state(state)
     assert kept.dtype == torch.float32 and torch.equal(kept, state[0].float())
+    # Evaluation keeps the model's dtype: a model converted to bf16 by hand runs on bf16 state.
+    assert [s.dtype for s in detach_state(state)] == [torch.bfloat16]
 
     cfg = tiny_config(
         tmp_path, tiny_files, "train.max_steps=3", "train.device=cpu", "model.cell=rnn_tanh",
