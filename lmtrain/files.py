@@ -1,20 +1,32 @@
-"""Opening input files safely: regular files only, and bounded reads where a size is implied.
+"""The one way in and the one way out: every file lmtrain reads or writes goes through here.
 
-A named pipe, a character device such as /dev/zero or a socket given where lmtrain expects a file
-would otherwise hang (a FIFO with no writer) or be read until memory runs out (/dev/zero). Every
-input (config, data, score file, vectors) is opened here, and refused before a byte is read when
-it is not a regular file. No torch import: the config loader uses this too.
+Reading: regular files only, and bounded reads where a size is implied. A named pipe, a character
+device such as /dev/zero or a socket given where lmtrain expects a file would otherwise hang (a
+FIFO with no writer) or be read until memory runs out (/dev/zero); it is refused before a byte is
+read.
+
+Writing: atomic_write (and write_bytes, write_text, write_json on top of it) replaces a file whole
+or not at all; a failure is a WriteError that says why (a full disk, a read-only file system).
+A temporary that SIGKILL or a power cut left behind is removed by sweep_temps where lmtrain next
+writes into that directory, and a JSON-lines file's torn last line by repair_tail before the next
+append. No torch import: the config loader uses this too. The module is long because reading and
+writing share their error wording and must stay one place that every other module goes through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import re
+import secrets
 import stat
-import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
+
+from lmtrain.errors import LmtrainError
 
 _KINDS = (
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -146,29 +158,202 @@ def check_readable(path: Path) -> str | None:
     return None
 
 
-def replace_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically: the old file or the whole new one, never a part.
+class WriteError(LmtrainError, OSError):
+    """A file lmtrain could not write; the message names it and says why (exit 2).
 
-    The temporary file is made fresh by mkstemp (O_EXCL) beside the target, so a symbolic link
-    planted under a predictable name is never written through; it gets the permissions the
-    umask gives (mkstemp's 0600 would hide a run's files from the user's group). On an OSError
-    (a full disk) the temporary file is removed and the error raised for the caller to word.
+    Also an OSError (errno and strerror are the failure's), so that a caller that words its own
+    message, or that treats any failed write alike, keeps working.
     """
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        reason = _REASONS.get(error.errno or 0) or error.strerror or str(error)
+        self.message = (
+            f"{path}: cannot be written ({reason}); the previous version, if any, is unchanged "
+            f"and no partial file was left. {_ADVICE.get(error.errno or 0, _ADVICE[0])}"
+        )
+        super().__init__(error.errno, reason, str(path))
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable, as exceptions crossing processes are
+        return (WriteError, (Path(self.filename), OSError(self.errno, self.strerror)))
+
+
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+_ADVICE = {
+    0: "Check the path, or write somewhere else.",
+    errno.ENOSPC: "Free some disk space, or write somewhere else.",
+    errno.EDQUOT: "Free some space within your quota, or write somewhere else.",
+    errno.EROFS: "Write to a writable file system.",
+    errno.EACCES: "Make the folder writable, or write somewhere else.",
+    errno.EPERM: "Make the folder writable, or write somewhere else.",
+}
+
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[1-9]\d*)\.[0-9a-f]{8}\.tmp")
+"""The name of a temporary of atomic_write: `.{name}.{pid}.{8 hex digits}.tmp`."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """A new file to write in place of `path`: the old file or the whole new one, never a part.
+
+    The temporary beside the target is created with O_EXCL (a symbolic link planted under its
+    name is never written through) and mode 0o666, which the umask trims as for any new file
+    (mkstemp's 0600 would hide a run's files from the user's group). On a clean exit the data is
+    flushed and synced, renamed over `path`, and the rename synced. On any exception, a second
+    Ctrl-C included, the temporary is removed; an OSError becomes a WriteError. The pid in its
+    name lets sweep_temps remove one that SIGKILL left behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        os.chmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        raise WriteError(path, e) from None
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             # Content and size must reach the disk before the rename; fdatasync skips the
             # timestamps (macOS has no fdatasync).
             getattr(os, "fdatasync", os.fsync)(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(path, e) from None
         raise
     fsync_dir(path.parent)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically (atomic_write)."""
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace `path` with UTF-8 `text` atomically (atomic_write)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+replace_text = write_text
+"""The earlier name of write_text."""
+
+
+def write_json(path: Path, value: Any, indent: int | None = 2, ensure_ascii: bool = True) -> None:
+    """Replace `path` with `value` as JSON and a newline, atomically; NaN is refused (not JSON)."""
+    text = json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def sweep_temps(directory: Path) -> list[Path]:
+    """Remove the temporaries atomic_write left in `directory` in processes that are gone
+    (SIGKILL, a power cut); returns what was removed. A live process's write in progress, and
+    any file not named exactly like one of lmtrain's temporaries, are never touched."""
+    removed: list[Path] = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in sorted(entries):
+        m = _TEMP.fullmatch(p.name)
+        if m is None or _alive(int(m.group("pid"))) or p.is_symlink() or not p.is_file():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:  # too large to be a process id
+        return False
+    return True
+
+
+def repair_tail(path: Path) -> int:
+    """Cut a torn last line off a JSON-lines file; returns how many bytes were dropped.
+
+    A write cut short (SIGKILL, a power cut, a full disk) leaves a last line without its newline,
+    or zero bytes a file system filled in. Every complete record is kept: a last line that is a
+    whole JSON value and only lacks its newline gets one; an unparsable last line is truncated.
+    Appending onto a torn line would join the two and damage the file for good.
+    """
+    try:
+        with open(path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            start = _line_start(f, size)
+            tail = _read_at(f, start, size - start)
+            if tail.endswith(b"\n"):  # a whole last line: torn only if it is not JSON
+                if _is_json(tail):
+                    return 0
+            elif _is_json(tail):
+                f.write(b"\n")
+                getattr(os, "fdatasync", os.fsync)(f.fileno())
+                return 0
+            f.truncate(start)
+            getattr(os, "fdatasync", os.fsync)(f.fileno())
+            return size - start
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        raise WriteError(Path(path), e) from None
+
+
+def append_records(path: Path, lines: Iterable[str]) -> int:
+    """Append one JSON line per item of `lines` to `path` (created if missing), after repair_tail;
+    returns the bytes repair_tail dropped."""
+    dropped = repair_tail(path)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+    except OSError as e:
+        raise WriteError(Path(path), e) from None
+    return dropped
+
+
+def _read_at(f: IO[bytes], offset: int, n: int) -> bytes:
+    f.seek(offset)
+    return f.read(n)
+
+
+def _line_start(f: IO[bytes], size: int) -> int:
+    """Offset where the file's last line begins (after the newline before it, if any)."""
+    end = size - 1  # a newline that ends the file ends the last line; it does not start one
+    while end > 0:
+        start = max(0, end - (1 << 16))
+        found = _read_at(f, start, end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:  # UnicodeDecodeError included
+        return False
+    return True
 
 
 def fsync_dir(directory: Path) -> None:
@@ -183,14 +368,3 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (os.umask would, for every thread)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
