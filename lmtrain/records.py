@@ -1,0 +1,332 @@
+"""Typed records from plain mappings: the one reader of every record lmtrain keeps on disk (the
+config and command options, a checkpoint, the run manifest, a prepared file's header, metrics).
+
+`build_record(cls, raw, where)` converts every field of the dataclass `cls` by its type hint and
+gathers every problem (an unknown key with the closest valid one, a wrong type, a number out of
+range, a missing field) into one `RecordError`, each named by its dotted key. A `Dialect` words
+the problems the way its file's users read them (the config's `key: expected X, got V`, or a
+file's `'key' should be X, not V`). Leaf types this base layer does not know, such as a tensor,
+are declared by the caller as `Annotated[T, Leaf("a tensor", convert)]`. The module is a little
+long because the converter and the two dialects it speaks are one piece.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import difflib
+import functools
+import inspect
+import math
+import reprlib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+from lmtrain.errors import LmtrainError
+
+# Every integer is a 64-bit count, size or seed somewhere (torch sizes, generators, counters).
+MAX_INT = 2**63 - 1
+
+T = TypeVar("T")
+
+
+class RecordError(LmtrainError):
+    """Every problem of one record, reported together (worded like a `ConfigError`)."""
+
+    def __init__(self, problems: list[str], where: str) -> None:
+        self.problems, self.where = list(problems), where
+        lines = [f"{where}: {len(self.problems)} problem(s) found:"]
+        super().__init__("\n".join(lines + [f"  - {p}" for p in self.problems]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """A field type checked by the caller: `Annotated[T, Leaf(expected, convert)]`.
+
+    `convert` gets the raw value and returns the field's value; it raises ValueError or TypeError
+    when the value will not do. The problem then says `expected`, or the exception's own message
+    where a ValueError carries one (e.g. "'../x' is not a path inside the run directory").
+    """
+
+    expected: str
+    convert: Callable[[Any], Any]
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
+
+
+def show_value(value: Any) -> str:
+    """A short repr for messages: a huge or deeply nested value must not flood the terminal."""
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"<{type(value).__name__} too large to show>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialect:
+    """How one kind of record words its problems and which numbers it holds.
+
+    The default is the config's (and the command options'): `key: expected X, got V (type)`.
+    """
+
+    mapping: str = "a mapping"
+    """What a nested record or a dict is called ("a mapping", "a dict", "an object")."""
+    item: str = "{key}[{name}]"
+    """The key of one entry of a dict or list."""
+    finite_floats: bool = True
+    """A float field refuses NaN and infinity (a checkpoint's best loss starts at infinity)."""
+    unknown_note: str = ""
+    """Said after "unknown key" (a file: "for format version 2")."""
+
+    def type_name(self, tp: Any) -> str:
+        origin = typing.get_origin(tp)
+        if origin is Literal:
+            return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+        if origin in (Union, types.UnionType):
+            names = [self.type_name(a) for a in typing.get_args(tp) if a is not type(None)]
+            return " or ".join(names) + " or null"
+        if origin is list:
+            return f"a list of {self.type_name(typing.get_args(tp)[0])}"
+        if origin is Annotated:
+            return _leaf(tp).expected
+        if _is_dataclass_type(tp) or origin is dict or tp is dict:
+            return self.mapping
+        names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+        return names.get(tp, str(tp))
+
+    def wrong(self, key: str, expected: str, value: Any) -> str:
+        return f"{key}: expected {expected}, got {show_value(value)} ({type(value).__name__})"
+
+    def not_one_of(self, key: str, expected: str, value: Any, hint: str) -> str:
+        return f"{key}: expected {expected}, got {show_value(value)}{hint}"
+
+    def invalid(self, key: str, message: str) -> str:
+        return f"{key}: {message}"
+
+    def out_of_range(self, key: str, value: Any) -> str:
+        return f"{key}: {show_value(value)} is out of range (at most 2**63 - 1)"
+
+    def not_finite(self, key: str, value: Any) -> str:
+        return f"{key}: must be a finite number, got {show_value(value)}"
+
+    def unknown(self, key: str, hint: str, valid: list[str]) -> str:
+        return f"{key}: unknown key{hint} (valid keys here: {', '.join(valid)})"
+
+    def missing(self, key: str) -> str:
+        return f"{key}: missing"
+
+
+CONFIG = Dialect()
+
+
+@dataclasses.dataclass(frozen=True)
+class FileDialect(Dialect):
+    """A file lmtrain wrote (checkpoint, manifest): `'key' should be X, not str 'v'`."""
+
+    mapping: str = "a dict"
+    finite_floats: bool = False
+
+    def type_name(self, tp: Any) -> str:
+        return "a bool" if tp is bool else super().type_name(tp)
+
+    def wrong(self, key: str, expected: str, value: Any) -> str:
+        return f"'{key}' should be {expected}, not {describe(value)}"
+
+    def not_one_of(self, key: str, expected: str, value: Any, hint: str) -> str:
+        return self.wrong(key, expected, value) + hint
+
+    def invalid(self, key: str, message: str) -> str:
+        return f"'{key}': {message}"
+
+    def out_of_range(self, key: str, value: Any) -> str:
+        return self.wrong(key, "a whole number of at most 2**63 - 1", value)
+
+    def unknown(self, key: str, hint: str, valid: list[str]) -> str:
+        return f"'{key}': unknown field{self.unknown_note}{hint}"
+
+    def missing(self, key: str) -> str:
+        return f"'{key}' is missing"
+
+
+def describe(value: Any) -> str:
+    """A value as a file's problem names it: `None`, `str '7'`, `a torch.float32 tensor ...`."""
+    if value is None:
+        return "None"
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {show_value(value)}"
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _leaf(tp: Any) -> Leaf:
+    leaves = [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Leaf)]
+    assert leaves, f"{tp}: an Annotated field type needs a Leaf"
+    return leaves[0]
+
+
+def _convert(value: Any, tp: Any, key: str, problems: list[str], dialect: Dialect) -> Any:
+    """Convert `value` to type `tp`, appending a message to `problems` on failure."""
+    origin = typing.get_origin(tp)
+    bad = object()
+    result: Any = bad
+    if _is_dataclass_type(tp):
+        if isinstance(value, dict):
+            return build_dataclass(tp, value, key, problems, dialect)
+    elif origin is Annotated:
+        leaf = _leaf(tp)
+        try:
+            return leaf.convert(value)
+        except (TypeError, ValueError) as e:
+            message = str(e) if isinstance(e, ValueError) else ""
+            problems.append(
+                dialect.invalid(key, message)
+                if message
+                else dialect.wrong(key, leaf.expected, value)
+            )
+            return None
+    elif tp is Any:
+        return value
+    elif origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return _convert(value, non_none[0], key, problems, dialect)
+    elif origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(dialect.not_one_of(key, dialect.type_name(tp), value, hint))
+            return None
+    elif origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [
+                _convert(v, item_tp, dialect.item.format(key=key, name=i), problems, dialect)
+                for i, v in enumerate(value)
+            ]
+    elif origin is dict or tp is dict:
+        key_tp, item_tp = typing.get_args(tp) or (Any, Any)
+        if isinstance(value, dict):
+            items = {}
+            for k, v in value.items():
+                item_key = dialect.item.format(key=key, name=k)
+                items[_convert(k, key_tp, key, problems, dialect)] = _convert(
+                    v, item_tp, item_key, problems, dialect
+                )
+            return items
+    elif tp is bool:
+        if isinstance(value, bool):
+            result = value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            result = value
+        elif isinstance(value, float) and value.is_integer():
+            result = int(value)
+        if result is not bad and not -MAX_INT <= result <= MAX_INT:
+            problems.append(dialect.out_of_range(key, value))
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                result = float(value)
+            except OverflowError:  # an int beyond float range
+                result = math.inf
+        elif isinstance(value, str):
+            # YAML 1.1 reads `1e-3` (no dot) as a string; accept what is plainly a number.
+            with contextlib.suppress(ValueError):
+                result = float(value)
+        if result is not bad and dialect.finite_floats and not math.isfinite(result):
+            problems.append(dialect.not_finite(key, value))
+            return None
+    elif tp is str and isinstance(value, str):
+        result = value
+    if result is bad:
+        problems.append(dialect.wrong(key, dialect.type_name(tp), value))
+        return None
+    return result
+
+
+def build_dataclass(
+    cls: type, raw: dict[str, Any], prefix: str, problems: list[str], dialect: Dialect = CONFIG
+) -> Any:
+    """`cls` from `raw`, each problem appended to `problems` with the default kept in its place,
+    so that every problem is found in one pass. None where a field without a default is missing.
+    """
+    hints = type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in hints:
+            close = difflib.get_close_matches(str(k), list(hints), n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+            problems.append(dialect.unknown(key, hint, list(hints)))
+            continue
+        before = len(problems)
+        value = _convert(v, hints[k], key, problems, dialect)
+        if len(problems) == before or _is_dataclass_type(hints[k]) and value is not None:
+            kwargs[k] = value
+        # else: the problem is recorded; keep the default so the other checks still run
+    missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in raw]
+    problems += [dialect.missing(f"{prefix}.{name}" if prefix else name) for name in missing]
+    if any(_required(f) and f.name not in kwargs for f in dataclasses.fields(cls)):
+        return None  # a field without a default was missing or refused
+    return cls(**kwargs)
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    return f.init and no_default
+
+
+def build_record(
+    cls: type[T], raw: Any, where: str, *, prefix: str = "", dialect: Dialect = CONFIG
+) -> T:
+    """The record `cls` read from `raw`, or a RecordError naming every problem at once.
+
+    A record's own `problems()` (checks across fields), if it has one, is asked as well.
+    """
+    if not isinstance(raw, Mapping):
+        raise RecordError([dialect.wrong(prefix or "record", dialect.mapping, raw)], where)
+    problems: list[str] = []
+    record = build_dataclass(cls, dict(raw), prefix, problems, dialect)
+    if record is not None and hasattr(record, "problems"):
+        problems += record.problems()
+    if problems:
+        raise RecordError(problems, where)
+    return record
+
+
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The one-line docstrings written under each field of `cls`, read from the source."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
