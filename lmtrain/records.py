@@ -44,15 +44,16 @@ class RecordError(LmtrainError):
 
 @dataclasses.dataclass(frozen=True)
 class Leaf:
-    """A field type checked by the caller: `Annotated[T, Leaf(expected, convert)]`.
+    """A field type checked by the caller: `Annotated[T, Leaf(expected, check)]`.
 
-    `convert` gets the raw value and returns the field's value; it raises ValueError or TypeError
-    when the value will not do. The problem then says `expected`, or the exception's own message
-    where a ValueError carries one (e.g. "'../x' is not a path inside the run directory").
+    The value is converted as `T` first (`Any` takes it as it is); a value that is no `T` is
+    worded as "expected". `check` then gets the converted value and returns the field's value,
+    or raises ValueError or TypeError: the problem is the exception's message where it has one
+    ("lists a token twice"), else it says `expected` again.
     """
 
     expected: str
-    convert: Callable[[Any], Any]
+    check: Callable[[Any], Any]
 
 
 _REPR = reprlib.Repr()
@@ -181,11 +182,15 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str], dialect: Dialec
         if isinstance(value, dict):
             return build_dataclass(tp, value, key, problems, dialect)
     elif origin is Annotated:
-        leaf = _leaf(tp)
+        leaf, inner = _leaf(tp), []
+        result = _convert(value, typing.get_args(tp)[0], key, inner, dialect)
+        if inner:  # the value is no T (worded by the leaf), or some of its items are wrong
+            problems += [dialect.wrong(key, leaf.expected, value)] if result is None else inner
+            return result
         try:
-            return leaf.convert(value)
+            return leaf.check(result)
         except (TypeError, ValueError) as e:
-            message = str(e) if isinstance(e, ValueError) else ""
+            message = str(e)
             problems.append(
                 dialect.invalid(key, message)
                 if message
@@ -289,6 +294,12 @@ def build_dataclass(
 def _required(f: dataclasses.Field[Any]) -> bool:
     no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     return f.init and no_default
+
+
+def joined(problems: list[str], limit: int = 10) -> str:
+    """The first `limit` problems on one line, and how many more there are."""
+    more = len(problems) - limit
+    return "; ".join(problems[:limit]) + (f"; and {more} more" if more > 0 else "")
 
 
 def build_record(

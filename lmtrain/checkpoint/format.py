@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+
+from lmtrain.records import Leaf
 
 FORMAT = "lmtrain-checkpoint"
 VERSION = 2
@@ -20,24 +22,34 @@ CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 
 
+def _not_negative(n: int) -> int:
+    if n < 0:
+        raise ValueError
+    return n
+
+
+Count = Annotated[int, Leaf("a whole number >= 0", _not_negative)]
+"""A counter as a checkpoint holds it (the type hint the record reader checks it by)."""
+
+
 @dataclass
 class Progress:
     """Counters saved in every checkpoint; together with the RNG states they fix the future."""
 
-    step: int = 0
+    step: Count = 0
     """Optimiser steps completed."""
-    epoch: int = 0
+    epoch: Count = 0
     """Current epoch, 0-based."""
-    batch_in_epoch: int = 0
+    batch_in_epoch: Count = 0
     """Index of the next batch within the current epoch."""
-    tokens: int = 0
+    tokens: Count = 0
     """Training tokens consumed."""
     best_val_loss: float = math.inf
     last_val_loss: float = math.nan
     last_eval_step: int = -1
-    nonfinite_steps: int = 0
+    nonfinite_steps: Count = 0
     """Steps skipped because their loss or gradient was NaN/inf, in total."""
-    nonfinite_run: int = 0
+    nonfinite_run: Count = 0
     """Consecutive skipped steps up to now (0 after a good step; restarts at 0 on resume)."""
     train_seconds: float = 0.0
     """Time spent in training steps so far, evaluation and saving excluded (train.max_minutes)."""
