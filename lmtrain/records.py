@@ -133,6 +133,8 @@ class FileDialect(Dialect):
     finite_floats: bool = False
 
     def type_name(self, tp: Any) -> str:
+        if typing.get_origin(tp) is list:
+            return f"a list, each item {self.type_name(typing.get_args(tp)[0])}"
         return "a bool" if tp is bool else super().type_name(tp)
 
     def wrong(self, key: str, expected: str, value: Any) -> str:

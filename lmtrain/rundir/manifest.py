@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from lmtrain import files
 from lmtrain.checkpoint import CHECKPOINT_DIR, LAST
+from lmtrain.checkpoint.format import Count
+from lmtrain.records import FileDialect, Leaf, RecordError, build_record, joined
 from lmtrain.rundir import resume as resume_mod
 from lmtrain.rundir.layout import BOOKKEEPING, MANIFEST, TREES, RunDirectoryError, exists
 
@@ -50,12 +53,14 @@ class Manifest:
     def read(cls, run_path: Path) -> Manifest | None:
         """The manifest of `run_path`; None where there is none."""
         path = run_path / BOOKKEEPING / MANIFEST
-        if not path.is_file():
+        if not exists(path):
             return None
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            return cls._from_json(raw)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            data, more = files.read_bounded(path, _MAX_BYTES)
+            if more:
+                raise ValueError(f"larger than {_MAX_BYTES >> 20} MiB")
+            return cls._from_json(json.loads(data.decode("utf-8")))
+        except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError included
             raise RunDirectoryError(
                 f"{path} is damaged ({e}); without it lmtrain cannot tell which files in "
                 f"{run_path} it wrote, so it changes nothing there. Restore the file, or fork the "
@@ -72,51 +77,20 @@ class Manifest:
             raise ValueError("not an lmtrain run manifest")
         version = raw.get("version")
         if type(version) is not int:
-            raise ValueError(f"'version' should be a whole number, not {version!r}")
+            raise ValueError(f"'version' should be a whole number, not {version!r:.60}")
         if version > MANIFEST_VERSION:
             raise ValueError(f"written by a newer lmtrain (version {version})")
-        problems: list[str] = []
-        for key, kinds, name in (
-            ("run_id", (str,), "a string"),
-            ("created", (str,), "a string"),
-            ("parent", (dict, type(None)), "an object or null"),
-            ("files", (dict,), "an object"),
-            ("pinned", (list,), "a list"),
-            ("history", (list,), "a list"),
-        ):
-            if key not in raw:
-                problems.append(f"'{key}' is missing")
-            elif not isinstance(raw[key], kinds):
-                problems.append(f"'{key}' should be {name}, not {raw[key]!r:.60}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        for rel, entry in raw["files"].items():
-            if not _safe_rel(rel):
-                problems.append(f"files: {rel!r} is not a path inside the run directory")
-            elif not isinstance(entry, dict):
-                problems.append(f"files[{rel!r}] should be an object, not {entry!r:.60}")
-            else:
-                problems += [
-                    f"files[{rel!r}].{k} should be a whole number >= 0 or null, not {v!r:.60}"
-                    for k, v in entry.items()
-                    if k in ("step", "best_step")
-                    and v is not None
-                    and (type(v) is not int or v < 0)
-                ]
-        problems += [
-            f"pinned: {p!r} is not a path inside the run directory"
-            for p in raw["pinned"]
-            if not _safe_rel(p)
-        ]
-        if problems:
-            raise ValueError("; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+        try:
+            disk = build_record(_OnDisk, raw, "manifest", dialect=_DIALECT)
+        except RecordError as e:
+            raise ValueError(joined(e.problems, 5)) from None
         return cls(
-            run_id=raw["run_id"],
-            created=raw["created"],
-            parent=raw["parent"],
+            run_id=disk.run_id,
+            created=disk.created,
+            parent=disk.parent,
             files={k: dict(v) for k, v in raw["files"].items()},
-            pinned=list(raw["pinned"]),
-            history=list(raw["history"]),
+            pinned=disk.pinned,
+            history=disk.history,
         )
 
     def owns(self, rel: str) -> bool:
@@ -127,12 +101,38 @@ class Manifest:
         return [rel for rel in self.files if exists(run_path / rel)]
 
 
-def _safe_rel(rel: Any) -> bool:
+def _inside(rel: str) -> str:
     """A relative path that stays inside the run directory ("a/b", never "/x" or "../x")."""
-    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
-        return False
     parts = rel.split("/")
-    return not rel.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+    if not rel or "\\" in rel or "\0" in rel or rel.startswith("/") or {"", ".", ".."} & set(parts):
+        raise ValueError(f"{rel!r} is not a path inside the run directory")
+    return rel
+
+
+RunPath = Annotated[str, Leaf("a path inside the run directory", _inside)]
+_MAX_BYTES = 64 << 20
+"""A manifest lists a run's files: far below this, however long the run."""
+_DIALECT = FileDialect(mapping="an object", item="{key}[{name!r}]")
+
+
+@dataclass
+class _Entry:
+    step: Count | None = None
+    best_step: Count | None = None
+
+
+@dataclass
+class _OnDisk:
+    """What Manifest.to_json writes."""
+
+    format: str
+    version: int
+    run_id: str
+    created: str
+    parent: dict[str, Any] | None
+    files: dict[RunPath, _Entry]
+    pinned: list[RunPath]
+    history: list[Any]
 
 
 def legacy_manifest(run_path: Path) -> Manifest | None:
