@@ -16,7 +16,6 @@ import pickle
 import shutil
 import stat
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,7 +23,7 @@ import torch
 
 from lmtrain import files
 from lmtrain.checkpoint.format import BEST, CHECKPOINT_DIR, LAST, Checkpoint
-from lmtrain.checkpoint.validate import checkpoint_from_dict
+from lmtrain.checkpoint.validate import check_archive, checkpoint_from_dict
 from lmtrain.errors import CheckpointError
 
 
@@ -140,14 +139,7 @@ def _open_regular(path: Path) -> BinaryIO:
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and validate a checkpoint onto the CPU, or raise CheckpointError saying why not."""
     with _open_regular(path) as f:
-        if not zipfile.is_zipfile(f):
-            # torch.save always writes a zip archive; anything else (a truncated file, random
-            # bytes, a bare pickle) is rejected here without ever being unpickled.
-            raise CheckpointError(
-                f"{path}: damaged or truncated checkpoint (not a complete torch.save archive); "
-                "it cannot be read"
-            )
-        f.seek(0)
+        check_archive(f, path)  # before a byte is unpickled
         try:
             raw = torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:

@@ -8,10 +8,11 @@ version of its own schema) still load.
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 import torch
 
@@ -139,6 +140,25 @@ class _OnDisk:
             if averager is not None and averager.averaging and averager.raw is None:
                 found.append(f"'{key}.raw' should be a non-empty dict of tensors, not None")
         return found
+
+
+def check_archive(f: BinaryIO, path: Path) -> None:
+    """`f` is a complete torch.save archive whose every member matches its CRC-32, or a
+    CheckpointError. torch.load checks neither: a truncated file or random bytes could reach the
+    unpickler, and a flipped bit in a tensor's bytes would load as a different weight."""
+    try:
+        damaged = zipfile.ZipFile(f).testzip()
+    except Exception:  # noqa: BLE001 - any failure to parse the archive means the file is damaged
+        raise CheckpointError(
+            f"{path}: damaged or truncated checkpoint (not a complete torch.save archive); it "
+            "cannot be read"
+        ) from None
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path}: damaged checkpoint (its part {damaged!r} does not match its checksum); it "
+            "cannot be read. Resume from another checkpoint of the run."
+        )
+    f.seek(0)
 
 
 def checkpoint_from_dict(raw: Any, path: Path) -> Checkpoint:
