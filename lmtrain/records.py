@@ -312,7 +312,7 @@ def build_record(
     A record's own `problems()` (checks across fields), if it has one, is asked as well.
     """
     if not isinstance(raw, Mapping):
-        raise RecordError([dialect.wrong(prefix or "record", dialect.mapping, raw)], where)
+        raise RecordError([f"expected {dialect.mapping} of fields, not {describe(raw)}"], where)
     problems: list[str] = []
     record = build_dataclass(cls, dict(raw), prefix, problems, dialect)
     if record is not None and hasattr(record, "problems"):
