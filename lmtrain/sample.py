@@ -7,6 +7,7 @@ the recurrent network. All samples of a call run as one batch.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -75,7 +76,16 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 @torch.no_grad()
-def generate(model: LanguageModel, vocab: Vocab, prompt: str, opts: SampleOptions) -> SampleResult:
+def generate(
+    model: LanguageModel,
+    vocab: Vocab,
+    prompt: str,
+    opts: SampleOptions,
+    stop: Callable[[], bool] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SampleResult:
+    """`opts.max_tokens` new tokens per sample. `stop` is polled before every token: when it
+    turns true the texts end where they are. `progress` hears the count after every token."""
     model.eval()
     device = next(model.parameters()).device
     ids, warnings = prompt_ids(vocab, prompt)
@@ -88,21 +98,40 @@ def generate(model: LanguageModel, vocab: Vocab, prompt: str, opts: SampleOption
     last = hidden[-1]  # (B, H)
     out = torch.empty(opts.max_tokens, b, dtype=torch.long, device=device)
     for t in range(opts.max_tokens):
+        if stop is not None and stop():
+            out = out[:t]
+            break
         logits = model.output.log_probs(last)  # (B, V)
         logits[:, vocab.pad_id] = float("-inf")  # padding is never a real next token
         if opts.greedy:
+            _check_finite(logits, t)
             nxt = logits.argmax(-1)
         else:
             # Shift the best log-probability to 0 and divide in float64, where every positive
             # temperature is non-zero: a tiny one then sends every other token to -inf (greedy)
             # instead of all of them to -inf or NaN, which multinomial refuses.
             logits = (logits - logits.max(-1, keepdim=True).values).double()
-            logits = filter_logits(logits / opts.temperature, opts.top_k, opts.top_p)
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+            probs = filter_logits(logits / opts.temperature, opts.top_k, opts.top_p).softmax(-1)
+            _check_finite(probs, t)
+            nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
         out[t] = nxt
         hidden, state = model(nxt.unsqueeze(0), state)
         last = hidden[-1]
+        if progress is not None:
+            progress(t + 1)
     # Characters, bytes and BPE pieces carry their own spacing; words are joined by a space.
     sep = "" if vocab.kind in ("char", "byte", "bpe") or not prompt.strip() else " "
     texts = [prompt + sep + vocab.decode(out[:, i]) for i in range(b)]
     return SampleResult(texts, seed, warnings)
+
+
+def _check_finite(values: torch.Tensor, t: int) -> None:
+    """Refuse to draw from NaN or +inf log-probabilities or probabilities (-inf is a token
+    ruled out): the weights are damaged or diverged, and multinomial would fail obscurely."""
+    if bool((values.isnan() | values.isposinf()).any()):
+        raise LmtrainError(
+            f"cannot sample: the model's next-token probabilities are NaN or infinite (at "
+            f"generated token {t + 1}), so its weights are damaged or training diverged. "
+            "Sample from an earlier checkpoint of the run (RUN/checkpoints/step-*.pt), or "
+            "train again with a lower train.lr."
+        )
