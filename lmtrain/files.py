@@ -158,26 +158,29 @@ def check_readable(path: Path) -> str | None:
     return None
 
 
+_REPLACED = "the previous version, if any, is unchanged and no partial file was left"
+_APPENDED = "every complete record is kept, and a torn last line is cut off before the next append"
+
+
 class WriteError(LmtrainError, OSError):
     """A file lmtrain could not write; the message names it and says why (exit 2).
 
-    Also an OSError (errno and strerror are the failure's), so that a caller that words its own
-    message, or that treats any failed write alike, keeps working.
+    Also an OSError (errno and strerror are the failure's own), so that a caller that words its
+    own message, or that treats any failed write alike, keeps working.
     """
 
-    def __init__(self, path: Path, error: OSError) -> None:
+    def __init__(self, path: Path, error: OSError, kept: str = _REPLACED) -> None:
         reason = _REASONS.get(error.errno or 0) or error.strerror or str(error)
-        self.message = (
-            f"{path}: cannot be written ({reason}); the previous version, if any, is unchanged "
-            f"and no partial file was left. {_ADVICE.get(error.errno or 0, _ADVICE[0])}"
-        )
-        super().__init__(error.errno, reason, str(path))
+        advice = _ADVICE.get(error.errno or 0, _ADVICE[0])
+        self.message = f"{path}: cannot be written ({reason}); {kept}. {advice}"
+        self.kept = kept
+        super().__init__(error.errno, error.strerror or reason, str(path))
 
     def __str__(self) -> str:
         return self.message
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable, as exceptions crossing processes are
-        return (WriteError, (Path(self.filename), OSError(self.errno, self.strerror)))
+        return (WriteError, (Path(self.filename), OSError(self.errno, self.strerror), self.kept))
 
 
 _REASONS = {
@@ -212,7 +215,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     name lets sweep_temps remove one that SIGKILL left behind.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_of(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except OSError as e:
@@ -223,7 +226,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
             f.flush()
             # Content and size must reach the disk before the rename; fdatasync skips the
             # timestamps (macOS has no fdatasync).
-            getattr(os, "fdatasync", os.fsync)(f.fileno())
+            _datasync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -231,6 +234,26 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
             raise WriteError(path, e) from None
         raise
     fsync_dir(path.parent)
+
+
+def replace_with_link(source: Path, path: Path) -> bool:
+    """Make `path` a hard link of `source` atomically (a link under a temporary name, renamed);
+    False, with nothing changed, where the file system cannot link them."""
+    tmp = _temp_of(Path(path))
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            return False
+        raise
+    fsync_dir(Path(path).parent)
+    return True
+
+
+def _temp_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -308,15 +331,15 @@ def repair_tail(path: Path) -> int:
                     return 0
             elif _is_json(tail):
                 f.write(b"\n")
-                getattr(os, "fdatasync", os.fsync)(f.fileno())
+                _datasync(f.fileno())
                 return 0
             f.truncate(start)
-            getattr(os, "fdatasync", os.fsync)(f.fileno())
+            _datasync(f.fileno())
             return size - start
     except FileNotFoundError:
         return 0
     except OSError as e:
-        raise WriteError(Path(path), e) from None
+        raise WriteError(Path(path), e, _APPENDED) from None
 
 
 def append_records(path: Path, lines: Iterable[str]) -> int:
@@ -327,7 +350,7 @@ def append_records(path: Path, lines: Iterable[str]) -> int:
         with open(path, "a", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in lines))
     except OSError as e:
-        raise WriteError(Path(path), e) from None
+        raise WriteError(Path(path), e, _APPENDED) from None
     return dropped
 
 
@@ -354,6 +377,10 @@ def _is_json(line: bytes) -> bool:
     except ValueError:  # UnicodeDecodeError included
         return False
     return True
+
+
+def _datasync(fd: int) -> None:
+    getattr(os, "fdatasync", os.fsync)(fd)  # looked up at each call, so a test can fill the disk
 
 
 def fsync_dir(directory: Path) -> None:

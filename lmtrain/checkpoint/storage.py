@@ -1,7 +1,7 @@
 """Checkpoint files on disk: atomic writes, safe reads, and which file a run directory names.
 
-Writes are atomic (temporary file in the same directory, fsync, `os.replace`), so a crash, a full
-disk or a second Ctrl-C mid-save leaves the previous checkpoint intact and no temporary file.
+Writes go through files.atomic_write, so a crash, a full disk or a second Ctrl-C mid-save leaves
+the previous checkpoint intact and no temporary file (one SIGKILL leaves is swept at the next run).
 Loading always uses `torch.load(weights_only=True)`: a file whose pickle would build arbitrary
 objects (and so could run code) is refused, and there is no fallback to unsafe loading. Only
 regular files are opened: a FIFO, a device or a socket given as a checkpoint is refused before
@@ -15,7 +15,6 @@ import os
 import pickle
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,16 +35,10 @@ def save_checkpoint(path: Path, ck: Checkpoint) -> None:
     """
     assert isinstance(ck, Checkpoint), type(ck)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with files.atomic_write(path) as f:
             torch.save(ck.to_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
         if isinstance(e, RuntimeError) and _os_error(e) is None and not _is_write_failure(e):
             raise  # not an I/O problem: a bug, keep its traceback
         raise CheckpointError(
@@ -53,10 +46,6 @@ def save_checkpoint(path: Path, ck: Checkpoint) -> None:
             "previous checkpoint, if any, is unchanged and no partial file was left. Free some "
             "disk space or choose another run.dir."
         ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    files.fsync_dir(path.parent)
 
 
 def _os_error(e: BaseException) -> OSError | None:

@@ -10,6 +10,7 @@ import contextlib
 import shutil
 from pathlib import Path
 
+from lmtrain import files
 from lmtrain.checkpoint import BEST, CHECKPOINT_DIR, LAST, Checkpoint
 from lmtrain.config import Config
 from lmtrain.rundir import resume as resume_mod
@@ -25,6 +26,20 @@ from lmtrain.rundir.layout import (
 )
 from lmtrain.rundir.lock import RunLock
 from lmtrain.rundir.manifest import Manifest
+
+_REMOVED = "warning: removed {}, an unfinished{} write from an interrupted run"
+
+
+def sweep(path: Path, warn: Warn) -> None:
+    """Remove what writes of dead processes left in run directory `path` (files.sweep_temps in
+    the run directory, its checkpoints and its bookkeeping), saying so for each."""
+    for directory, what in (
+        (path, ""),
+        (path / CHECKPOINT_DIR, " checkpoint"),
+        (path / BOOKKEEPING, ""),
+    ):
+        for tmp in files.sweep_temps(directory):
+            warn(_REMOVED.format(tmp, what))
 
 
 class RunDirectory:
@@ -81,19 +96,19 @@ class RunDirectory:
             )
 
     def remove_unfinished_writes(self) -> None:
-        """Delete the temporary files a killed process left mid-write to one of lmtrain's names
-        (only under the lock: a running process's write in progress is never touched)."""
+        """Delete the temporary files a killed process left mid-write: any whose process is gone
+        (files.sweep_temps), and under the lock also those of an older lmtrain (no pid in the
+        name) to one of lmtrain's names; a running process's write in progress is never touched."""
         ours = self.manifest.owns
+        sweep(self.path, self.warn)
         for tmp in unfinished_writes(self.checkpoints, lambda n: ours(f"{CHECKPOINT_DIR}/{n}")):
             tmp.unlink(missing_ok=True)
-            self.warn(
-                f"warning: removed {tmp}, an unfinished checkpoint write from an interrupted run"
-            )
+            self.warn(_REMOVED.format(tmp, " checkpoint"))
         for tmp in unfinished_writes(self.path, ours) + unfinished_writes(
             self.path / BOOKKEEPING, lambda n: n == MANIFEST
         ):
             tmp.unlink(missing_ok=True)
-            self.warn(f"warning: removed {tmp}, an unfinished write from an interrupted run")
+            self.warn(_REMOVED.format(tmp, ""))
 
     # -- what this session may write -------------------------------------------------------------
 

@@ -10,8 +10,8 @@ Files in RUN_DIR/checkpoints:
                          rewind to one of them, and the branch points of rewinds; older ones are
                          deleted after a newer one is safely on disk
     abandoned-S-E/       the checkpoints a rewind to step S gave up (up to step E), unchanged
-    .NAME.XXXX.tmp       a write in progress; one left behind by a killed process is removed at
-                         the next --resume
+    .NAME.PID.XXXX.tmp   a write in progress (files.atomic_write); one left behind by a killed
+                         process is removed when lmtrain next opens the run
 
 `--resume auto` tries last.pt, then the numbered checkpoints from newest to oldest, then best.pt,
 and continues from the first one that loads, warning about each one it had to skip. If none
@@ -20,10 +20,8 @@ loads it stops with an error: a run the user asked to resume never silently star
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from lmtrain import checkpoint as ckpt
@@ -59,57 +57,30 @@ def numbered(directory: Path) -> list[tuple[int, Path]]:
 def save_copies(paths: list[Path], ck: Checkpoint) -> None:
     """Write `ck` to the first path and give the others the same content.
 
-    The copies are hard links made atomically (link to a temporary name, then os.replace), so a
-    numbered checkpoint, last.pt and best.pt cost one write, not three, and take no extra disk
-    space. lmtrain never modifies a checkpoint in place, so the names cannot drift apart. Where
-    the filesystem has no hard links, each copy is written in full.
+    The copies are hard links made atomically (files.replace_with_link), so a numbered
+    checkpoint, last.pt and best.pt cost one write, not three, and take no extra disk space.
+    lmtrain never modifies a checkpoint in place, so the names cannot drift apart. Where the
+    filesystem has no hard links, each copy is written in full.
     """
     first, *others = paths
     ckpt.save_checkpoint(first, ck)
     for path in others:
-        if not _link(first, path):
+        if not files.replace_with_link(first, path):
             ckpt.save_checkpoint(path, ck)
-    files.fsync_dir(first.parent)
 
 
 def link_or_copy(source: Path, path: Path) -> None:
     """Give `path` the content of checkpoint `source` atomically: a hard link, else a copy."""
-    if _link(source, path):
-        files.fsync_dir(path.parent)
+    if files.replace_with_link(source, path):
         return
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        shutil.copyfile(source, tmp)
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with files.atomic_write(path) as out, source.open("rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(
             f"{path}: could not copy {source} there ({e.strerror or e}); nothing else was "
             "changed. Free some disk space or choose another run.dir."
         ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    files.fsync_dir(path.parent)
-
-
-def _link(source: Path, path: Path) -> bool:
-    tmp = path.with_name(f".{path.name}.link.tmp")
-    try:
-        tmp.unlink(missing_ok=True)
-        os.link(source, tmp)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        return False
-    except BaseException:  # a second Ctrl-C: stop, but leave no temporary link behind
-        tmp.unlink(missing_ok=True)
-        raise
-    return True
 
 
 def candidates(directory: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from lmtrain.config import Config
 from lmtrain.errors import CheckpointError
 from lmtrain.rundir import resume as resume_mod
 from lmtrain.rundir.branches import inherit_best, newer_than, rewind, undo_fork
-from lmtrain.rundir.directory import RunDirectory
+from lmtrain.rundir.directory import RunDirectory, sweep
 from lmtrain.rundir.layout import (
     BOOKKEEPING,
     LOCK,
@@ -94,6 +94,7 @@ def _open_fresh(
     target: Path, cfg: Config, fork: Start | None, warn: Warn
 ) -> tuple[RunDirectory, Start]:
     """A new run, or a fork, into a directory that is new, empty or ours and unused."""
+    sweep(target, warn)  # what a killed process left mid-write is not the user's
     check_fresh(target, fork.source if fork else None)
     created: list[Path] = []
     try:
