@@ -22,6 +22,8 @@ import errno
 import hashlib
 import json
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,6 +33,8 @@ from lmtrain.errors import LmtrainError
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 RESULTS_VERSION = 1
+
+Warn = Callable[[str], None]
 
 
 class MetricsError(LmtrainError):
@@ -102,12 +106,17 @@ def _open_append(path: Path) -> TextIO:
     return path.open("a", encoding="utf-8")
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 class MetricsFile:
     """RUN/metrics.jsonl, append-only: each record is written and flushed at once, so a crash
-    keeps every line logged before it. On resume the lines past the checkpoint's step are
-    dropped first (as TensorBoard's purge_step does), so every step appears once."""
+    keeps every line logged before it. On resume a torn last line (a crash mid-write) is cut
+    off, and the lines past the checkpoint's step are dropped (as TensorBoard's purge_step
+    does), so every step appears once and nothing is appended onto half a line."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None, warn: Warn = _stderr) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         self.kept: list[dict[str, Any]] = []
         """Records of earlier sessions still valid after a resume."""
@@ -119,6 +128,15 @@ class MetricsFile:
                 )
         elif self.path.exists():
             records = read_metrics(self.path.parent)  # refuses a file that is not ours
+            try:
+                dropped = files.repair_tail(self.path)
+            except OSError as e:
+                raise write_error(self.path, e) from None
+            if dropped:
+                warn(
+                    f"warning: {self.path} ended in a torn line ({dropped} bytes, a write cut "
+                    "short by a crash or a full disk); removed it, every complete record is kept"
+                )
             self.kept = [r for r in records if r["step"] <= resume_step]
             if len(self.kept) < len(records):
                 self._rewrite(self.kept)
@@ -128,7 +146,10 @@ class MetricsFile:
             raise write_error(self.path, e) from None
 
     def _rewrite(self, records: list[dict[str, Any]]) -> None:
-        _replace_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
+        try:
+            files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps({k: _finite(v) for k, v in record.items()})
@@ -146,17 +167,13 @@ class MetricsFile:
 
 
 def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
-    """RUN/results.json, replaced atomically (temporary file, fsync, rename)."""
+    """RUN/results.json, replaced atomically (files.write_json)."""
     path = Path(run_dir) / RESULTS_FILE
-    _replace_text(path, json.dumps(_clean(results), indent=2) + "\n")
-    return path
-
-
-def _replace_text(path: Path, text: str) -> None:
     try:
-        files.replace_text(path, text)
+        files.write_json(path, _clean(results))
     except OSError as e:
         raise write_error(path, e) from None
+    return path
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
