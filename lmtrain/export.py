@@ -1,21 +1,18 @@
 """`lmtrain export`: a run's checkpoint as a folder that loads without unpickling anything.
 
 The folder's files and how they are read back are lmtrain/checkpoint/export_format.py; this
-module picks the checkpoint, writes the model card and moves the finished folder into place.
+module picks the checkpoint, writes the model card, and owns the folder: it writes into a new or
+empty one, or one whose manifest says lmtrain export wrote there, and replaces only its own files.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import shlex
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtrain import __version__
+from lmtrain import __version__, files
 from lmtrain.checkpoint import (
     CHECKPOINT_DIR,
     Progress,
@@ -28,6 +25,7 @@ from lmtrain.checkpoint.export_format import (
     CONFIG,
     FILES,
     FORMAT,
+    MANIFEST,
     VERSION,
     VOCAB,
     WEIGHTS,
@@ -35,6 +33,8 @@ from lmtrain.checkpoint.export_format import (
     is_export_dir,
     load_export,
     write_export_files,
+    write_manifest,
+    written_files,
 )
 from lmtrain.config import Config
 from lmtrain.data.vocab import Vocab
@@ -65,9 +65,10 @@ def default_out(run: Path) -> Path:
 def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
     """Write the export of `run` (a run directory or checkpoint) to `out` (default RUN/export).
 
-    `out` may be absent, empty, or a previous export (replaced whole); anything else is refused.
-    The folder is built beside `out` and moved into place, so `out` never holds a mix of two
-    exports.
+    `out` may be absent, empty, or a folder lmtrain exported to before (its manifest lists the
+    files export wrote); anything else is refused. Only the export's own files are written,
+    each atomically, and the manifest marks the export incomplete until all of them are, so a
+    user's other files in `out` are never touched and a half-written export is never loaded.
     """
     run = Path(run)
     if is_export_dir(run):
@@ -80,50 +81,67 @@ def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
     checkpoint = resolve_checkpoint(run)
     # `--out=~/x` reaches us unexpanded (the shell expands `~` only at the start of a word).
     out = Path(out).expanduser() if out is not None else default_out(run)
+    files.sweep_temps(out)  # what an export killed mid-write left: lmtrain's, not the user's
     _check_out(out)
     model, vocab, cfg = load_model(checkpoint)
     progress = load_checkpoint(checkpoint).progress
-    # Built beside `out` (same file system, so the final rename is atomic); made with mkdir
-    # rather than mkdtemp so that the folder gets the usual permissions, not owner-only ones.
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ExportError(f"{out}: cannot create the export ({e.strerror or e})") from None
     try:
+        write_manifest(out, complete=False)
         card = model_card(model, vocab, cfg, progress, checkpoint)
-        write_export_files(tmp, model, vocab, cfg, card, __version__)
-        _move_into_place(tmp, out)
+        write_export_files(out, model, vocab, cfg, card, __version__)
+        write_manifest(out, complete=True)
     except OSError as e:
         raise ExportError(
-            f"{out}: could not write the export ({e.strerror or e}); nothing was replaced"
+            f"{out}: could not write the export ({e.strerror or e}); the folder may hold an "
+            "incomplete export, which will not load until `lmtrain export` completes it, and "
+            "no other file in it was changed. Free some space, then export again."
         ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, checkpoint, sum(p.numel() for p in model.parameters()))
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
+    """Refuse an `out` where the export would replace a file lmtrain export did not write."""
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not is_export_dir(out):
+    if not out.is_dir():
+        return
+    names = sorted(p.name for p in out.iterdir())
+    ours = written_files(out)
+    if ours is None and set(names) <= set(FILES) and _marked(out / WEIGHTS):
+        ours = list(FILES)  # an export of an lmtrain that wrote no manifest
+    foreign = [n for n in names if n not in (ours or ())]
+    if ours is None and foreign:
         raise ExportError(
-            f"{out}: is a folder with other files in it, not a previous export; lmtrain "
-            "overwrites only its own exports. Choose another --out, or empty it first."
+            f"{out}: is a folder with other files in it ({_some(foreign)}), not a previous "
+            "export; lmtrain export writes only into a new or empty folder, or one it exported "
+            "to before, and never replaces a file it did not write. Choose another --out, or "
+            "move those files away."
+        )
+    clash = [n for n in foreign if n in (*FILES, MANIFEST)]
+    if clash:
+        raise ExportError(
+            f"{out}: holds {_some(clash)}, which lmtrain export did not write and would have "
+            "to replace; nothing was changed. Move it away, or choose another --out."
         )
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    # A directory cannot be replaced by a rename while it has files: move the old export aside
-    # first, so that `out` is either the old export or the new one, then delete the old one.
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _marked(weights: Path) -> bool:
+    """Whether `weights` carries lmtrain export's format mark."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
 
 
 def model_card(

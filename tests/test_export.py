@@ -46,6 +46,7 @@ def test_export_writes_the_four_files_and_loads_the_same_model(
     r = invoke(cli, "export", tied_run, "--out", out)
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == [
+        ".lmtrain-export.json",
         "README.md",
         "config.json",
         "model.safetensors",
@@ -201,3 +202,121 @@ def test_eval_sample_score_and_load_accept_an_export(tied_run: Path, tmp_path: P
         assert from_run.exit_code == 0 and from_export.exit_code == 0, from_export.output
         assert from_export.stdout == from_run.stdout
     assert lmtrain.load(out).score(SENTENCES[0]) == lmtrain.load(tied_run).score(SENTENCES[0])
+
+
+# -- the export folder is owned: only the files export wrote are ever replaced ------------------
+
+
+def _user_files(folder: Path) -> dict[str, bytes]:
+    files = {
+        "tokenizer.json": b'{"model": "mine"}',
+        "NOTES.md": b"# my notes\n",
+        "sub/data.bin": b"\x00\x01",
+    }
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return files
+
+
+def test_export_refuses_a_foreign_folder_that_looks_like_an_export(
+    tied_run: Path, tmp_path: Path, cli
+) -> None:
+    out = tmp_path / "hf-model"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"someone else's weights")
+    (out / "config.json").write_text('{"architectures": ["GPT2"]}')
+    _user_files(out)
+    before = _tree_hash(out)
+    r = invoke(cli, "export", tied_run, "--out", out)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert (
+        "not a previous export" in r.stderr and "never replaces a file it did not write" in r.stderr
+    )
+    assert "NOTES.md" in r.stderr and "Choose another --out" in r.stderr
+    assert _tree_hash(out) == before
+
+
+@pytest.mark.parametrize("where", ["out", "run"])
+def test_re_export_replaces_only_its_own_files(
+    tied_run: Path, tmp_path: Path, cli, where: str
+) -> None:
+    if where == "run":  # RUN/export, the default
+        out = tied_run / "export"
+        args: tuple = ()
+    else:
+        out = tmp_path / "exp"
+        args = ("--out", out)
+    assert invoke(cli, "export", tied_run, *args).exit_code == 0
+    try:
+        mine = _user_files(out)
+        (out / "README.md").write_text("stale card")
+        r = invoke(cli, "export", tied_run, *args)
+        assert r.exit_code == 0, r.output
+        assert {rel: (out / rel).read_bytes() for rel in mine} == mine
+        assert (out / "README.md").read_text() != "stale card"
+        assert is_export_dir(out) and load_export(out)[1].itos == load_model(tied_run)[1].itos
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        if where == "run":
+            import shutil
+
+            shutil.rmtree(out)
+
+
+def test_an_interrupted_export_is_refused_on_load_and_finished_by_the_next(
+    tied_run: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from lmtrain import files
+
+    out = tmp_path / "exp"
+    real = files.write_bytes
+
+    def full(path: Path, data: bytes) -> None:
+        raise files.WriteError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    assert invoke(cli, "export", tied_run, "--out", out).exit_code == 0
+    monkeypatch.setattr(files, "write_bytes", full)  # the new weights find the disk full
+    r = invoke(cli, "export", tied_run, "--out", out)
+    monkeypatch.setattr(files, "write_bytes", real)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "could not write the export (No space left on device)" in r.stderr
+    assert "incomplete export" in r.stderr
+    # config.json is the new export's, the weights still the old one's: never loaded as one.
+    with pytest.raises(LmtrainError, match="interrupted while it was written"):
+        load_export(out)
+    assert invoke(cli, "export", tied_run, "--out", out).exit_code == 0
+    assert load_export(out)[2] == load_model(tied_run)[2]
+
+
+def test_an_export_without_a_manifest_is_replaced_but_a_file_of_the_users_is_not(
+    tied_run: Path, tmp_path: Path, cli
+) -> None:
+    out = tmp_path / "old"
+    assert invoke(cli, "export", tied_run, "--out", out).exit_code == 0
+    (out / ".lmtrain-export.json").unlink()  # as an lmtrain without manifests wrote it
+    assert invoke(cli, "export", tied_run, "--out", out).exit_code == 0
+    assert (out / ".lmtrain-export.json").is_file()
+    (out / ".lmtrain-export.json").unlink()
+    (out / "NOTES.md").write_text("mine")
+    before = _tree_hash(out)
+    r = invoke(cli, "export", tied_run, "--out", out)
+    assert r.exit_code == 2 and "NOTES.md" in r.stderr and _tree_hash(out) == before
+
+
+def test_export_removes_what_a_killed_export_left(tied_run: Path, tmp_path: Path, cli) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "exp"
+    assert invoke(cli, "export", tied_run, "--out", out).exit_code == 0
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = out / f".model.safetensors.{int(dead.stdout)}.0123abcd.tmp"
+    stale.write_bytes(b"half of the weights")
+    assert invoke(cli, "export", tied_run, "--out", out).exit_code == 0
+    assert not stale.exists()

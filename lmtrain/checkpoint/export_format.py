@@ -5,6 +5,7 @@
       config.json         the run's full resolved config (JSON is also valid YAML)
       vocab.json          the vocabulary: tokeniser kind and the token of each id
       README.md           a model card: data, metrics, the command that trained it
+      .lmtrain-export.json  the files lmtrain export wrote here (it replaces only those)
 
 This module writes and reads the files; lmtrain/export.py makes an export from a run. Reading
 (`load_export`, and `lmtrain eval/sample/score EXPORT_DIR`) parses JSON and safetensors only, so
@@ -17,11 +18,11 @@ already shares the matrix, and loading fills it once).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from lmtrain import files
 from lmtrain.config import Config, config_from_dict
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import CheckpointError
@@ -29,6 +30,8 @@ from lmtrain.models import LanguageModel, build_model
 
 WEIGHTS, CONFIG, VOCAB, CARD = "model.safetensors", "config.json", "vocab.json", "README.md"
 FILES = (WEIGHTS, CONFIG, VOCAB, CARD)
+MANIFEST = ".lmtrain-export.json"
+"""What lmtrain export wrote in the folder: the only files a later export may replace."""
 FORMAT = "lmtrain-export"
 VERSION = 1
 
@@ -46,26 +49,44 @@ def is_export_dir(path: str | Path) -> bool:
 def write_export_files(
     folder: Path, model: LanguageModel, vocab: Vocab, cfg: Config, card: str, lmtrain_version: str
 ) -> None:
-    """Write the four files of an export into `folder` and fsync them."""
-    from safetensors.torch import save_model
+    """Write the four files of an export into `folder`, each through files.atomic_write."""
+    from safetensors.torch import save
 
-    # save_model drops the second name of a shared tensor (tied weights) and records it in the
-    # metadata; load_export below accepts exactly that.
-    (folder / CONFIG).write_text(
-        json.dumps(cfg.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
+    files.write_json(folder / CONFIG, cfg.to_dict())
+    # A shared tensor (tied weights) is stored once, under its first name; its other names are
+    # recorded in the metadata, as safetensors' save_model does, and load_export ties them again.
     meta = {"format": FORMAT, "version": str(VERSION), "lmtrain_version": lmtrain_version}
-    save_model(model, str(folder / WEIGHTS), metadata=meta)
-    # safetensors creates its file owner-only; an export is made to be shared, so the weights
-    # get the permissions the umask gives every other file.
-    (folder / WEIGHTS).chmod((folder / CONFIG).stat().st_mode & 0o777)
-    (folder / VOCAB).write_text(
-        json.dumps(vocab.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8"
+    state, first = {}, {}
+    for name, tensor in model.state_dict().items():
+        kept = first.setdefault((tensor.data_ptr(), tensor.numel()), name)
+        if kept == name or tensor.numel() == 0:
+            state[name] = tensor.contiguous()
+        else:
+            meta[name] = kept
+    files.write_bytes(folder / WEIGHTS, save(state, metadata=meta))
+    files.write_json(folder / VOCAB, vocab.to_dict(), indent=None, ensure_ascii=False)
+    files.write_text(folder / CARD, card)
+
+
+def written_files(folder: Path) -> list[str] | None:
+    """The names `folder`'s export manifest says lmtrain export wrote; None without a readable
+    manifest. `complete` in it is False while an export is being written."""
+    try:
+        raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    names = raw.get("files") if isinstance(raw, dict) and raw.get("format") == FORMAT else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return names
+
+
+def write_manifest(folder: Path, complete: bool) -> None:
+    """The export manifest: the files lmtrain export writes in `folder`, and whether all are."""
+    files.write_json(
+        folder / MANIFEST,
+        {"format": FORMAT, "version": VERSION, "files": [*FILES, MANIFEST], "complete": complete},
     )
-    (folder / CARD).write_text(card, "utf-8")
-    for name in FILES:
-        with (folder / name).open("rb") as f:
-            os.fsync(f.fileno())
 
 
 def load_export(
@@ -80,6 +101,11 @@ def load_export(
     for name in (WEIGHTS, CONFIG, VOCAB):
         if not (path / name).is_file():
             raise ExportError(f"{path}: not an lmtrain export ({name} is missing)")
+    if written_files(path) is not None and _read_json(path / MANIFEST).get("complete") is False:
+        raise ExportError(
+            f"{path}: an export that was interrupted while it was written (its files may come "
+            "from two exports); run `lmtrain export` again to finish it"
+        )
     cfg = config_from_dict(_read_json(path / CONFIG), source=str(path / CONFIG))
     raw_vocab = _read_json(path / VOCAB)
     try:
