@@ -122,12 +122,25 @@ def validate(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesAr
 
 @app.command(context_settings=_DOTTED_OPTIONS)
 @_user_errors
-def prepare(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg = None) -> None:
+def prepare(
+    ctx: typer.Context,
+    config: ConfigArg,
+    overrides: ConfigOverridesArg = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Hash every text and prepared file in full, instead of trusting a file whose "
+            "size, times and inode are unchanged; a damaged or stale entry is rebuilt.",
+        ),
+    ] = False,
+) -> None:
     """Tokenise the training and validation text once into data.cache_dir (prepared ids).
 
     Later fits, resumes and torchrun ranks with the same data.cache_dir map the prepared ids
     instead of reading the text. Exit 2 when data.cache_dir is null (the cache is off).
     """
+    from lmtrain.data.corpus import is_builtin
     from lmtrain.data.prepare import prepare_corpus, resolve_cache_dir
 
     settings = _config_overrides(ctx, config, overrides or [])
@@ -139,7 +152,7 @@ def prepare(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg
             "prepare the text; set data.cache_dir=auto (the default) or any folder in the "
             "command or config, and use the same setting for lmtrain fit"
         )
-    pc = prepare_corpus(cfg.data, cache_dir, None, _err)
+    pc = prepare_corpus(cfg.data, cache_dir, None, _err, verify)
     splits = [("train", cfg.data.train, pc.train)]
     if pc.valid is not None and cfg.data.valid is not None:
         splits.append(("valid", cfg.data.valid, pc.valid))
@@ -148,6 +161,7 @@ def prepare(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg
         typer.echo(
             f"{role}: {spec}: {split.ids.numel():,} tokens as {str(split.ids.dtype)[6:]}, "
             f"{split.text_bytes:,} bytes of text"
+            + (", verified in full" if verify and not is_builtin(spec) else "")
         )
 
 

@@ -171,11 +171,13 @@ def prepare_split(
     cache_dir: Path | None,
     vocab: AnyVocab | None,
     echo: Callable[[str], None],
+    verify: bool = False,
 ) -> tuple[AnyVocab, Split]:
     """(vocabulary, split) of the text `spec` for `role` (train / valid / test).
 
     `vocab` None builds it from this text (a fresh run's training split); otherwise the ids
-    are in that vocabulary. `cache_dir` None (or a built-in corpus) encodes in memory.
+    are in that vocabulary. `cache_dir` None (or a built-in corpus) encodes in memory. `verify`
+    hashes the text and the prepared ids in full instead of trusting their stamps.
     """
     if cache_dir is None or is_builtin(spec):
         text = read_text(spec, role, d.decode_errors)
@@ -185,11 +187,11 @@ def prepare_split(
         return vocab, Split(enc.ids, enc.oov, text_utf8_bytes(text))
 
     path, split = _source_path(spec, f"data.{role}")
-    source = source_of(path, cache_dir)
+    source = source_of(path, cache_dir, verify)
     settings = _settings(d, split, "built")
     wanted = None if vocab is None else vocab_sha256(vocab)
     try:
-        hit = load_prepared(cache_dir, source, settings, vocab_sha256=wanted)
+        hit = load_prepared(cache_dir, source, settings, wanted, verify)
         if vocab is None:
             vocab = Vocab.from_dict(load_vocab(cache_dir, hit.vocab_sha256))
         return vocab, Split(hit.ids, hit.oov, hit.text_bytes)
@@ -199,7 +201,7 @@ def prepare_split(
         # The text in a vocabulary it was not built with (a validation split, a resumed run).
         settings = _settings(d, split, wanted)
         try:
-            hit = load_prepared(cache_dir, source, settings)
+            hit = load_prepared(cache_dir, source, settings, verify=verify)
             assert vocab is not None
             return vocab, Split(hit.ids, hit.oov, hit.text_bytes)
         except CacheMiss as miss:
@@ -256,10 +258,12 @@ def prepare_corpus(
     cache_dir: Path | None,
     vocab: AnyVocab | None = None,
     echo: Callable[[str], None] = lambda _: None,
+    verify: bool = False,
 ) -> PreparedCorpus:
     """The training and validation splits of `d`; the vocabulary is built when not given.
 
-    `cache_dir` None reads and encodes every split in memory, as without a cache.
+    `cache_dir` None reads and encodes every split in memory, as without a cache. `verify`:
+    see prepare_split. The temporaries of a writer that was killed are removed first.
     """
     if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
         # Said once, here: otherwise every entry would read as "damaged" before the write fails.
@@ -267,10 +271,13 @@ def prepare_corpus(
             f"data.cache_dir {cache_dir} exists and is not a directory; point data.cache_dir at "
             "a directory (it is created if missing)"
         )
-    vocab, train = prepare_split(d, d.train, "train", cache_dir, vocab, echo)
+    if cache_dir is not None:
+        files.sweep_temps(cache_dir)
+        files.sweep_temps(cache_dir / "sources")
+    vocab, train = prepare_split(d, d.train, "train", cache_dir, vocab, echo, verify)
     valid = None
     if d.valid is not None:
-        _, valid = prepare_split(d, d.valid, "valid", cache_dir, vocab, echo)
+        _, valid = prepare_split(d, d.valid, "valid", cache_dir, vocab, echo, verify)
         if valid.ids.numel() < 2:
             raise DataError(f"{d.valid}: validation text needs at least 2 tokens")
     return PreparedCorpus(vocab, train, valid)

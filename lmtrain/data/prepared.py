@@ -7,24 +7,28 @@ nothing is decoded again. This module owns the cache directory; nobody else open
 
     CACHE/
       KEY.ids                    token ids, raw uint8 / uint16 / uint32 in the machine's order
-      KEY.json                   header: version, dtype, token count, source and vocabulary
-                                 sha256, settings, and a fingerprint of KEY.ids
+      KEY.json                   header (`Header`): version, dtype, token count, source and
+                                 vocabulary sha256, settings, what KEY.ids holds, a checksum
       vocab-SHA256.json          a vocabulary, named by the hash of its contents
-      sources/PATHHASH.json      the sha256 a source file had at a (size, mtime) seen before
+      sources/PATHHASH.json      the sha256 a source file had at a stamp seen before
 
 KEY hashes the source file's contents and the tokeniser settings, so a renamed or copied corpus
-finds its cache, and any change to the text or the settings makes a new entry. The header is
-written last and atomically (temp file, then `os.replace`): an ids file without a header is an
+finds its cache, and any change to the text or the settings makes a new entry. Every file is
+written through `files.atomic_write`, the header last: an ids file without a header is an
 interrupted write, never a result. `load_prepared` raises `CacheMiss` with the reason for an
 absent, stale or damaged entry, and the caller tokenises again; a damaged entry is never used.
 
-Checking an entry reads no corpus text: a file whose size and modification time are those
-recorded with its hash is taken to be unchanged, as `make` and `git status` do. Anything else
-(a touched, copied or edited file) is hashed again, in chunks. An edit that keeps both size
-and modification time goes unseen by that check; `verify=True` always rehashes.
+What a load checks, without reading the corpus. A file's stamp is its size, modification time,
+change time (ctime) and inode: any write changes the ctime, which no tool (touch, os.utime) can
+set back, and a copy or an editor's save makes a new inode. A source whose stamp is the one
+remembered with its hash is unchanged; anything else is hashed again, in chunks. The header
+carries a checksum of itself, so no count in it can be wrong. KEY.ids is hashed in full when its
+stamp is not the header's (and then re-stamped), else 16 blocks spread over it are; and its
+largest id is checked against the vocabulary. `verify=True` (`lmtrain prepare --verify`) hashes
+every source and ids file in full, which also finds damage the stamp cannot show (a disk's).
 
 The module is longer than most because it is the one owner of the cache's files (layout,
-atomic writes, header checks); split up, the on-disk format would be spread over several files.
+stamps, header checks); split up, the on-disk format would be spread over several files.
 """
 
 from __future__ import annotations
@@ -33,16 +37,16 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 import torch
 
+from lmtrain import files, records
 from lmtrain.errors import DataError
 
 
@@ -58,10 +62,14 @@ def _unwritable(cache_dir: Path, e: OSError) -> CacheWriteError:
 
 
 FORMAT = "lmtrain-prepared"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _CHUNK_BYTES = 1 << 20
-# A file modified this recently may still change within the same timestamp tick, so its hash is
-# not remembered by (size, mtime); it is simply hashed again next time.
+_SMALL_JSON = 1 << 20
+"""A header or memo is a few hundred bytes: a larger one is damaged, and is not read whole."""
+_SAMPLE_BLOCKS, _SAMPLE_BYTES = 16, 4096
+_RANGE_SLICE = 1 << 24
+# A file changed this recently may change again within the same timestamp tick, so its stamp
+# would not show it: its hash is not remembered; it is simply hashed again next time.
 _RACY_SECONDS = 2.0
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -69,6 +77,7 @@ _DTYPES: dict[str, torch.dtype] = {
     "uint16": torch.uint16,
     "uint32": torch.uint32,
 }
+_SIGNED = {torch.uint8: torch.int8, torch.uint16: torch.int16, torch.uint32: torch.int32}
 
 
 class CacheMiss(Exception):
@@ -94,12 +103,27 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def hash_file(path: Path, chunk_bytes: int = _CHUNK_BYTES) -> str:
-    """sha256 of a file's bytes, read in chunks so that memory does not grow with the file."""
+def _digest(f: BinaryIO) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
+    while block := f.read(_CHUNK_BYTES):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_file(path: Path) -> str:
+    """sha256 of a regular file's bytes, read in chunks so that memory does not grow with it."""
+    with files.open_regular(path) as f:
+        return _digest(f)
+
+
+def _sample(f: BinaryIO, size: int) -> str:
+    """sha256 of a file's size and 16 blocks spread over it (all of a file of up to 64 KiB)."""
+    digest = hashlib.sha256(str(size).encode())
+    whole = size <= _SAMPLE_BLOCKS * _SAMPLE_BYTES
+    step = 0 if whole else (size - _SAMPLE_BYTES) // (_SAMPLE_BLOCKS - 1)
+    for i in range(1 if whole else _SAMPLE_BLOCKS):
+        f.seek(i * step)
+        digest.update(f.read(size if whole else _SAMPLE_BYTES))
     return digest.hexdigest()
 
 
@@ -107,6 +131,25 @@ def canonical_sha256(value: Any) -> str:
     """sha256 of a JSON value written canonically (sorted keys, no spaces)."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _sealed(value: dict[str, Any]) -> dict[str, Any]:
+    """`value` with a checksum of itself, so that a damaged value cannot pass for another."""
+    return {**value, "checksum": canonical_sha256(value)}
+
+
+def _intact(value: dict[str, Any]) -> bool:
+    rest = {k: v for k, v in value.items() if k != "checksum"}
+    return value.get("checksum") == canonical_sha256(rest)
+
+
+def _stamp(st: os.stat_result) -> dict[str, int]:
+    """What any write to a file changes: the change time cannot be set back, not even by utime."""
+    return {"mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
+def _settled(st: os.stat_result) -> bool:
+    return time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > _RACY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -118,84 +161,62 @@ class Source:
     size: int
 
 
-def _create_temp(final: Path) -> tuple[int, Path]:
-    """A new, empty temp file beside `final`, under a name no concurrent writer shares.
-
-    Created with mode 0o666 less the umask, like any file the user writes, so that a cache
-    shared by a team stays readable (a mkstemp file would be private to its owner).
-    """
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    return fd, tmp
-
-
-def _write_json_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f, sort_keys=True, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, limit: int | None = _SMALL_JSON) -> Any:
     """The JSON in `path`; CacheMiss when it is absent or unreadable (a damaged cache file)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw, more = files.read_bounded(path, limit)
+        if more:
+            raise CacheMiss(f"{path.name} is damaged (larger than any lmtrain writes)")
+        return json.loads(raw)
     except FileNotFoundError:
         raise CacheMiss(f"{path.name} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON and UTF-8 errors
         raise CacheMiss(f"{path.name} is damaged ({e})") from None
 
 
-def source_of(path: Path, cache_dir: Path, verify: bool = False) -> Source:
-    """`path` with its content sha256, remembered in `cache_dir` by (size, mtime).
+def _write_cache_json(cache_dir: Path, path: Path, value: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_json(path, value, indent=1)
+    except OSError as e:  # files.WriteError included
+        raise _unwritable(cache_dir, e) from None
 
-    The remembered hash is used when the file's size and modification time (nanoseconds) are
-    those it had when hashed; otherwise, or with `verify`, the file is hashed again in chunks.
-    A file that changes while it is hashed is refused: its hash would describe no version of it.
+
+def source_of(path: Path, cache_dir: Path | None, verify: bool = False) -> Source:
+    """`path` with its content sha256, remembered in `cache_dir` (None: not at all) by stamp.
+
+    The remembered hash is used when the file's stamp (size, modification and change time,
+    inode) is the one it had when hashed; otherwise, or with `verify`, the file is hashed again
+    in chunks. A file that changes while it is hashed is refused: its hash would describe no
+    version of it.
     """
     path = Path(path).resolve()
     try:
         before = path.stat()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror}); check the path") from None
-    memo_path = cache_dir / "sources" / f"{canonical_sha256(str(path))[:32]}.json"
-    if not verify:
-        try:
+    memo_path = None
+    if cache_dir is not None:
+        memo_path = cache_dir / "sources" / f"{canonical_sha256(str(path))[:32]}.json"
+    seen = {"path": str(path), "bytes": before.st_size, **_stamp(before)}
+    if memo_path is not None and not verify:
+        with contextlib.suppress(CacheMiss):
             memo = _read_json(memo_path)
-            if (
-                memo.get("path") == str(path)
-                and memo.get("size") == before.st_size
-                and memo.get("mtime_ns") == before.st_mtime_ns
-                and isinstance(memo.get("sha256"), str)
-            ):
+            if isinstance(memo, dict) and memo == _sealed({**seen, "sha256": memo.get("sha256")}):
                 return Source(path, memo["sha256"], before.st_size)
-        except (CacheMiss, AttributeError):
-            pass  # no usable memo (absent, damaged or not an object): hash the file
     try:
         sha = hash_file(path)
         after = path.stat()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror}); check the path") from None
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+    if {"path": str(path), "bytes": after.st_size, **_stamp(after)} != seen:
         raise DataError(f"{path}: the file changed while it was read; run again once it is written")
-    if time.time() - after.st_mtime_ns / 1e9 > _RACY_SECONDS:
-        memo = {"path": str(path), "size": after.st_size, "mtime_ns": after.st_mtime_ns}
+    if memo_path is not None and _settled(after):
         # Only a shortcut: a cache that cannot take it (read-only) costs a rehash next time.
         with contextlib.suppress(OSError):
-            _write_json_atomic(memo_path, {**memo, "sha256": sha})
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            files.write_json(memo_path, _sealed({**seen, "sha256": sha}), indent=1)
     return Source(path, sha, after.st_size)
-
-
-def _write_cache_json(cache_dir: Path, path: Path, value: Any) -> None:
-    try:
-        _write_json_atomic(path, value)
-    except OSError as e:
-        raise _unwritable(cache_dir, e) from None
 
 
 def cache_key(source_sha256: str, settings: Mapping[str, Any]) -> str:
@@ -210,6 +231,55 @@ def cache_key(source_sha256: str, settings: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class IdsRecord:
+    """What a header knows of its KEY.ids."""
+
+    bytes: int
+    sha256: str
+    """Of the whole file: checked when the stamp below is not the file's, and by `verify`."""
+    sample: str
+    """Of the size and 16 blocks spread over the file (`_sample`): checked at every load."""
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """KEY.json: what a prepared split is, read through `records.build_record`."""
+
+    format: str
+    version: int
+    key: str
+    byteorder: str
+    dtype: Literal["uint8", "uint16", "uint32"]
+    tokens: int
+    oov: int
+    """Tokens of the text that were not in the vocabulary."""
+    text_bytes: int
+    """UTF-8 bytes of the text these ids encode: what bits per byte divides by."""
+    vocab_size: int
+    vocab_sha256: str
+    source_sha256: str
+    source_bytes: int
+    settings: dict[str, Any]
+    ids: IdsRecord
+    checksum: str
+    """sha256 of the rest of the header (`_sealed`)."""
+
+    def problems(self) -> list[str]:
+        counts = ("tokens", "oov", "text_bytes", "source_bytes")
+        problems = [f"'{k}' should be at least 0" for k in counts if getattr(self, k) < 0]
+        if not (
+            1 <= self.vocab_size <= 1 << 32
+            and _DTYPES[self.dtype] == id_dtype(self.vocab_size)
+            and self.ids.bytes == self.tokens * _DTYPES[self.dtype].itemsize
+        ):
+            problems.append("dtype, vocabulary size and byte count disagree")
+        return problems
+
+
+@dataclass(frozen=True)
 class PreparedSplit:
     """A prepared split: ids mapped from disk, and what the header says about them."""
 
@@ -217,24 +287,47 @@ class PreparedSplit:
     """(N,) uint8 / uint16 / uint32, read-only mapping of KEY.ids (copy-on-write if written)."""
     key: str
     oov: int
-    """Tokens of the text that were not in the vocabulary."""
     text_bytes: int
-    """UTF-8 bytes of the text these ids encode: what bits per byte divides by."""
     vocab_size: int
     vocab_sha256: str
-    header: dict[str, Any]
+
+    @classmethod
+    def of(cls, ids: torch.Tensor, h: Header) -> PreparedSplit:
+        return cls(ids, h.key, h.oov, h.text_bytes, h.vocab_size, h.vocab_sha256)
 
 
 def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     return cache_dir / f"{key}.ids", cache_dir / f"{key}.json"
 
 
-def _map(ids_path: Path, dtype: torch.dtype, count: int) -> torch.Tensor:
-    if count == 0:
+def _map(ids_path: Path, header: Header) -> torch.Tensor:
+    dtype = _DTYPES[header.dtype]
+    if header.tokens == 0:
         return torch.empty(0, dtype=dtype)
-    # shared=False maps the file privately (read-only open, copy-on-write): pages are read on
-    # first touch and shared with every process mapping the same file; nothing is copied.
-    return torch.from_file(str(ids_path), shared=False, size=count, dtype=dtype)
+    try:
+        # shared=False maps the file privately (read-only open, copy-on-write): pages are read
+        # on first touch and shared with every process mapping the same file; nothing is copied.
+        ids = torch.from_file(str(ids_path), shared=False, size=header.tokens, dtype=dtype)
+    except (RuntimeError, OSError) as e:  # replaced or cut short since it was checked
+        raise CacheMiss(f"{ids_path.name} cannot be mapped ({e})") from None
+    if (top := _max_id(ids)) >= header.vocab_size:
+        raise CacheMiss(
+            f"{ids_path.name} is damaged (id {top} outside its vocabulary of {header.vocab_size})"
+        )
+    return ids
+
+
+def _max_id(ids: torch.Tensor) -> int:
+    """The largest id, a slice at a time. Torch has no max of uint16 / uint32, so each slice is
+    read as the signed type of its width; one holding ids past that range (negative there) has
+    its sign bit flipped, which maps the unsigned order onto the signed one."""
+    signed = ids.view(_SIGNED[ids.dtype])
+    half = 1 << (8 * ids.element_size() - 1)
+    top = 0
+    for part in signed.split(_RANGE_SLICE):
+        lo, hi = torch.aminmax(part)
+        top = max(top, int(hi) if lo >= 0 else int((part ^ -half).max()) + half)
+    return top
 
 
 def load_prepared(
@@ -247,13 +340,13 @@ def load_prepared(
     """The prepared split of `source` under `settings`; CacheMiss(reason) when unusable.
 
     `vocab_sha256`, when given, is the vocabulary the caller needs the ids in (a resumed run's);
-    an entry made with another one is a miss. `verify` rehashes the ids file; otherwise it is
-    rehashed only when its size or modification time differ from those in the header.
+    an entry made with another one is a miss. `verify` rehashes the whole ids file; otherwise it
+    is rehashed only when its stamp is not the header's, and sampled when it is.
     """
     key = cache_key(source.sha256, settings)
     ids_path, header_path = _paths(cache_dir, key)
-    header = _read_json(header_path)
-    if not isinstance(header, dict):
+    raw = _read_json(header_path)
+    if not isinstance(raw, dict):
         raise CacheMiss(f"{header_path.name} is damaged (not a JSON object)")
     expected = {
         "format": FORMAT,
@@ -264,41 +357,51 @@ def load_prepared(
         "settings": json.loads(json.dumps(settings)),  # as it reads back from JSON
     }
     for name, value in expected.items():
-        if header.get(name) != value:
+        if raw.get(name) != value:
             raise CacheMiss(f"{header_path.name}: {name} does not match (stale or foreign entry)")
     try:
-        dtype = _DTYPES[header["dtype"]]
-        tokens, oov, text_bytes = (
-            int(header["tokens"]),
-            int(header["oov"]),
-            int(header["text_bytes"]),
+        header = records.build_record(
+            Header, raw, header_path.name, dialect=records.FileDialect(mapping="an object")
         )
-        vocab_size, have_vocab = int(header["vocab_size"]), str(header["vocab_sha256"])
-        ids_info = header["ids"]
-        want_size, want_mtime = int(ids_info["bytes"]), int(ids_info["mtime_ns"])
-        ids_sha = str(ids_info["sha256"])
-        consistent = dtype == id_dtype(vocab_size) and want_size == tokens * dtype.itemsize
-    except (KeyError, TypeError, ValueError) as e:
-        raise CacheMiss(f"{header_path.name} is damaged (field {e})") from None
-    if not consistent or min(tokens, oov, text_bytes) < 0:
-        raise CacheMiss(f"{header_path.name} is damaged (dtype, size and count disagree)")
-    if vocab_sha256 is not None and have_vocab != vocab_sha256:
+    except records.RecordError as e:
+        raise CacheMiss(f"{header_path.name} is damaged ({'; '.join(e.problems)})") from None
+    if not _intact(raw):
+        raise CacheMiss(f"{header_path.name} is damaged (its checksum does not match it)")
+    if vocab_sha256 is not None and header.vocab_sha256 != vocab_sha256:
         raise CacheMiss(f"{key}: made with another vocabulary")
+    rec = header.ids
     try:
-        st = ids_path.stat()
-        if st.st_size != want_size:
-            raise CacheMiss(
-                f"{ids_path.name} holds {st.st_size} bytes, not {want_size} (truncated?)"
-            )
-        if (verify or st.st_mtime_ns != want_mtime) and hash_file(ids_path) != ids_sha:
-            raise CacheMiss(f"{ids_path.name} is damaged (its sha256 is not the header's)")
+        with files.open_regular(ids_path) as f:
+            st = os.fstat(f.fileno())
+            if st.st_size != rec.bytes:
+                raise CacheMiss(
+                    f"{ids_path.name} holds {st.st_size} bytes, not {rec.bytes} (truncated?)"
+                )
+            same = (rec.mtime_ns, rec.ctime_ns, rec.ino) == tuple(_stamp(st).values())
+            full = verify or not same
+            if full and _digest(f) != rec.sha256:
+                raise CacheMiss(f"{ids_path.name} is damaged (its sha256 is not the header's)")
+            if not full and _sample(f, st.st_size) != rec.sample:
+                raise CacheMiss(
+                    f"{ids_path.name} is damaged (the sha256 of its sampled blocks is not the "
+                    "header's)"
+                )
     except FileNotFoundError:
         raise CacheMiss(f"{ids_path.name} not found") from None
     except OSError as e:
         raise CacheMiss(f"{ids_path.name} cannot be read ({e.strerror})") from None
-    return PreparedSplit(
-        _map(ids_path, dtype, tokens), key, oov, text_bytes, vocab_size, have_vocab, header
-    )
+    if not same and _settled(st):
+        # Checked in full (a copied or restored cache): re-stamped, so that the next load is quick.
+        header = replace(header, ids=replace(rec, **_stamp(st)))
+        with contextlib.suppress(OSError):  # a read-only cache is checked in full each time
+            files.write_json(header_path, _header_json(header), indent=1)
+    return PreparedSplit.of(_map(ids_path, header), header)
+
+
+def _header_json(header: Header) -> dict[str, Any]:
+    value = asdict(header)
+    del value["checksum"]
+    return _sealed(value)
 
 
 class PreparedWriter:
@@ -323,17 +426,16 @@ class PreparedWriter:
         self.dtype = id_dtype(vocab_size)
         self.tokens = 0
         self._digest = hashlib.sha256()
-        self._tmp: Path | None = None
+        self._stack = contextlib.ExitStack()
         self._file: Any = None
 
     def __enter__(self) -> PreparedWriter:
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = _create_temp(_paths(self.cache_dir, self.key)[0])
+            ids_path = _paths(self.cache_dir, self.key)[0]
+            self._file = self._stack.enter_context(files.atomic_write(ids_path))
         except OSError as e:
             raise _unwritable(self.cache_dir, e) from None
-        self._tmp = Path(tmp)
-        self._file = os.fdopen(fd, "wb")
         return self
 
     def write(self, ids: torch.Tensor) -> None:
@@ -356,52 +458,39 @@ class PreparedWriter:
 
     def finish(self, oov: int, text_bytes: int, vocab_sha256: str) -> PreparedSplit:
         """Publish the entry (ids file, then header) and return it mapped."""
-        assert self._tmp is not None, "finish() belongs inside the with block"
+        assert self._file is not None, "finish() belongs inside the with block"
         ids_path, header_path = _paths(self.cache_dir, self.key)
         try:
-            self._file.close()  # flushes: a full disk can show here
-            os.replace(self._tmp, ids_path)
-            self._tmp = None
-            st = ids_path.stat()
+            self._stack.close()  # synced and renamed into place (a full disk can show here)
+            with files.open_regular(ids_path) as f:
+                st = os.fstat(f.fileno())
+                sample = _sample(f, st.st_size)
         except OSError as e:
             raise _unwritable(self.cache_dir, e) from None
-        header = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "key": self.key,
-            "byteorder": sys.byteorder,
-            "dtype": _dtype_name(self.dtype),
-            "tokens": self.tokens,
-            "oov": oov,
-            "text_bytes": text_bytes,
-            "vocab_size": self.vocab_size,
-            "vocab_sha256": vocab_sha256,
-            "source_sha256": self.source.sha256,
-            "source_bytes": self.source.size,
-            "settings": self.settings,
-            "ids": {
-                "bytes": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
-                "sha256": self._digest.hexdigest(),
-            },
-        }
-        _write_cache_json(self.cache_dir, header_path, header)
-        return PreparedSplit(
-            _map(ids_path, self.dtype, self.tokens),
-            self.key,
-            oov,
-            text_bytes,
-            self.vocab_size,
-            vocab_sha256,
-            header,
+        header = Header(
+            format=FORMAT,
+            version=FORMAT_VERSION,
+            key=self.key,
+            byteorder=sys.byteorder,
+            dtype=_dtype_name(self.dtype),  # type: ignore[arg-type]
+            tokens=self.tokens,
+            oov=oov,
+            text_bytes=text_bytes,
+            vocab_size=self.vocab_size,
+            vocab_sha256=vocab_sha256,
+            source_sha256=self.source.sha256,
+            source_bytes=self.source.size,
+            settings=self.settings,
+            ids=IdsRecord(st.st_size, self._digest.hexdigest(), sample, **_stamp(st)),
+            checksum="",
         )
+        value = _header_json(header)
+        _write_cache_json(self.cache_dir, header_path, value)
+        header = replace(header, checksum=value["checksum"])
+        return PreparedSplit.of(_map(ids_path, header), header)
 
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None and not self._file.closed:
-            self._file.close()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.__exit__(*exc)  # without finish: the partial file is removed
 
 
 def write_prepared(
@@ -423,18 +512,20 @@ def write_prepared(
 
 
 def save_vocab(cache_dir: Path, vocab: Mapping[str, Any]) -> str:
-    """Store a vocabulary (`Vocab.to_dict()`) under its own sha256, which is returned."""
+    """Store a vocabulary (`Vocab.to_dict()`) under its own sha256, which is returned; a damaged
+    copy under that name is replaced."""
     sha = canonical_sha256(vocab)
-    path = cache_dir / f"vocab-{sha}.json"
-    if not path.exists():
-        _write_cache_json(cache_dir, path, dict(vocab))
+    try:
+        load_vocab(cache_dir, sha)
+    except CacheMiss:
+        _write_cache_json(cache_dir, cache_dir / f"vocab-{sha}.json", dict(vocab))
     return sha
 
 
 def load_vocab(cache_dir: Path, sha256: str) -> dict[str, Any]:
     """The vocabulary stored under `sha256`; CacheMiss when absent or not what its name says."""
     path = cache_dir / f"vocab-{sha256}.json"
-    vocab = _read_json(path)
+    vocab = _read_json(path, limit=None)
     if not isinstance(vocab, dict) or canonical_sha256(vocab) != sha256:
         raise CacheMiss(f"{path.name} is damaged (its contents do not match its name)")
     return vocab

@@ -8,11 +8,14 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from conftest import TINY_TEXT
+from lmtrain import files
+from lmtrain.data import prepared as prepared_module
 from lmtrain.data.prepared import (
     CacheMiss,
     PreparedWriter,
@@ -36,6 +39,13 @@ def _sha(path: Path) -> str:
 
 def _tree(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): _sha(p) for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test's files were all just written: take them as settled, as they are seconds later
+    (a file changed within the last two seconds is hashed every time, its hash not remembered)."""
+    monkeypatch.setattr(prepared_module, "_RACY_SECONDS", -1.0)
 
 
 @pytest.fixture
@@ -144,14 +154,13 @@ def test_writing_the_mapped_ids_never_changes_the_file(tmp_path: Path, corpus: P
 
 
 class _OpenLog:
-    """Counts the bytes read through every file opened, by path."""
+    """Counts the bytes read through every file opened, by path (lmtrain's opener included)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.bytes: dict[str, int] = {}
-        real = io.open
+        real, real_regular = io.open, files.open_regular
 
-        def logged(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
-            f = real(file, mode, *args, **kwargs)
+        def count(file: object, f: Any) -> Any:
             if isinstance(file, (str, Path)):
                 key = str(Path(file).resolve())
                 self.bytes.setdefault(key, 0)
@@ -165,12 +174,16 @@ class _OpenLog:
                 f.read = counting_read
             return f
 
+        def logged(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+            return count(file, real(file, mode, *args, **kwargs))
+
         monkeypatch.setattr(builtins, "open", logged)
         monkeypatch.setattr(io, "open", logged)
+        monkeypatch.setattr(files, "open_regular", lambda path: count(path, real_regular(path)))
 
 
 def test_valid_cache_reads_nothing_of_the_source(
-    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, settled: None
 ) -> None:
     cache = tmp_path / "cache"
     _, enc, _ = _prepare(cache, corpus)
@@ -178,7 +191,8 @@ def test_valid_cache_reads_nothing_of_the_source(
     got = load_prepared(cache, source_of(corpus, cache), SETTINGS)
     assert torch.equal(got.ids.long(), enc.ids)
     assert log.bytes.get(str(corpus.resolve()), 0) == 0
-    assert sum(log.bytes.values()) < 4096  # the header and the memo, not the ids either
+    # The header, the memo and the sampled blocks of the ids (here all of its 300 bytes).
+    assert sum(log.bytes.values()) < 4096
 
 
 def test_a_touched_source_is_hashed_again_and_still_hits(
@@ -284,17 +298,18 @@ def test_damage_is_detected_then_rebuilt(tmp_path: Path, corpus: Path, damage: s
     assert torch.equal(got.ids.long(), enc.ids)
 
 
-def test_a_flipped_byte_that_keeps_the_mtime_needs_verify(tmp_path: Path, corpus: Path) -> None:
-    # The quick check trusts (size, mtime) like make does; `verify` rehashes the ids.
+def test_a_flipped_byte_that_keeps_size_and_mtime_is_found(tmp_path: Path, corpus: Path) -> None:
+    # Damage in place with the modification time put back (os.utime): the change time, which
+    # no tool can set back, shows the write, and the ids are hashed in full.
     cache = tmp_path / "cache"
     _prepare(cache, corpus)
     ids, _ = _entry(cache, corpus)
     st = ids.stat()
-    ids.write_bytes(b"\x7f" + ids.read_bytes()[1:])
+    ids.write_bytes(b"\x01" + ids.read_bytes()[1:])
     os.utime(ids, ns=(st.st_atime_ns, st.st_mtime_ns))
-    load_prepared(cache, source_of(corpus, cache), SETTINGS)
-    with pytest.raises(CacheMiss, match="sha256"):
-        load_prepared(cache, source_of(corpus, cache), SETTINGS, verify=True)
+    assert (ids.stat().st_size, ids.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    with pytest.raises(CacheMiss, match="sha256 is not the header's"):
+        load_prepared(cache, source_of(corpus, cache), SETTINGS)
 
 
 def test_an_edited_source_misses(tmp_path: Path, corpus: Path) -> None:
@@ -305,14 +320,15 @@ def test_an_edited_source_misses(tmp_path: Path, corpus: Path) -> None:
         load_prepared(cache, source_of(corpus, cache), SETTINGS)
 
 
-def test_an_edit_that_keeps_size_and_mtime_needs_verify(tmp_path: Path, corpus: Path) -> None:
+def test_an_edit_that_keeps_size_and_mtime_misses(
+    tmp_path: Path, corpus: Path, settled: None
+) -> None:
     cache = tmp_path / "cache"
-    _prepare(cache, corpus)
+    _prepare(cache, corpus)  # the source's hash is remembered (settled)
     corpus.write_text(TINY_TEXT.replace("cat", "cow"), encoding="utf-8")  # same length
     os.utime(corpus, (OLD, OLD))
-    load_prepared(cache, source_of(corpus, cache), SETTINGS)  # trusted by (size, mtime)
     with pytest.raises(CacheMiss, match="not found"):
-        load_prepared(cache, source_of(corpus, cache, verify=True), SETTINGS)
+        load_prepared(cache, source_of(corpus, cache), SETTINGS)
 
 
 def test_other_settings_miss(tmp_path: Path, corpus: Path) -> None:
@@ -375,7 +391,7 @@ def test_a_missing_source_is_a_data_error(tmp_path: Path) -> None:
         source_of(tmp_path / "missing.txt", tmp_path / "cache")
 
 
-def test_cache_files_follow_the_umask(tmp_path: Path, corpus: Path) -> None:
+def test_cache_files_follow_the_umask(tmp_path: Path, corpus: Path, settled: None) -> None:
     # A cache shared by a team must stay readable by the others.
     old = os.umask(0o022)
     try:
@@ -388,7 +404,9 @@ def test_cache_files_follow_the_umask(tmp_path: Path, corpus: Path) -> None:
     assert len(modes) == 4 and set(modes.values()) == {0o644}, modes  # ids, header, vocab, memo
 
 
-def test_a_read_only_cache_still_serves_its_entries(tmp_path: Path, corpus: Path) -> None:
+def test_a_read_only_cache_still_serves_its_entries(
+    tmp_path: Path, corpus: Path, settled: None
+) -> None:
     # The remembered source hash is a shortcut: a cache that cannot take it still maps.
     cache = tmp_path / "cache"
     _, enc, _ = _prepare(cache, corpus)
