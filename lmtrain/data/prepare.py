@@ -281,3 +281,15 @@ def prepare_corpus(
         if valid.ids.numel() < 2:
             raise DataError(f"{d.valid}: validation text needs at least 2 tokens")
     return PreparedCorpus(vocab, train, valid)
+
+
+def text_hashes(d: DataConfig) -> dict[str, str]:
+    """The sha256 of the training and validation text files of `d`, by key (`data.train`): what
+    a run records so that a file edited between its sessions is found. The cache remembers
+    them, so with the cache on this costs a stat of each file; built-in corpora have none."""
+    cache_dir = resolve_cache_dir(d.cache_dir)
+    hashes: dict[str, str] = {}
+    for key, spec in (("data.train", d.train), ("data.valid", d.valid)):
+        if spec is not None and not is_builtin(spec):
+            hashes[key] = source_of(_source_path(spec, key)[0], cache_dir).sha256
+    return hashes

@@ -1,6 +1,6 @@
 """What a session refuses to start from or into, before anything is changed: an export given
-as a training state, a copy of a run's own checkpoint kept outside it, and a directory that
-already holds a run or files lmtrain did not write."""
+as a training state, a copy of a run's own checkpoint kept outside it, a directory that already
+holds a run or files lmtrain did not write, and a training text edited since the run used it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from lmtrain.checkpoint import CHECKPOINT_DIR, Checkpoint
 from lmtrain.checkpoint.export_format import is_export_dir
+from lmtrain.config import Config
+from lmtrain.data.prepare import text_hashes
 from lmtrain.errors import CheckpointError
 from lmtrain.rundir import resume as resume_mod
 from lmtrain.rundir.layout import BOOKKEEPING, RunDirectoryError, exists
@@ -91,3 +93,23 @@ def check_fresh(target: Path, fork_source: Path | None) -> None:
             "needs a new or empty directory, and lmtrain never deletes what it did not write. "
             "Nothing was changed. Choose another run.dir (e.g. run.dir=runs/NAME)."
         )
+
+
+def check_texts(cfg: Config, manifest: Manifest | None, label: str) -> dict[str, str]:
+    """The sha256 of the run's training and validation texts (`text_hashes`), refused when one
+    is not what the run's sessions so far recorded: an edited file is a `data.*` change."""
+    texts = text_hashes(cfg.data)
+    events = manifest.history if manifest is not None else []
+    found = (e["data"] for e in reversed(events) if isinstance(e, dict) and "data" in e)
+    recorded = next((d for d in found if isinstance(d, dict)), {})
+    changed = [k for k in texts if k in recorded and recorded[k] != texts[k]]
+    if changed:
+        which = ", ".join(f"{k} ({getattr(cfg.data, k[5:])})" for k in changed)
+        raise CheckpointError(
+            f"{label}: {which} changed since the run was trained on it (its contents are not "
+            "those the run recorded, whatever its size and date say); the vocabulary and the "
+            "token stream depend on it, so the run cannot continue on it. Nothing was changed. "
+            "Put back the text the run was trained on, or train on the new text as a new run "
+            "(a new run.dir, without --resume)."
+        )
+    return texts

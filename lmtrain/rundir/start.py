@@ -34,7 +34,7 @@ from lmtrain.rundir.layout import (
 )
 from lmtrain.rundir.lock import RunLock
 from lmtrain.rundir.manifest import Manifest, parent_manifest, read_any_manifest
-from lmtrain.rundir.refusals import check_fresh, refuse_export, refuse_own_copy
+from lmtrain.rundir.refusals import check_fresh, check_texts, refuse_export, refuse_own_copy
 from lmtrain.runtime.distributed import DistContext
 
 Kind = Literal["new", "continue", "fork", "rewind"]
@@ -96,6 +96,8 @@ def _open_fresh(
     """A new run, or a fork, into a directory that is new, empty or ours and unused."""
     sweep(target, warn)  # what a killed process left mid-write is not the user's
     check_fresh(target, fork.source if fork else None)
+    parent = parent_manifest(fork.source) if fork and fork.source else None
+    texts = check_texts(cfg, parent, f"--resume {fork.source}" if fork else "fit")
     created: list[Path] = []
     try:
         for d in (*reversed(target.parents), target):
@@ -121,7 +123,6 @@ def _open_fresh(
         start = fork or Start("new")
         if fork is not None:
             assert fork.checkpoint is not None and fork.source is not None
-            parent = parent_manifest(fork.source)
             run.manifest.parent = {
                 "run_id": fork.checkpoint.run_id or None,
                 "checkpoint": str(fork.source.resolve()),
@@ -134,7 +135,7 @@ def _open_fresh(
             for note in fork.notes:
                 warn(note)
         run.claim_session(cfg)
-        run.manifest.history.append(_event(start))
+        run.manifest.history.append(_event(start, texts))
         run.write_manifest()
         if fork is not None:
             run.checkpoints.mkdir(exist_ok=True)
@@ -200,6 +201,7 @@ def _open_own(
                     f"run.dir=NEW --resume {path}"
                 )
         notes = tuple(check_resumable(cfg, ck, path))
+        texts = check_texts(cfg, manifest, label)
         step = ck.progress.step
         newer = newer_than(run, step, path)
         start = Start("rewind" if newer else "continue", ck, path, notes)
@@ -215,7 +217,7 @@ def _open_own(
             # A lower run.keep_last applies now, not after the next save: on a full disk that
             # save would fail before the prune that makes room for it.
             run.prune(cfg.run.keep_last)
-        manifest.history.append(_event(start))
+        manifest.history.append(_event(start, texts))
         run.write_manifest()
     except BaseException:
         run.close()
@@ -223,11 +225,12 @@ def _open_own(
     return run, start
 
 
-def _event(start: Start) -> dict[str, Any]:
+def _event(start: Start, texts: dict[str, str]) -> dict[str, Any]:
     event: dict[str, Any] = {"event": start.kind, "time": now(), "pid": os.getpid()}
     if start.checkpoint is not None:
         event["step"] = start.checkpoint.progress.step
         event["source"] = str(start.source)
+    event["data"] = texts
     return event
 
 
