@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -33,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from lmtrain import files
 from lmtrain.errors import LmtrainError
 
 
@@ -172,6 +171,8 @@ def download(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(f"{directory}: cannot create it ({e.strerror or e})") from None
+    for tmp in files.sweep_temps(directory):
+        echo(f"removed  {tmp} (an unfinished download of an interrupted run)")
     for filename, want in source.files:
         target = directory / filename
         if target.is_file() and sha256_of(target) == want:
@@ -217,35 +218,29 @@ def _fetch_archive(
                 echo(f"ok       {directory / part.name}")
     except (zipfile.BadZipFile, KeyError, OSError) as e:
         raise DownloadError(f"{zipped}: cannot extract the files ({e})") from None
-    stamp.write_text(archive.sha256 + "\n")
+    files.write_text(stamp, archive.sha256 + "\n")
     zipped.unlink()
 
 
 def _extract(z: zipfile.ZipFile, part: Part, target: Path) -> None:
-    """Bytes [start, end) of a member into `target`, through a temp file and os.replace."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, z.open(part.member) as member:
-            left = None if part.end is None else part.end - part.start
-            skip = part.start
-            while skip > 0:
-                block = member.read(min(skip, 1 << 20))
-                if not block:
-                    break
-                skip -= len(block)
-            while left is None or left > 0:
-                block = member.read(1 << 20 if left is None else min(left, 1 << 20))
-                if not block:
-                    break
-                out.write(block)
-                if left is not None:
-                    left -= len(block)
+    """Bytes [start, end) of a member into `target`, through files.atomic_write."""
+    with files.atomic_write(target) as out, z.open(part.member) as member:
+        left = None if part.end is None else part.end - part.start
+        skip = part.start
+        while skip > 0:
+            block = member.read(min(skip, 1 << 20))
+            if not block:
+                break
+            skip -= len(block)
+        while left is None or left > 0:
+            block = member.read(1 << 20 if left is None else min(left, 1 << 20))
+            if not block:
+                break
+            out.write(block)
+            if left is not None:
+                left -= len(block)
         if skip > 0 or (left is not None and left > 0):
             raise DownloadError(f"{part.member} is shorter than {target.name} needs")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def corpus_name(name: str, echo: Callable[[str], None] = print) -> str:
@@ -272,26 +267,23 @@ def corpus_name(name: str, echo: Callable[[str], None] = print) -> str:
 
 
 def _fetch_verified(url: str, target: Path, want: str, opener: Opener) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
+    h = hashlib.sha256()
+    with files.atomic_write(target) as out:
         try:
-            with os.fdopen(fd, "wb") as out, opener(url) as response:
-                shutil.copyfileobj(response, out, 1 << 20)
+            with opener(url) as response:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    h.update(block)
+                    out.write(block)
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
             raise DownloadError(
                 f"download of {url} failed ({reason}); check your connection and rerun. "
                 f"Nothing was replaced at {target}."
             ) from None
-        got = sha256_of(tmp)
-        if got != want:
+        if h.hexdigest() != want:
             raise DownloadError(
                 f"checksum mismatch for {target}:\n"
                 f"  expected sha256 {want}\n"
-                f"  got      sha256 {got}\n"
+                f"  got      sha256 {h.hexdigest()}\n"
                 f"  from {url}; the download was deleted, nothing was replaced."
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -9,12 +9,12 @@ never changes the backend of a notebook or program that imports lmtrain.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmtrain import files
 from lmtrain.errors import LmtrainError
 
 if TYPE_CHECKING:
@@ -210,16 +210,11 @@ def save_png(fig: Figure, path: Path) -> None:
     """Write `fig` at `path` as PNG, or as PDF or SVG when the suffix says so, atomically: a
     reader never sees half a file."""
     fmt = figure_format(path)
-    # A plain open() (not tempfile, which makes 0600 files) so the file gets the usual
-    # permissions for the user's umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with files.atomic_write(path) as f:
             fig.savefig(f, format=fmt)
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise PlotError(
             f"{path}: cannot write the figure ({e.strerror or e}); choose another --out"
         ) from None
