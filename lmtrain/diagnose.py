@@ -93,6 +93,7 @@ def curves_for(target: Path, overrides: list[str], options: GradientFlowOptions)
     from lmtrain.checkpoint import load_model
 
     require_valid(options)
+    _check_tensorboard_dir(tensorboard_dir(options))  # before the measurement, which takes a while
     cells, steps, batch = options.cell, options.steps, options.batch
     if target.is_dir() or target.suffix == ".pt":
         if cells or overrides:
@@ -158,7 +159,14 @@ def write_tensorboard(
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(directory))
+    _check_tensorboard_dir(directory)
+    try:
+        writer = SummaryWriter(str(directory))
+    except OSError as e:
+        raise LmtrainError(
+            f"{directory}: cannot write the TensorBoard folder ({e.strerror or e}); give "
+            "--tensorboard a folder that can be written"
+        ) from None
     try:
         for curve in curves:
             tag = "gradient_flow/" + curve.label.split(" ")[0]
@@ -168,3 +176,11 @@ def write_tensorboard(
             writer.add_image("gradient_flow/figure", image, 0, dataformats="HWC")
     finally:
         writer.close()
+
+
+def _check_tensorboard_dir(directory: Path) -> None:
+    if (directory.exists() or directory.is_symlink()) and not directory.is_dir():
+        raise LmtrainError(
+            f"{directory}: exists and is not a folder; TensorBoard writes a folder of event "
+            "files there. Give --tensorboard a new or existing folder, or move the file away."
+        )

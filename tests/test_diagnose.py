@@ -109,3 +109,25 @@ def test_cli_refuses_an_unknown_cell_by_name(tiny_files, tmp_path: Path, cli) ->
         "model.cell: expected one of" in result.stderr and "did you mean 'lstm'?" in result.stderr
     )
     assert not (tmp_path / "g.png").exists()
+
+
+def test_tensorboard_onto_an_existing_file_is_a_clear_error(
+    tiny_files, tmp_path: Path, cli
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(tiny_config(tmp_path, tiny_files).to_yaml())
+    taken = tmp_path / "scalars"
+    taken.write_text("my file\n")
+    out = tmp_path / "g.png"
+    args = ("--cell", "lstm", "--steps", "4", "--out", out)
+    result = invoke(cli, "diagnose", "gradient-flow", path, *args, "--tensorboard", taken)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{taken}: exists and is not a folder" in result.stderr
+    assert "Give --tensorboard a new or existing folder" in result.stderr
+    assert taken.read_text() == "my file\n" and not out.exists()  # refused before any work
+    (tmp_path / "g-tb").write_text("a file where the default folder goes\n")
+    result = invoke(cli, "diagnose", "gradient-flow", path, *args)
+    assert (
+        result.exit_code == 2
+        and f"{tmp_path / 'g-tb'}: exists and is not a folder" in result.stderr
+    )
