@@ -6,8 +6,8 @@ gathers every problem (an unknown key with the closest valid one, a wrong type, 
 range, a missing field) into one `RecordError`, each named by its dotted key. A `Dialect` words
 the problems the way its file's users read them (the config's `key: expected X, got V`, or a
 file's `'key' should be X, not V`). Leaf types this base layer does not know, such as a tensor,
-are declared by the caller as `Annotated[T, Leaf("a tensor", convert)]`. The module is a little
-long because the converter and the two dialects it speaks are one piece.
+are declared by the caller as `Annotated[T, Leaf("a tensor", check)]`. The module is a little
+long because the converter and the dialects it speaks are one piece.
 """
 
 from __future__ import annotations
@@ -70,19 +70,29 @@ def show_value(value: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Dialect:
-    """How one kind of record words its problems and which numbers it holds.
+    """How one kind of record words its problems: templates filled with the dotted `key`, the
+    value `shown` (repr) or `described` (with its type), its `type`, a `hint`, a `message`.
+    The default is the config's (and the command options'): `key: expected X, got V (type)`."""
 
-    The default is the config's (and the command options'): `key: expected X, got V (type)`.
-    """
-
+    wrong: str = "{key}: expected {expected}, got {shown} ({type})"
+    not_one_of: str = "{key}: expected {expected}, got {shown}{hint}"
+    invalid: str = "{key}: {message}"
+    out_of_range: str = "{key}: {shown} is out of range (at most 2**63 - 1)"
+    not_finite: str = "{key}: must be a finite number, got {shown}"
+    unknown: str = "{key}: unknown key{hint} (valid keys here: {valid})"
+    missing: str = "{key}: missing"
     mapping: str = "a mapping"
     """What a nested record or a dict is called ("a mapping", "a dict", "an object")."""
+    list_of: str = "a list of {item}"
+    truth: str = "true or false"
     item: str = "{key}[{name}]"
     """The key of one entry of a dict or list."""
     finite_floats: bool = True
     """A float field refuses NaN and infinity (a checkpoint's best loss starts at infinity)."""
-    unknown_note: str = ""
-    """Said after "unknown key" (a file: "for format version 2")."""
+
+    def say(self, template: str, key: str, value: Any = None, **more: Any) -> str:
+        shown, kind, described = show_value(value), type(value).__name__, describe(value)
+        return template.format(key=key, shown=shown, type=kind, described=described, **more)
 
     def type_name(self, tp: Any) -> str:
         origin = typing.get_origin(tp)
@@ -92,68 +102,42 @@ class Dialect:
             names = [self.type_name(a) for a in typing.get_args(tp) if a is not type(None)]
             return " or ".join(names) + " or null"
         if origin is list:
-            return f"a list of {self.type_name(typing.get_args(tp)[0])}"
+            return self.list_of.format(item=self.type_name(typing.get_args(tp)[0]))
         if origin is Annotated:
             return _leaf(tp).expected
         if _is_dataclass_type(tp) or origin is dict or tp is dict:
             return self.mapping
-        names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+        names = {int: "an integer", float: "a number", bool: self.truth, str: "a string"}
         return names.get(tp, str(tp))
-
-    def wrong(self, key: str, expected: str, value: Any) -> str:
-        return f"{key}: expected {expected}, got {show_value(value)} ({type(value).__name__})"
-
-    def not_one_of(self, key: str, expected: str, value: Any, hint: str) -> str:
-        return f"{key}: expected {expected}, got {show_value(value)}{hint}"
-
-    def invalid(self, key: str, message: str) -> str:
-        return f"{key}: {message}"
-
-    def out_of_range(self, key: str, value: Any) -> str:
-        return f"{key}: {show_value(value)} is out of range (at most 2**63 - 1)"
-
-    def not_finite(self, key: str, value: Any) -> str:
-        return f"{key}: must be a finite number, got {show_value(value)}"
-
-    def unknown(self, key: str, hint: str, valid: list[str]) -> str:
-        return f"{key}: unknown key{hint} (valid keys here: {', '.join(valid)})"
-
-    def missing(self, key: str) -> str:
-        return f"{key}: missing"
-
-
-CONFIG = Dialect()
 
 
 @dataclasses.dataclass(frozen=True)
 class FileDialect(Dialect):
     """A file lmtrain wrote (checkpoint, manifest): `'key' should be X, not str 'v'`."""
 
+    wrong: str = "'{key}' should be {expected}, not {described}"
+    not_one_of: str = "'{key}' should be {expected}, not {described}{hint}"
+    invalid: str = "'{key}': {message}"
+    out_of_range: str = "'{key}' should be a whole number of at most 2**63 - 1, not {described}"
+    unknown: str = "'{key}': unknown field{hint}"
+    missing: str = "'{key}' is missing"
     mapping: str = "a dict"
+    list_of: str = "a list, each item {item}"
+    truth: str = "a bool"
     finite_floats: bool = False
 
-    def type_name(self, tp: Any) -> str:
-        if typing.get_origin(tp) is list:
-            return f"a list, each item {self.type_name(typing.get_args(tp)[0])}"
-        return "a bool" if tp is bool else super().type_name(tp)
 
-    def wrong(self, key: str, expected: str, value: Any) -> str:
-        return f"'{key}' should be {expected}, not {describe(value)}"
+CONFIG = Dialect()
 
-    def not_one_of(self, key: str, expected: str, value: Any, hint: str) -> str:
-        return self.wrong(key, expected, value) + hint
 
-    def invalid(self, key: str, message: str) -> str:
-        return f"'{key}': {message}"
+def _not_negative(n: int) -> int:
+    if n < 0:
+        raise ValueError
+    return n
 
-    def out_of_range(self, key: str, value: Any) -> str:
-        return self.wrong(key, "a whole number of at most 2**63 - 1", value)
 
-    def unknown(self, key: str, hint: str, valid: list[str]) -> str:
-        return f"'{key}': unknown field{self.unknown_note}{hint}"
-
-    def missing(self, key: str) -> str:
-        return f"'{key}' is missing"
+Count = Annotated[int, Leaf("a whole number >= 0", _not_negative)]
+"""A counter, size or step number as a file holds it."""
 
 
 def describe(value: Any) -> str:
@@ -175,29 +159,28 @@ def _leaf(tp: Any) -> Leaf:
     return leaves[0]
 
 
-def _convert(value: Any, tp: Any, key: str, problems: list[str], dialect: Dialect) -> Any:
-    """Convert `value` to type `tp`, appending a message to `problems` on failure."""
+def _convert(value: Any, tp: Any, key: str, problems: list[str], d: Dialect) -> Any:
+    """Convert `value` to type `tp`, appending a message (in dialect `d`) to `problems` on failure."""
     origin = typing.get_origin(tp)
     bad = object()
     result: Any = bad
     if _is_dataclass_type(tp):
         if isinstance(value, dict):
-            return build_dataclass(tp, value, key, problems, dialect)
+            return build_dataclass(tp, value, key, problems, d)
     elif origin is Annotated:
         leaf, inner = _leaf(tp), []
-        result = _convert(value, typing.get_args(tp)[0], key, inner, dialect)
+        result = _convert(value, typing.get_args(tp)[0], key, inner, d)
         if inner:  # the value is no T (worded by the leaf), or some of its items are wrong
-            problems += [dialect.wrong(key, leaf.expected, value)] if result is None else inner
+            problems += (
+                [d.say(d.wrong, key, value, expected=leaf.expected)] if result is None else inner
+            )
             return result
         try:
             return leaf.check(result)
         except (TypeError, ValueError) as e:
             message = str(e)
-            problems.append(
-                dialect.invalid(key, message)
-                if message
-                else dialect.wrong(key, leaf.expected, value)
-            )
+            said = d.say(d.invalid, key, message=message) if message else None
+            problems.append(said or d.say(d.wrong, key, value, expected=leaf.expected))
             return None
     elif tp is Any:
         return value
@@ -207,7 +190,7 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str], dialect: Dialec
             return None
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
-            return _convert(value, non_none[0], key, problems, dialect)
+            return _convert(value, non_none[0], key, problems, d)
     elif origin is Literal:
         choices = typing.get_args(tp)
         if value in choices and type(value) is type(choices[0]):
@@ -215,25 +198,24 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str], dialect: Dialec
         if isinstance(value, str):
             close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(dialect.not_one_of(key, dialect.type_name(tp), value, hint))
+            problems.append(d.say(d.not_one_of, key, value, expected=d.type_name(tp), hint=hint))
             return None
     elif origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, list):
             return [
-                _convert(v, item_tp, dialect.item.format(key=key, name=i), problems, dialect)
+                _convert(v, item_tp, d.item.format(key=key, name=i), problems, d)
                 for i, v in enumerate(value)
             ]
     elif origin is dict or tp is dict:
         key_tp, item_tp = typing.get_args(tp) or (Any, Any)
         if isinstance(value, dict):
-            items = {}
-            for k, v in value.items():
-                item_key = dialect.item.format(key=key, name=k)
-                items[_convert(k, key_tp, key, problems, dialect)] = _convert(
-                    v, item_tp, item_key, problems, dialect
+            return {
+                _convert(k, key_tp, key, problems, d): _convert(
+                    v, item_tp, d.item.format(key=key, name=k), problems, d
                 )
-            return items
+                for k, v in value.items()
+            }
     elif tp is bool:
         if isinstance(value, bool):
             result = value
@@ -243,7 +225,7 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str], dialect: Dialec
         elif isinstance(value, float) and value.is_integer():
             result = int(value)
         if result is not bad and not -MAX_INT <= result <= MAX_INT:
-            problems.append(dialect.out_of_range(key, value))
+            problems.append(d.say(d.out_of_range, key, value))
             return None
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -255,13 +237,13 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str], dialect: Dialec
             # YAML 1.1 reads `1e-3` (no dot) as a string; accept what is plainly a number.
             with contextlib.suppress(ValueError):
                 result = float(value)
-        if result is not bad and dialect.finite_floats and not math.isfinite(result):
-            problems.append(dialect.not_finite(key, value))
+        if result is not bad and d.finite_floats and not math.isfinite(result):
+            problems.append(d.say(d.not_finite, key, value))
             return None
     elif tp is str and isinstance(value, str):
         result = value
     if result is bad:
-        problems.append(dialect.wrong(key, dialect.type_name(tp), value))
+        problems.append(d.say(d.wrong, key, value, expected=d.type_name(tp)))
         return None
     return result
 
@@ -272,22 +254,22 @@ def build_dataclass(
     """`cls` from `raw`, each problem appended to `problems` with the default kept in its place,
     so that every problem is found in one pass. None where a field without a default is missing.
     """
-    hints = type_hints(cls)
+    hints, d = type_hints(cls), dialect
     kwargs: dict[str, Any] = {}
     for k, v in raw.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in hints:
             close = difflib.get_close_matches(str(k), list(hints), n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
-            problems.append(dialect.unknown(key, hint, list(hints)))
+            problems.append(d.say(d.unknown, key, hint=hint, valid=", ".join(hints)))
             continue
         before = len(problems)
-        value = _convert(v, hints[k], key, problems, dialect)
+        value = _convert(v, hints[k], key, problems, d)
         if len(problems) == before or _is_dataclass_type(hints[k]) and value is not None:
             kwargs[k] = value
         # else: the problem is recorded; keep the default so the other checks still run
     missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in raw]
-    problems += [dialect.missing(f"{prefix}.{name}" if prefix else name) for name in missing]
+    problems += [d.say(d.missing, f"{prefix}.{name}" if prefix else name) for name in missing]
     if any(_required(f) and f.name not in kwargs for f in dataclasses.fields(cls)):
         return None  # a field without a default was missing or refused
     return cls(**kwargs)

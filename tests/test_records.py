@@ -74,7 +74,7 @@ def test_a_leaf_check_says_why_in_its_own_words():
 
 
 def test_a_file_dialect_words_problems_as_a_file_does():
-    dialect = FileDialect(unknown_note=" for format version 2")
+    dialect = FileDialect(unknown="'{key}': unknown field for format version 2{hint}")
     raw = {"name": None, "inner": {"size": torch.zeros(2)}, "extra": 1, "table": [1]}
     assert _problems(raw, dialect=dialect) == [
         "'name' should be a string, not None",

@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 
-from lmtrain.records import Leaf
+from lmtrain.records import Count
 
 FORMAT = "lmtrain-checkpoint"
 VERSION = 2
 """2: typed fields, `run_id`, `averager` (was `ntasgd`), `progress.eval_pending`."""
 CHECKPOINT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
-
-
-def _not_negative(n: int) -> int:
-    if n < 0:
-        raise ValueError
-    return n
-
-
-Count = Annotated[int, Leaf("a whole number >= 0", _not_negative)]
-"""A counter as a checkpoint holds it (the type hint the record reader checks it by)."""
 
 
 @dataclass

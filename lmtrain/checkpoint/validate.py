@@ -16,9 +16,17 @@ from typing import Annotated, Any, BinaryIO, Literal
 
 import torch
 
-from lmtrain.checkpoint.format import FORMAT, VERSION, Checkpoint, Count, Progress
+from lmtrain.checkpoint.format import FORMAT, VERSION, Checkpoint, Progress
 from lmtrain.errors import CheckpointError
-from lmtrain.records import FileDialect, Leaf, RecordError, build_record, describe, joined
+from lmtrain.records import (
+    Count,
+    FileDialect,
+    Leaf,
+    RecordError,
+    build_record,
+    describe,
+    joined,
+)
 
 # Counters a version-1 file always holds; the others were added later and default.
 _V1_REQUIRED_PROGRESS = ("step", "epoch", "batch_in_epoch", "tokens")
@@ -176,15 +184,18 @@ def checkpoint_from_dict(raw: Any, path: Path) -> Checkpoint:
             f"{path}: written by a newer lmtrain (checkpoint format version {version}; this "
             f"lmtrain reads versions 1 to {VERSION}). Upgrade lmtrain to use it."
         )
-    dialect = FileDialect(unknown_note=f" for format version {version}")
+    dialect = FileDialect(unknown=f"'{{key}}': unknown field for format version {version}{{hint}}")
     # A field of the other version is unknown in this one; version 1 lacks the newer fields.
     other, required, counters = ("ntasgd",), ("averager", "run_id"), _PROGRESS
     if version == 1:
         other, required, counters = ("averager", "run_id"), (), _V1_REQUIRED_PROGRESS
-    problems = [dialect.unknown(k, "", []) for k in other if k in raw]
-    problems += [dialect.missing(k) for k in required if k not in raw]
+    problems = [dialect.say(dialect.unknown, k, hint="") for k in other if k in raw]
+    problems += [dialect.say(dialect.missing, k) for k in required if k not in raw]
     if isinstance(raw.get("progress"), dict):
-        problems += [dialect.missing(f"progress.{n}") for n in counters if n not in raw["progress"]]
+        progress = raw["progress"]
+        problems += [
+            dialect.say(dialect.missing, f"progress.{n}") for n in counters if n not in progress
+        ]
     try:
         disk = build_record(_OnDisk, raw, str(path), dialect=dialect)
     except RecordError as e:

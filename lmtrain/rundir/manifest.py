@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 from lmtrain import files
 from lmtrain.checkpoint import CHECKPOINT_DIR, LAST
-from lmtrain.checkpoint.format import Count
-from lmtrain.records import FileDialect, Leaf, RecordError, build_record, joined
+from lmtrain.records import Count, FileDialect, Leaf, RecordError, build_record, joined
 from lmtrain.rundir import resume as resume_mod
 from lmtrain.rundir.layout import BOOKKEEPING, MANIFEST, TREES, RunDirectoryError, exists
 
