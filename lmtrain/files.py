@@ -170,8 +170,9 @@ class WriteError(LmtrainError, OSError):
     """
 
     def __init__(self, path: Path, error: OSError, kept: str = _REPLACED) -> None:
-        reason = _REASONS.get(error.errno or 0) or error.strerror or str(error)
-        advice = _ADVICE.get(error.errno or 0, _ADVICE[0])
+        reason, advice = _REASONS.get(
+            error.errno or 0, (error.strerror or str(error), f"Check the path, {_ELSEWHERE}")
+        )
         self.message = f"{path}: cannot be written ({reason}); {kept}. {advice}"
         self.kept = kept
         super().__init__(error.errno, error.strerror or reason, str(path))
@@ -183,20 +184,16 @@ class WriteError(LmtrainError, OSError):
         return (WriteError, (Path(self.filename), OSError(self.errno, self.strerror), self.kept))
 
 
-_REASONS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-}
-_ADVICE = {
-    0: "Check the path, or write somewhere else.",
-    errno.ENOSPC: "Free some disk space, or write somewhere else.",
-    errno.EDQUOT: "Free some space within your quota, or write somewhere else.",
-    errno.EROFS: "Write to a writable file system.",
-    errno.EACCES: "Make the folder writable, or write somewhere else.",
-    errno.EPERM: "Make the folder writable, or write somewhere else.",
+_ELSEWHERE = "or write somewhere else."
+_REASONS = {  # errno: (why, what to do)
+    errno.ENOSPC: ("the disk is full", f"Free some disk space, {_ELSEWHERE}"),
+    errno.EDQUOT: (
+        "the disk quota is exceeded",
+        f"Free some space within your quota, {_ELSEWHERE}",
+    ),
+    errno.EROFS: ("the file system is read-only", "Write to a writable file system."),
+    errno.EACCES: ("permission denied", f"Make the folder writable, {_ELSEWHERE}"),
+    errno.EPERM: ("permission denied", f"Make the folder writable, {_ELSEWHERE}"),
 }
 
 _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[1-9]\d*)\.[0-9a-f]{8}\.tmp")
@@ -321,21 +318,18 @@ def repair_tail(path: Path) -> int:
     """
     try:
         with open(path, "r+b") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
+            data = f.read()
+            start = data.rfind(b"\n", 0, len(data) - 1) + 1  # where the last line begins
+            if not data or (data.endswith(b"\n") and _is_json(data[start:])):
                 return 0
-            start = _line_start(f, size)
-            tail = _read_at(f, start, size - start)
-            if tail.endswith(b"\n"):  # a whole last line: torn only if it is not JSON
-                if _is_json(tail):
-                    return 0
-            elif _is_json(tail):
+            if _is_json(data[start:]):  # a whole record that only lost its newline
                 f.write(b"\n")
-                _datasync(f.fileno())
-                return 0
-            f.truncate(start)
+                dropped = 0
+            else:
+                f.truncate(start)
+                dropped = len(data) - start
             _datasync(f.fileno())
-            return size - start
+            return dropped
     except FileNotFoundError:
         return 0
     except OSError as e:
@@ -352,23 +346,6 @@ def append_records(path: Path, lines: Iterable[str]) -> int:
     except OSError as e:
         raise WriteError(Path(path), e, _APPENDED) from None
     return dropped
-
-
-def _read_at(f: IO[bytes], offset: int, n: int) -> bytes:
-    f.seek(offset)
-    return f.read(n)
-
-
-def _line_start(f: IO[bytes], size: int) -> int:
-    """Offset where the file's last line begins (after the newline before it, if any)."""
-    end = size - 1  # a newline that ends the file ends the last line; it does not start one
-    while end > 0:
-        start = max(0, end - (1 << 16))
-        found = _read_at(f, start, end - start).rfind(b"\n")
-        if found >= 0:
-            return start + found + 1
-        end = start
-    return 0
 
 
 def _is_json(line: bytes) -> bool:

@@ -14,7 +14,6 @@ import errno
 import os
 import pickle
 import shutil
-import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -80,49 +79,25 @@ def _write_reason(e: BaseException, directory: Path) -> str:
     return f"the write failed: {first}"
 
 
-_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISDIR, "a directory"),
-)
-
-
-def _not_regular(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return None
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
 def _open_regular(path: Path) -> BinaryIO:
-    """Open `path` for reading only if it is a regular file; never blocks on a FIFO."""
+    """Open `path` for reading only if it is a regular file (files.open_regular: never blocks
+    on a FIFO, never reads a device)."""
     try:
-        mode = path.stat().st_mode
+        return files.open_regular(path)
     except FileNotFoundError:
         raise CheckpointError(
             f"{path}: checkpoint not found; check the path or run directory"
         ) from None
+    except IsADirectoryError:
+        what = "is a directory"
+    except files.NotRegularFileError as e:
+        what = f"is {e.kind}"
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
-    kind = _not_regular(mode)
-    if kind is not None:
-        what = "is a directory" if kind == "a directory" else f"is {kind}"
-        raise CheckpointError(
-            f"{path}: {what}, not a checkpoint file; nothing was read from it. Give the path "
-            "of a .pt file written by lmtrain, or a run directory."
-        )
-    try:
-        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening does not wait
-        # for a writer; the fstat below then refuses it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
-    kind = _not_regular(os.fstat(fd).st_mode)
-    if kind is not None:
-        os.close(fd)
-        raise CheckpointError(f"{path}: is {kind}, not a checkpoint file")
-    return os.fdopen(fd, "rb")
+    raise CheckpointError(
+        f"{path}: {what}, not a checkpoint file; nothing was read from it. Give the path of a "
+        ".pt file written by lmtrain, or a run directory."
+    )
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

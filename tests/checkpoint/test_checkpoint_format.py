@@ -351,7 +351,7 @@ def test_non_regular_file_is_refused_before_reading(kind, trained, tmp_path):
     if kind == "fifo":
         target = tmp_path / "pipe.pt"
         os.mkfifo(target)
-        message = f"{target}: is a FIFO (named pipe), not a checkpoint file; nothing was read"
+        message = f"{target}: is a named pipe (FIFO), not a checkpoint file; nothing was read"
     else:
         target = Path("/dev/zero")
         message = "/dev/zero: is a character device, not a checkpoint file; nothing was read"
