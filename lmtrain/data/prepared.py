@@ -67,7 +67,7 @@ _CHUNK_BYTES = 1 << 20
 _SMALL_JSON = 1 << 20
 """A header or memo is a few hundred bytes: a larger one is damaged, and is not read whole."""
 _SAMPLE_BLOCKS, _SAMPLE_BYTES = 16, 4096
-_RANGE_SLICE = 1 << 24
+_RANGE_SLICE = 1 << 20
 # A file changed this recently may change again within the same timestamp tick, so its stamp
 # would not show it: its hash is not remembered; it is simply hashed again next time.
 _RACY_SECONDS = 2.0
@@ -310,7 +310,8 @@ def _map(ids_path: Path, header: Header) -> torch.Tensor:
         ids = torch.from_file(str(ids_path), shared=False, size=header.tokens, dtype=dtype)
     except (RuntimeError, OSError) as e:  # replaced or cut short since it was checked
         raise CacheMiss(f"{ids_path.name} cannot be mapped ({e})") from None
-    if (top := _max_id(ids)) >= header.vocab_size:
+    # A vocabulary that fills its id type (bytes: 256 in uint8) has no id out of range.
+    if header.vocab_size < 1 << (8 * dtype.itemsize) and (top := _max_id(ids)) >= header.vocab_size:
         raise CacheMiss(
             f"{ids_path.name} is damaged (id {top} outside its vocabulary of {header.vocab_size})"
         )
@@ -320,13 +321,17 @@ def _map(ids_path: Path, header: Header) -> torch.Tensor:
 def _max_id(ids: torch.Tensor) -> int:
     """The largest id, a slice at a time. Torch has no max of uint16 / uint32, so each slice is
     read as the signed type of its width; one holding ids past that range (negative there) has
-    its sign bit flipped, which maps the unsigned order onto the signed one."""
+    its sign bit flipped, into a buffer reused, which maps the unsigned order onto the signed."""
+    if ids.dtype == torch.uint8:
+        return int(ids.max())
     signed = ids.view(_SIGNED[ids.dtype])
     half = 1 << (8 * ids.element_size() - 1)
+    buf = torch.empty(min(_RANGE_SLICE, signed.numel()), dtype=signed.dtype)
     top = 0
     for part in signed.split(_RANGE_SLICE):
         lo, hi = torch.aminmax(part)
-        top = max(top, int(hi) if lo >= 0 else int((part ^ -half).max()) + half)
+        flipped = None if lo >= 0 else torch.bitwise_xor(part, -half, out=buf[: part.numel()])
+        top = max(top, int(hi) if flipped is None else int(flipped.max()) + half)
     return top
 
 
