@@ -208,7 +208,7 @@ def prepare_split(
             reason = miss.reason
 
     if reason.endswith(".json not found"):  # no header: the usual first use, not damage
-        reason = "not prepared yet"
+        reason = "edited since it was last prepared" if source.edited else "not prepared yet"
     echo(f"data.{role}: tokenising {path} into {cache_dir} ({reason})")
     text = read_text(spec, role, d.decode_errors)
     # The same hash before and after reading: the text read is the version the key names.

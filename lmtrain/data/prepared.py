@@ -159,6 +159,8 @@ class Source:
     path: Path
     sha256: str
     size: int
+    edited: bool = False
+    """The cache remembered other contents for this path: the file was edited since."""
 
 
 def _read_json(path: Path, limit: int | None = _SMALL_JSON) -> Any:
@@ -199,10 +201,12 @@ def source_of(path: Path, cache_dir: Path | None, verify: bool = False) -> Sourc
     if cache_dir is not None:
         memo_path = cache_dir / "sources" / f"{canonical_sha256(str(path))[:32]}.json"
     seen = {"path": str(path), "bytes": before.st_size, **_stamp(before)}
-    if memo_path is not None and not verify:
+    remembered = None
+    if memo_path is not None:
         with contextlib.suppress(CacheMiss):
             memo = _read_json(memo_path)
-            if isinstance(memo, dict) and memo == _sealed({**seen, "sha256": memo.get("sha256")}):
+            remembered = memo.get("sha256") if isinstance(memo, dict) and _intact(memo) else None
+            if not verify and memo == _sealed({**seen, "sha256": remembered}):
                 return Source(path, memo["sha256"], before.st_size)
     try:
         sha = hash_file(path)
@@ -216,7 +220,7 @@ def source_of(path: Path, cache_dir: Path | None, verify: bool = False) -> Sourc
         with contextlib.suppress(OSError):
             memo_path.parent.mkdir(parents=True, exist_ok=True)
             files.write_json(memo_path, _sealed({**seen, "sha256": sha}), indent=1)
-    return Source(path, sha, after.st_size)
+    return Source(path, sha, after.st_size, edited=remembered not in (None, sha))
 
 
 def cache_key(source_sha256: str, settings: Mapping[str, Any]) -> str:

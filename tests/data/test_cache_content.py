@@ -119,6 +119,7 @@ def test_a_corpus_edited_with_size_and_mtime_put_back_is_tokenised_again(
     _in_place(Path(cfg.data.train), lambda data: data.__setitem__(slice(4, 7), b"cow"))
     lines: list[str] = []
     got = prepare_corpus(cfg.data, cache, echo=lines.append)
+    assert "train.txt into" in lines[0] and lines[0].endswith("(edited since it was last prepared)")
     # A new text, a new vocabulary: the validation text is encoded in it too.
     assert [line.split(":")[0] for line in lines] == ["data.train", "data.valid"]
     assert "cow" in got.vocab.itos
