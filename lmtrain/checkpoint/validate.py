@@ -70,11 +70,14 @@ def _distinct(itos: list[str]) -> list[str]:
     return itos
 
 
+# Leaf types are module-level names: an annotation is evaluated with the class's namespace as
+# its globals, where a lambda written inside it would not see this module's imports.
 Tensor = Annotated[Any, Leaf("a tensor", _holds(lambda t: isinstance(t, torch.Tensor)))]
 ByteTensor = Annotated[Any, Leaf("a uint8 tensor", _holds(_is_byte_tensor))]
 Weights = Annotated[dict[str, Tensor], Leaf("a non-empty dict of tensors", _holds(bool))]
 # It multiplies the learning rate: NaN or infinity would make every step non-finite.
 Rate = Annotated[float, Leaf("a finite number >= 0", _holds(lambda s: 0 <= s < math.inf))]
+Tokens = Annotated[list[str], Leaf("a non-empty list of strings", _distinct)]
 State = Annotated[list[Any], Leaf("a list of 3-d float tensors", _state_rows)]
 Groups = Annotated[
     list[Any],
@@ -85,7 +88,7 @@ Groups = Annotated[
 @dataclass
 class _Vocab:
     kind: Literal["char", "word", "byte", "bpe"]
-    itos: Annotated[list[str], Leaf("a non-empty list of strings", _distinct)]
+    itos: Tokens
     tokenizer: str | None = None
 
 
