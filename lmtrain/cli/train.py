@@ -107,9 +107,9 @@ def _fit_summary(cfg: Config, result: FitResult) -> None:
 def validate(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesArg = None) -> None:
     """Check a config, its files, device and memory without training.
 
-    Exit 2 listing every problem: each data and vectors file must be a readable
-    regular file (opened, not read), train.device must exist here, run.dir must
-    be creatable and the model must fit in memory. Prints the config that fit
+    Exit 2 listing every problem: each data, tokenizer and vectors file must be a
+    readable regular file (opened, not read), train.device must exist here, run.dir
+    must be creatable and the model must fit in memory. Prints the config that fit
     would save, with run.dir expanded.
     """
     from lmtrain.preflight import validate_config

@@ -27,13 +27,18 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lmtrain.data.corpus import expand_vars
 from lmtrain.data.specials import EOS, LITERAL, PAD, UNK, Encoded
 from lmtrain.errors import DataError
+from lmtrain.files import NotRegularFileError, read_bounded
 
 _SPECIALS = (PAD, UNK, EOS)
 OFFSET = len(_SPECIALS)
 # The smallest trained vocabulary: the specials and the 256 byte pieces.
 MIN_VOCAB_SIZE = OFFSET + 256
+# The largest tokenizer.json read: 8 times that of the largest released vocabulary (262,144
+# pieces, 33 MB); more is surely not a tokenizer file, and is refused before it fills the memory.
+TOKENIZER_MAX_BYTES = 256 * 1024 * 1024
 # Lines handed to the tokeniser per call while training: bounds the Python lists held at once.
 _TRAIN_BATCH_LINES = 10_000
 
@@ -69,11 +74,20 @@ def train_tokenizer(text: str, vocab_size: int) -> str:
 
 def read_tokenizer_file(path: Path) -> str:
     """The JSON of a tokenizer.json file, checked to load; DataError naming the file if not."""
+    path = Path(expand_vars(str(path), "data.tokenizer_file"))
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data, more = read_bounded(path, TOKENIZER_MAX_BYTES)
+        text = data.decode("utf-8")
+    except NotRegularFileError as e:  # a FIFO would hang, /dev/zero fill the memory
+        raise DataError(f"data.tokenizer_file: {path}: {e.advice}") from None
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or e
         raise DataError(f"data.tokenizer_file: {path}: cannot read it ({reason})") from None
+    if more:
+        raise DataError(
+            f"data.tokenizer_file: {path}: larger than {TOKENIZER_MAX_BYTES >> 20} MB, which no "
+            "tokenizer.json is; check the path"
+        )
     try:
         Tokenizer.from_str(text)
     except Exception as e:  # the library raises plain Exception for a malformed file

@@ -120,6 +120,15 @@ def test_pipes_and_devices_are_refused_before_reading(kind, tmp_path, tiny_files
         ["fit", config, f"data.valid={special}"],
         ["fit", config, f"model.pretrained_embeddings={special}", "model.embedding_dim=16"],
         ["score", trained, "--file", special],
+        ["validate", config, "data.tokenizer=bpe", f"data.tokenizer_file={special}"],
+        # With the cache off nothing hashes the file first: bpe.py reads it itself.
+        [
+            "fit",
+            config,
+            "data.tokenizer=bpe",
+            f"data.tokenizer_file={special}",
+            "data.cache_dir=null",
+        ],
     )
     for code, err in results:
         assert code == 2, err

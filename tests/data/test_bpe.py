@@ -114,6 +114,20 @@ def test_a_tokenizer_file_is_read_from_disk(tmp_path: Path, bpe: BpeVocab) -> No
         Vocab.build("", "bpe", tokenizer_file=tmp_path / "missing.json")
 
 
+def test_a_tokenizer_file_is_bounded_and_expanded(tmp_path: Path, bpe, monkeypatch) -> None:
+    from lmtrain.data import bpe as bpe_module
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(bpe.tokenizer_json, encoding="utf-8")
+    monkeypatch.setenv("TOKENIZERS_DIR", str(tmp_path))
+    assert (
+        Vocab.build("", "bpe", tokenizer_file="${TOKENIZERS_DIR}/tokenizer.json").itos == bpe.itos
+    )
+    monkeypatch.setattr(bpe_module, "TOKENIZER_MAX_BYTES", len(bpe.tokenizer_json) - 1)
+    with pytest.raises(DataError, match=r"tokenizer.json: larger than 0 MB, which no tokenizer"):
+        Vocab.build("", "bpe", tokenizer_file=path)
+
+
 def test_a_tokenizer_with_its_own_unknown_token_counts_oov(tmp_path: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
