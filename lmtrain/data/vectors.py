@@ -133,9 +133,10 @@ def _read_text(f: BinaryIO, path: Path, wanted: set[str] | None, header: bool) -
         if wanted is not None and word not in wanted:
             continue
         try:
-            found[word] = torch.tensor([float(v) for v in parts[-dim:]])
+            values = torch.tensor([float(v) for v in parts[-dim:]])
         except ValueError:
             raise DataError(f"{path}:{lineno}: the vector of {word!r} holds a non-number") from None
+        found[word] = _finite(values, f"{path}:{lineno}", word, parts[-dim:])
     if dim is None:
         raise DataError(f"{path}: the vectors file holds no vectors")
     return Vectors(fmt, dim, found, total)
@@ -163,8 +164,28 @@ def _read_binary(f: BinaryIO, path: Path, wanted: set[str] | None) -> Vectors:
             raise DataError(f"{path}: truncated in the vector of word {i + 1} of {count}")
         word = word_bytes.decode("utf-8", errors="replace")
         if wanted is None or word in wanted:
-            found[word] = torch.tensor(struct.unpack(f"<{dim}f", data))
+            values = torch.tensor(struct.unpack(f"<{dim}f", data))
+            found[word] = _finite(values, f"{path}: word {i + 1} of {count}", word)
     return Vectors("word2vec_binary", dim, found, count)
+
+
+def _finite(
+    values: torch.Tensor, where: str, word: str, texts: list[str] | None = None
+) -> torch.Tensor:
+    """`values` (float32), or a DataError naming the word and its first NaN or infinity.
+
+    Such a row would make the first loss NaN and stop training with advice about train.lr; a
+    number beyond float32's range (3.4e38) becomes infinity here, so it is refused too.
+    """
+    bad = (~torch.isfinite(values)).nonzero()
+    if bad.numel() == 0:
+        return values
+    i = int(bad[0])
+    shown = texts[i] if texts is not None else str(values[i].item())
+    raise DataError(
+        f"{where}: the vector of {word!r} holds {shown} (number {i + 1}), which is not a finite "
+        "float32; pretrained vectors must be finite numbers (fix or drop that word)"
+    )
 
 
 def load_pretrained(model: torch.nn.Module, vocab: Vocab, cfg: ModelConfig) -> str:

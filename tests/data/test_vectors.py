@@ -65,6 +65,38 @@ def test_bad_files_are_clear_errors(tmp_path: Path, content: bytes, needle: str)
         read_vectors(path)
 
 
+# 1e39 is beyond float32 (infinity once read); a binary file, float32 itself, cannot hold it.
+NON_FINITE = [float("nan"), float("inf"), -float("inf"), 1e39]
+NON_FINITE_CASES = [(f, v) for f in ("glove", "word2vec_text") for v in NON_FINITE]
+NON_FINITE_CASES += [("word2vec_binary", v) for v in NON_FINITE[:3]]
+
+
+@pytest.mark.parametrize(("fmt", "value"), NON_FINITE_CASES)
+def test_a_vector_that_is_not_finite_is_refused(tmp_path: Path, fmt: str, value: float) -> None:
+    path = write(tmp_path / "v", fmt, {**VECS, "cat": [1.25, value, -0.5]})
+    where = {"glove": f"{path}:2", "word2vec_text": f"{path}:3"}.get(fmt, f"{path}: word 2 of 3")
+    with pytest.raises(DataError) as e:
+        read_vectors(path, {"the", "cat"})
+    assert str(e.value) == (
+        f"{where}: the vector of 'cat' holds {value} (number 2), which is not a finite float32; "
+        "pretrained vectors must be finite numbers (fix or drop that word)"
+    )
+    # A word the vocabulary does not hold is never used, so it does not matter.
+    assert sorted(read_vectors(path, {"the"}).vectors) == ["the"]
+
+
+def test_fit_with_a_nan_vector_exits_2_before_training(tmp_path: Path, tiny_files, cli) -> None:
+    path = write(tmp_path / "g.txt", "glove", {"mat": [1.0, 2.0, 3.0], "the": [1.0, 2.0, 3.0]})
+    path.write_text(path.read_text().replace("the 1.0 2.0", "the nan 2.0"))
+    cfg = tiny_config(tmp_path, tiny_files, "model.embedding_dim=3", "train.max_steps=3")
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text(cfg.to_yaml())
+    r = invoke(cli, "fit", yaml_path, f"model.pretrained_embeddings={path}", "--quiet")
+    assert r.exit_code == 2, r.output
+    assert f"{path}:2: the vector of 'the' holds nan (number 1)" in r.stderr
+    assert "Traceback" not in r.output and not (tmp_path / "run").exists()
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="vectors file not found"):
         read_vectors(tmp_path / "nope.txt")
