@@ -1,18 +1,27 @@
-"""Range and cross-field checks of a built Config; each problem is one `dotted.key: message` line."""
+"""Range and cross-field checks of a built Config; each problem is one `dotted.key: message` line.
+
+The module is longer than most because every rule of the config's values is here, in one list
+a reader scans for a key: ranges, conflicts between keys, and the bounds beyond which a value
+would fail inside torch or the tokenizers library instead of here (exit 2, before any work).
+"""
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
-from lmtrain.config.convert import MAX_INT, show_value
 from lmtrain.config.schema import AdaptiveSoftmaxConfig, Config, DataConfig, ModelConfig
+from lmtrain.records import MAX_INT, show_value
 
 # Bounds beyond which a value cannot run, or cannot mean what it says.
 MAX_SEED = MAX_INT
 MAX_THREADS = 1024
 MAX_DIST_TIMEOUT = 7 * 24 * 3600
 MAX_SAMPLE_TOKENS = 100_000
+# torch applies the learning rate, weight decay and clipping value in the weights' dtype; beyond
+# float32's range that is a RuntimeError in the first step.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def check_ranges(cfg: Config) -> list[str]:
@@ -28,6 +37,11 @@ def check_ranges(cfg: Config) -> list[str]:
     need(d.max_size is None or d.max_size >= 1, "data.max_size", f"must be >= 1, got {d.max_size}")
     need(bool(d.train.strip()), "data.train", "must name a file or builtin corpus, got ''")
     need(d.max_length is None or d.max_length >= 1, "data.max_length", "must be >= 1 or null")
+    need(
+        d.max_length is None or d.max_length < MAX_INT,
+        "data.max_length",
+        "must be below 2**63 - 1 (a sequence adds its start marker) or null",
+    )
     if d.tokenizer == "byte":  # a fixed vocabulary: nothing to drop
         need(d.min_freq == 1, "data.min_freq", "the byte vocabulary is fixed (256 bytes); leave 1")
         need(
@@ -54,17 +68,17 @@ def check_ranges(cfg: Config) -> list[str]:
             x < y for x, y in zip(a.cutoffs, a.cutoffs[1:], strict=False)
         )
         need(ok, "model.adaptive_softmax.cutoffs", f"must be increasing ids >= 1, got {a.cutoffs}")
-        need(
-            a.div_value >= 1,
-            "model.adaptive_softmax.div_value",
-            f"must be >= 1 (each tail cluster is this many times narrower), got {a.div_value}",
-        )
-        need(
-            tail_widths(m.hidden_size, a) is not None,
-            "model.adaptive_softmax.div_value",
-            f"{a.div_value} ** {len(a.cutoffs) or AUTO_MAX_CLUSTERS} (one power per tail "
-            "cluster) overflows; use a smaller div_value",
-        )
+        if a.div_value < 1:
+            p.append(
+                "model.adaptive_softmax.div_value: must be >= 1 (each tail cluster is this many "
+                f"times narrower), got {a.div_value}"
+            )
+        elif tail_widths(m.hidden_size, a) is None:
+            p.append(
+                f"model.adaptive_softmax.div_value: {a.div_value} ** "
+                f"{len(a.cutoffs) or AUTO_MAX_CLUSTERS} (one power per tail cluster) overflows; "
+                "use a smaller div_value"
+            )
         if m.tie_weights:
             p.append(
                 "model.tie_weights: cannot tie the embedding to an adaptive softmax; set "
@@ -87,6 +101,13 @@ def check_ranges(cfg: Config) -> list[str]:
     for name in ("clip_grad_norm", "clip_grad_value"):
         v = getattr(t, name)
         need(v is None or v > 0, f"train.{name}", f"must be > 0 or null, got {v}")
+    for name in ("lr", "weight_decay", "clip_grad_value"):
+        v = getattr(t, name)
+        need(
+            v is None or v <= FLOAT32_MAX,
+            f"train.{name}",
+            f"must be at most {FLOAT32_MAX:.4g} (the largest float32, the weights' type), got {v}",
+        )
     need(t.eval_every is None or t.eval_every >= 1, "train.eval_every", "must be >= 1 or null")
     need(
         t.early_stopping is None or t.early_stopping >= 1,
@@ -190,12 +211,40 @@ def check_ranges(cfg: Config) -> list[str]:
         f"must be in [0, {MAX_SAMPLE_TOKENS:,}], got {r.sample_tokens}",
     )
     need(r.keep_last >= 0, "run.keep_last", f"must be >= 0, got {r.keep_last}")
-    return p
+    return p + _text_problems(cfg.to_dict())
+
+
+def _text_problems(value: Any, key: str = "") -> list[str]:
+    """Every string of `cfg.to_dict()` must be Unicode text that UTF-8 can write.
+
+    A byte that is not UTF-8 in a shell argument (`run.dir=$'\\xff'`) or an environment variable
+    reaches Python as a lone surrogate, which config.yaml, TensorBoard and the checkpoint cannot
+    store; it is refused here, not as a traceback halfway through a run.
+    """
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _text_problems(v, f"{key}{k}.")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _text_problems(v, f"{key[:-1]}[{i}].")]
+    try:
+        str(value).encode("utf-8")
+        return []
+    except UnicodeEncodeError as e:
+        code = ord(str(value)[e.start])  # U+DC80..U+DCFF: Python's spelling of byte 0x80..0xFF
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        return [
+            f"{key[:-1]}: holds {what} (character {e.start + 1}), which is not UTF-8 text; "
+            "lmtrain stores config values as UTF-8 (config.yaml, TensorBoard, checkpoints): "
+            "use a UTF-8 name or text"
+        ]
 
 
 # A byte-level BPE vocabulary holds the specials (<pad>, <unk>, <eos>) and the 256 byte symbols
 # before its first merge; a smaller one could not spell every text.
 MIN_BPE_VOCAB = 260
+# The tokenizers trainer reserves its tables for data.vocab_size entries before it reads a line
+# (about 66 bytes each: 2**32 entries abort in Rust asking for 283 GB), and ids are stored as
+# uint32. 2**24 reserves about 1 GB and is 64 times the largest released vocabulary (262,144).
+MAX_BPE_VOCAB = 2**24
 
 
 def _check_tokenizer(d: DataConfig) -> list[str]:
@@ -221,6 +270,11 @@ def _check_tokenizer(d: DataConfig) -> list[str]:
             f"data.vocab_size: must be >= {MIN_BPE_VOCAB} (3 specials and 256 byte symbols come "
             f"before the first merge), got {d.vocab_size}"
         )
+    elif d.vocab_size is not None and d.vocab_size > MAX_BPE_VOCAB:
+        p.append(
+            f"data.vocab_size: must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB:,}] (the BPE trainer "
+            f"reserves memory for every entry up front), got {d.vocab_size:,}"
+        )
     if d.tokenizer_file is not None and not d.tokenizer_file.strip():
         p.append("data.tokenizer_file: must name a tokenizer.json file, got ''")
     if d.max_size is not None:
@@ -235,9 +289,11 @@ AUTO_MAX_CLUSTERS = 23
 
 def tail_widths(hidden_size: int, a: AdaptiveSoftmaxConfig) -> list[int] | None:
     """Projection width of each adaptive-softmax tail cluster, as torch computes it; None if
-    a power of div_value overflows (torch would fail building the layer). With `auto` and no
-    explicit cutoffs, as many clusters as the largest vocabulary would get."""
+    a power of div_value overflows (torch would fail building the layer) or div_value is below
+    1. With `auto` and no explicit cutoffs, as many clusters as the largest vocabulary would get."""
     clusters = len(a.cutoffs) or (AUTO_MAX_CLUSTERS if a.auto else 0)
+    if not a.div_value >= 1:
+        return None
     try:
         return [int(hidden_size // a.div_value ** (i + 1)) for i in range(clusters)]
     except OverflowError:

@@ -5,7 +5,8 @@ but they are a schema like the config's: frozen dataclasses whose defaults are w
 with a one-line docstring under each field that `lmtrain config` prints. The CLI reads its
 defaults from these classes; `build_options` (lmtrain.config) builds one from a mapping with the
 config's strict checks. `problems()` lists every out-of-range value at once, each message naming
-its command-line option.
+its command-line option; every integer option has an upper bound too (`_count`), since Typer
+hands over any Python int and torch fails on one beyond 64 bits.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from lmtrain.errors import LmtrainError
+from lmtrain.records import MAX_INT, show_value
 
 # Bounds on what one sample call may generate: the ids are held in one (max_tokens, num_samples)
 # tensor and every text is decoded in memory, so a typo such as --max-tokens 2000000000 is
@@ -23,6 +25,20 @@ MAX_TOKENS = 1_000_000
 MAX_SAMPLES = 10_000
 MAX_TOTAL_TOKENS = 10_000_000
 SEED_RANGE = 2**63  # torch.Generator.manual_seed takes 0 .. 2**63 - 1 on every device
+# Sequences evaluated or scored together: their logits are held at once, so a million is far past
+# any memory; more is a typo.
+MAX_BATCH = 1_000_000
+
+
+def _count(option: str, value: int, least: int, note: str = "", most: int = MAX_INT) -> list[str]:
+    """The problem of an integer option below `least` or above `most` (by default the largest
+    64-bit integer, which torch's sizes and counters hold), or none."""
+    if value < least:
+        return [f"{option} must be >= {least}{note}, got {show_value(value)}"]
+    if value > most:
+        top = "2**63 - 1" if most == MAX_INT else f"{most:,}"
+        return [f"{option} must be at most {top}, got {show_value(value)}"]
+    return []
 
 
 class _Checked(Protocol):
@@ -54,12 +70,9 @@ class EvalOptions:
     """Stream mode: parallel streams, each from a zero state (1 = exact)."""
 
     def problems(self) -> list[str]:
-        p = []
-        if self.batch_size < 1:
-            p.append(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.streams < 1:
-            p.append(f"--streams must be >= 1 (1 = exact), got {self.streams}")
-        return p
+        return _count("--batch-size", self.batch_size, 1, most=MAX_BATCH) + _count(
+            "--streams", self.streams, 1, " (1 = exact)"
+        )
 
     def text_problems(self, tokens: int, where: str) -> list[str]:
         """Problems of reading a text of `tokens` tokens with these options."""
@@ -118,14 +131,12 @@ class AdaptOptions:
         p = []
         if not (math.isfinite(self.dynamic_lr) and self.dynamic_lr >= 0):
             p.append(f"--dynamic-lr must be >= 0 and finite (0 = off), got {self.dynamic_lr}")
-        if self.dynamic_bptt < 1:
-            p.append(f"--dynamic-bptt must be >= 1, got {self.dynamic_bptt}")
+        p += _count("--dynamic-bptt", self.dynamic_bptt, 1)
         if self.dynamic_method not in ("sgd", "rms"):
             p.append(f"--dynamic-method must be sgd or rms, got {self.dynamic_method!r}")
         if not 0 <= self.dynamic_decay < 1:  # also refuses nan
             p.append(f"--dynamic-decay must be in [0, 1), got {self.dynamic_decay}")
-        if self.cache_size < 0:
-            p.append(f"--cache-size must be >= 0 (0 = off), got {self.cache_size}")
+        p += _count("--cache-size", self.cache_size, 0, " (0 = off)")
         if not 0 <= self.cache_lambda < 1:
             # lambda = 1 would give every token the cache has not seen probability 0.
             p.append(f"--cache-lambda must be in [0, 1), got {self.cache_lambda}")
@@ -174,8 +185,7 @@ class SampleOptions:
             p.append(f"--max-tokens must be in [0, {MAX_TOKENS:,}], got {self.max_tokens}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             p.append(f"--temperature must be > 0 and finite, got {self.temperature}")
-        if self.top_k < 0:
-            p.append(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
+        p += _count("--top-k", self.top_k, 0, " (0 = off)")
         if not 0 < self.top_p <= 1:  # also refuses nan
             p.append(f"--top-p must be in (0, 1] (1 = off), got {self.top_p}")
         if not 1 <= self.num_samples <= MAX_SAMPLES:
@@ -211,7 +221,7 @@ class GradientFlowOptions:
     def problems(self) -> list[str]:
         if self.steps < 2 or self.batch < 1:
             return ["--steps must be >= 2 and --batch >= 1"]
-        return []
+        return _count("--steps", self.steps, 2) + _count("--batch", self.batch, 1)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmtrain.config.checks import tail_widths
 from lmtrain.config.schema import Config, TrainConfig
 from lmtrain.errors import ConfigError
 
@@ -59,10 +60,10 @@ def estimate_memory(cfg: Config, vocab_size: int, world_size: int = 1) -> Memory
         head = cutoffs[0] + len(cutoffs)  # the frequent words and one entry per tail cluster
         bounds = [*cutoffs, max(vocab_size, cutoffs[-1] + 1)]
         decoder = m.hidden_size * head
-        div = m.adaptive_softmax.div_value
-        widths = [int(m.hidden_size // div ** (i + 1)) for i in range(len(cutoffs))]
-        for i, width in enumerate(widths):
-            decoder += width * (m.hidden_size + bounds[i + 1] - bounds[i])
+        # A div_value the checks refuse counts no tail projections: a lower bound still.
+        widths = tail_widths(m.hidden_size, m.adaptive_softmax) or [0] * len(cutoffs)
+        for i in range(len(cutoffs)):
+            decoder += widths[i] * (m.hidden_size + bounds[i + 1] - bounds[i])
         logits = head
     else:
         decoder = vocab_size + (0 if m.tie_weights else m.hidden_size * vocab_size)
