@@ -32,7 +32,10 @@ MAX_BATCH = 1_000_000
 
 def _count(option: str, value: int, least: int, note: str = "", most: int = MAX_INT) -> list[str]:
     """The problem of an integer option below `least` or above `most` (by default the largest
-    64-bit integer, which torch's sizes and counters hold), or none."""
+    64-bit integer, which torch's sizes and counters hold), or that is no integer (the Python
+    API passes what it is given), or none."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return [f"{option} must be an integer, got {show_value(value)}"]
     if value < least:
         return [f"{option} must be >= {least}{note}, got {show_value(value)}"]
     if value > most:

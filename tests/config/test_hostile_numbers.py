@@ -97,6 +97,18 @@ def test_score_batch_size_beyond_int64_names_the_range(run: Path, cli) -> None:
     assert ok.exit_code == 0, ok.output
 
 
+@pytest.mark.parametrize("value", ["3", 2.5, True, None, 10**20])
+def test_the_python_api_refuses_a_batch_size_that_is_no_count(run: Path, value) -> None:
+    import lmtrain
+
+    model = lmtrain.load(run)
+    for call in (model.score, model.evaluate):
+        with pytest.raises(LmtrainError, match=r"^batch_size must be (an integer|at most)"):
+            call("the cat sat", batch_size=value)
+    with pytest.raises(LmtrainError, match=r"^streams must be (an integer|at most)"):
+        model.evaluate("the cat sat", streams=value)
+
+
 # --- config values that used to fail inside torch or the tokenizers library -------------------
 
 NOT_UTF8 = "\udcff"  # how Python spells the byte 0xff of an argument that is not UTF-8
