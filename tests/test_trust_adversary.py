@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -293,7 +294,7 @@ def test_a_lower_keep_last_on_resume_prunes_before_the_first_save(run, config, c
 def other_filesystem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
     """Hard links from the parent run into tmp_path/fork fail as across filesystems (EXDEV);
     returns the list of files copied instead."""
-    real_link, real_copy = os.link, shutil.copyfile
+    real_link, real_copy = os.link, shutil.copyfileobj
     fork = str(tmp_path / "fork")
     copies: list[str] = []
 
@@ -302,12 +303,12 @@ def other_filesystem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[st
             raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
         real_link(src, dst)
 
-    def copyfile(src: str | Path, dst: str | Path) -> None:
-        copies.append(str(src))
-        real_copy(src, dst)
+    def copyfileobj(src: Any, dst: Any, *args: Any) -> None:
+        copies.append(str(src.name))
+        real_copy(src, dst, *args)
 
     monkeypatch.setattr(os, "link", link)
-    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    monkeypatch.setattr(shutil, "copyfileobj", copyfileobj)
     return copies
 
 
@@ -325,10 +326,10 @@ def test_a_fork_onto_another_disk_copies_the_fork_point_once(
 def test_a_fork_that_runs_out_of_disk_leaves_nothing_behind(
     run, config, tmp_path, cli, monkeypatch, other_filesystem
 ):
-    def full(src: str | Path, dst: str | Path) -> None:
+    def full(src: Any, dst: Any, *args: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(shutil, "copyfile", full)
+    monkeypatch.setattr(shutil, "copyfileobj", full)
     fork = tmp_path / "fork"
     before = snapshot(run)
     args = (f"run.dir={fork}", "train.max_steps=24", "--resume", run / "checkpoints" / "last.pt")
