@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from lmtrain.config.checks import FLOAT32_MAX
 from lmtrain.errors import LmtrainError
 from lmtrain.records import MAX_INT, show_value
 
@@ -134,6 +135,8 @@ class AdaptOptions:
         p = []
         if not (math.isfinite(self.dynamic_lr) and self.dynamic_lr >= 0):
             p.append(f"--dynamic-lr must be >= 0 and finite (0 = off), got {self.dynamic_lr}")
+        elif self.dynamic_lr > FLOAT32_MAX:  # torch applies it in the weights' float32
+            p.append(f"--dynamic-lr must be at most {FLOAT32_MAX:.4g}, got {self.dynamic_lr}")
         p += _count("--dynamic-bptt", self.dynamic_bptt, 1)
         if self.dynamic_method not in ("sgd", "rms"):
             p.append(f"--dynamic-method must be sgd or rms, got {self.dynamic_method!r}")

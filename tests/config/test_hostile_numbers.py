@@ -97,6 +97,13 @@ def test_score_batch_size_beyond_int64_names_the_range(run: Path, cli) -> None:
     assert ok.exit_code == 0, ok.output
 
 
+@pytest.mark.parametrize("value", ["1e39", "1e308"])
+def test_a_dynamic_lr_beyond_float32_exits_2(run: Path, cli, value: str) -> None:
+    r = invoke(cli, "eval", run, "--dynamic-lr", value)
+    assert r.exit_code == 2, r.output
+    assert f"--dynamic-lr must be at most 3.403e+38, got {float(value)}" in r.stderr
+
+
 @pytest.mark.parametrize("value", ["3", 2.5, True, None, 10**20])
 def test_the_python_api_refuses_a_batch_size_that_is_no_count(run: Path, value) -> None:
     import lmtrain
