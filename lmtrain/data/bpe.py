@@ -72,8 +72,8 @@ def train_tokenizer(text: str, vocab_size: int) -> str:
     return tokenizer.to_str()
 
 
-def read_tokenizer_file(path: Path) -> str:
-    """The JSON of a tokenizer.json file, checked to load; DataError naming the file if not."""
+def read_tokenizer_file(path: Path) -> BpeVocab:
+    """The vocabulary of a tokenizer.json file; DataError naming the file if it does not load."""
     path = Path(expand_vars(str(path), "data.tokenizer_file"))
     try:
         data, more = read_bounded(path, TOKENIZER_MAX_BYTES)
@@ -89,13 +89,14 @@ def read_tokenizer_file(path: Path) -> str:
             "tokenizer.json is; check the path"
         )
     try:
-        Tokenizer.from_str(text)
+        return BpeVocab(text)
+    except DataError as e:
+        raise DataError(f"data.tokenizer_file: {path}: {e}") from None
     except Exception as e:  # the library raises plain Exception for a malformed file
         raise DataError(
             f"data.tokenizer_file: {path} is not a tokenizer.json that Hugging Face tokenizers "
             f"can load ({e})"
         ) from None
-    return text
 
 
 class BpeVocab:
@@ -108,11 +109,11 @@ class BpeVocab:
         self._tok = Tokenizer.from_str(tokenizer_json)
         pieces = self._tok.get_vocab(with_added_tokens=True)
         size = self._tok.get_vocab_size(with_added_tokens=True)
+        if len(pieces) != size or set(pieces.values()) != set(range(size)) or "" in pieces:
+            raise DataError("the tokenizer's ids are not 0 .. size-1 without gaps")
         by_id = [""] * size
         for piece, i in pieces.items():
             by_id[i] = piece
-        if len(pieces) != size or "" in by_id:
-            raise DataError("the tokenizer's ids are not 0 .. size-1 without gaps")
         # A piece spelled like a special (a tokenizer.json with its own `<unk>`) is listed as a
         # literal, so that every entry names one id.
         self.itos = [*_SPECIALS, *(p + LITERAL if p in _SPECIALS else p for p in by_id)]

@@ -125,7 +125,7 @@ class Vocab:
             return ByteVocab()
         if kind == "bpe":
             if tokenizer_file is not None:
-                return BpeVocab(read_tokenizer_file(Path(tokenizer_file)))
+                return read_tokenizer_file(Path(tokenizer_file))
             if vocab_size is None:
                 raise DataError("data.tokenizer: bpe needs data.vocab_size or data.tokenizer_file")
             return BpeVocab.train(text, vocab_size)

@@ -4,6 +4,7 @@ Callers (training, the eval and score commands, the Python API) import from this
 
 entry.py       evaluate_text / evaluate_file / evaluate_string: every rule of an evaluation
 stream.py      EvalResult; one stream read from its first token to its last (or N streams)
+reading.py     how every evaluation reads a model: eval mode, and logits a window at a time
 sentences.py   every line or document from a zero state, in packed batches
 adaptation.py  dynamic evaluation and the continuous cache pointer
 scoring.py     `lmtrain score`: the log-probability of each sentence

@@ -27,6 +27,7 @@ import math
 import torch
 
 from lmtrain.config import AdaptOptions
+from lmtrain.evaluation.reading import evaluating
 from lmtrain.evaluation.stream import EvalResult
 from lmtrain.models import LanguageModel, build_model, detach_state
 
@@ -88,8 +89,6 @@ def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptio
         weights = model.state_dict()
         model = build_model(model.cfg, model.vocab_size).to(device)
         model.load_state_dict(weights)
-    was_training = model.training
-    model.eval()  # no dropout; gradients still flow for dynamic evaluation
     params = [p for p in model.parameters() if p.requires_grad]
     trained = [p.detach().clone() for p in params] if opts.dynamic_decay > 0 else []
     mean_sq = [torch.zeros_like(p) for p in params] if opts.dynamic_method == "rms" else []
@@ -111,15 +110,15 @@ def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptio
         if opts.dynamic and device.type == "cuda"
         else contextlib.nullcontext()
     )
-    with cudnn_off:
+    # Eval mode: no dropout; gradients flow only for dynamic evaluation.
+    with evaluating(model, grad=opts.dynamic), cudnn_off:
         for start in range(0, n, seg):
             t = min(seg, n - start)
             x = ids[start : start + t].view(t, 1).to(device)
             y = ids[start + 1 : start + 1 + t].to(device)
-            with torch.set_grad_enabled(opts.dynamic):
-                hidden, new_state = model(x, state)  # (t, 1, H)
-                h = hidden.reshape(t, -1)
-                nll = model.output.token_nll(h, y)  # (t,)
+            hidden, new_state = model(x, state)  # (t, 1, H)
+            h = hidden.reshape(t, -1)
+            nll = model.output.token_nll(h, y)  # (t,)
             score = nll.detach().double()
             if opts.cache:
                 pos = torch.arange(start, start + t, device=device)
@@ -143,7 +142,6 @@ def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptio
                 (nll.sum() / t).backward()
                 _dynamic_step(params, trained, mean_sq, opts)
             state = detach_state(new_state)
-    model.train(was_training)
     return out
 
 

@@ -14,14 +14,11 @@ import torch
 
 from lmtrain.data.batching import SentenceBatches
 from lmtrain.errors import DataError
+from lmtrain.evaluation.reading import evaluating, logit_window
 from lmtrain.evaluation.stream import EvalResult, EvaluationInterrupted
 from lmtrain.models import LanguageModel, detach_state, select_rows
 
-# Rows of logits materialised at once; bounds memory for large vocabularies (as in stream.py).
-_LOGIT_ELEMENTS = 1 << 23
 
-
-@torch.no_grad()
 def sequence_nlls(
     model: LanguageModel,
     sequences: Sequence[torch.Tensor],
@@ -33,29 +30,26 @@ def sequence_nlls(
 
     `stop` is polled before each batch; when it returns True, EvaluationInterrupted is raised.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     if bptt is None:
-        bptt = max(16, min(4096, _LOGIT_ELEMENTS // (model.vocab_size * batch_size)))
+        bptt = logit_window(model.vocab_size, batch_size)
     batches = SentenceBatches(sequences, batch_size, bptt, shuffle=False)
     totals = torch.zeros(len(sequences), dtype=torch.float64, device=device)
-    state = model.init_state(1, device)
-    for batch, rows in zip(batches.batches(), batches.sequence_rows(), strict=True):
-        if stop is not None and stop():
-            model.train(was_training)
-            raise EvaluationInterrupted
-        n = batch.inputs.size(1)
-        if batch.carry is None:
-            state = model.init_state(n, device)
-        else:
-            state = select_rows(state, batch.carry)
-        hidden, state = model(batch.inputs.to(device), state, batch.lengths)  # (T, B, H)
-        state = detach_state(state)
-        h = hidden.reshape(-1, hidden.size(-1))
-        nll = model.output.token_nll(h, batch.targets.reshape(-1).to(device))  # (T * B,)
-        totals.index_add_(0, rows.to(device), nll.view(-1, n).double().sum(0))
-    model.train(was_training)
+    with evaluating(model):
+        state = model.init_state(1, device)
+        for batch, rows in zip(batches.batches(), batches.sequence_rows(), strict=True):
+            if stop is not None and stop():
+                raise EvaluationInterrupted
+            n = batch.inputs.size(1)
+            if batch.carry is None:
+                state = model.init_state(n, device)
+            else:
+                state = select_rows(state, batch.carry)
+            hidden, state = model(batch.inputs.to(device), state, batch.lengths)  # (T, B, H)
+            state = detach_state(state)
+            h = hidden.reshape(-1, hidden.size(-1))
+            nll = model.output.token_nll(h, batch.targets.reshape(-1).to(device))  # (T * B,)
+            totals.index_add_(0, rows.to(device), nll.view(-1, n).double().sum(0))
     return totals.cpu()
 
 

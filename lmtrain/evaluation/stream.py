@@ -25,10 +25,9 @@ import torch
 from lmtrain.data.batching import StreamBatches
 from lmtrain.data.corpus import text_utf8_bytes
 from lmtrain.evaluation.bpb import bits_per_byte
+from lmtrain.evaluation.reading import evaluating, logit_window
 from lmtrain.models import LanguageModel, detach_state, select_rows
 
-# Rows of logits materialised at once during evaluation; bounds memory for large vocabularies.
-_LOGIT_ELEMENTS = 1 << 23
 # Ids converted to int64 at once by unigram_baseline: a prepared split is never copied whole.
 _COUNT_CHUNK = 1 << 22
 
@@ -106,7 +105,6 @@ class EvalResult:
         return s
 
 
-@torch.no_grad()
 def stream_nll(
     model: LanguageModel,
     ids: torch.Tensor,
@@ -118,15 +116,13 @@ def stream_nll(
 
     `stop` is polled before each window; when it returns True, EvaluationInterrupted is raised.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     if window is None:
-        window = max(16, min(4096, _LOGIT_ELEMENTS // (model.vocab_size * streams)))
+        window = logit_window(model.vocab_size, streams)
     batches = StreamBatches(ids, streams, window)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    state = model.init_state(streams, device)
-    try:
+    with evaluating(model):
+        state = model.init_state(streams, device)
         for batch in batches.batches():
             if stop is not None and stop():
                 raise EvaluationInterrupted
@@ -136,8 +132,6 @@ def stream_nll(
             state = detach_state(state)
             h = hidden.reshape(-1, hidden.size(-1))
             total += model.output.nll(h, batch.targets.reshape(-1).to(device)).double()
-    finally:
-        model.train(was_training)
     return float(total), batches.tokens_per_epoch
 
 

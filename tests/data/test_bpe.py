@@ -128,6 +128,19 @@ def test_a_tokenizer_file_is_bounded_and_expanded(tmp_path: Path, bpe, monkeypat
         Vocab.build("", "bpe", tokenizer_file=path)
 
 
+@pytest.mark.parametrize("far", [5, 4_000_000_000])
+def test_a_tokenizer_file_with_a_gap_in_its_ids_is_refused(tmp_path: Path, far: int) -> None:
+    from tokenizers import Tokenizer, models
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(Tokenizer(models.WordLevel({"<unk>": 0, "the": 1, "cat": far})).to_str())
+    with pytest.raises(DataError) as e:
+        Vocab.build("", "bpe", tokenizer_file=path)
+    assert str(e.value) == (
+        f"data.tokenizer_file: {path}: the tokenizer's ids are not 0 .. size-1 without gaps"
+    )
+
+
 def test_a_tokenizer_with_its_own_unknown_token_counts_oov(tmp_path: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
