@@ -254,8 +254,20 @@ class Trainer:
             s.logger.evaluation(
                 p.step, p.epoch - (p.batch_in_epoch == 0), p.train_seconds, result, best
             )
+        if result is not None and not math.isfinite(result.loss):
+            # Diverged weights: resuming from them would only diverge again, so they are never
+            # kept; the NaN guard's advice then points at the newest checkpoint from before.
+            s.logger.message(
+                f"step {p.step} | no checkpoint written: the validation loss is {result.loss} "
+                "(not finite), so these weights have diverged; any earlier checkpoint is kept"
+            )
+            return
         if s.cfg.run.sample_tokens > 0 and s.logger.writer is not None:
-            s.logger.text("sample", sample_text(s), p.step)
+            text = sample_text(s, p.step, self.stop)
+            if text is None:  # the loop saves and stops after this, as after any signal
+                s.logger.message(f"step {p.step} | {self.stop.name} during sampling: abandoned")
+            else:
+                s.logger.text("sample", text, p.step)
         if p.nonfinite_run > 0 and not self.done():
             # Mid-way through a streak of skipped steps the run may be diverging: keep the
             # newest checkpoint from before the streak rather than replace it (and let keep_last

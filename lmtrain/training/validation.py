@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
+from tqdm import tqdm
+
 from lmtrain.config import SampleOptions
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluation import EvalResult, EvaluationInterrupted, evaluate_text
@@ -38,17 +43,40 @@ def validate(s: Session, stop: StopRequest | None) -> EvalResult:
     return result
 
 
-def sample_text(s: Session) -> str:
-    """A short sample for TensorBoard (run.sample_tokens from run.sample_prompt)."""
-    r = s.cfg.run
+SAMPLE_PROGRESS_SECONDS = 10.0
+"""Seconds between the progress lines of a long sample (run.sample_tokens allows 100,000); a
+sample that takes less prints none. On a terminal a second progress bar shows it instead."""
+
+
+def sample_text(s: Session, step: int, stop: StopRequest) -> str | None:
+    """A sample for TensorBoard (run.sample_tokens from run.sample_prompt); None when a signal
+    cut it short. `stop` is polled before every token, so a long sample stops at once."""
+    r, log = s.cfg.run, s.logger
+    bar = tqdm(
+        total=r.sample_tokens, desc="sample", unit="token", leave=False, file=sys.stderr,
+        disable=log.bar.disable, dynamic_ncols=True, delay=1.0,
+    )  # fmt: skip
+    started = shown = time.perf_counter()
+
+    def progress(done: int) -> None:
+        nonlocal shown
+        bar.update()
+        now = time.perf_counter()
+        if bar.disable and not log.quiet and now - shown >= SAMPLE_PROGRESS_SECONDS:
+            shown, rate = now, done / max(now - started, 1e-9)
+            log.message(
+                f"step {step} | sample for TensorBoard: {done:,}/{r.sample_tokens:,} tokens | "
+                f"{rate:,.0f} tokens/s | {(r.sample_tokens - done) / rate / 60:.1f} min left"
+            )
+
     try:
         text = generate(
-            s.model,
-            s.corpus.vocab,
-            r.sample_prompt,
-            SampleOptions(max_tokens=r.sample_tokens, seed=s.cfg.train.seed),
-        ).texts[0]
+            s.model, s.corpus.vocab, r.sample_prompt,
+            SampleOptions(max_tokens=r.sample_tokens, seed=s.cfg.train.seed), stop, progress,
+        ).texts[0]  # fmt: skip
     except LmtrainError as e:
         text = f"(no sample: {e})"
-    s.model.train()
-    return text
+    finally:
+        bar.close()
+        s.model.train()
+    return None if stop.requested else text
