@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmtrain import files
 from lmtrain.errors import LmtrainError
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -47,12 +48,17 @@ class Recipe:
 def _summary(path: Path) -> dict[str, str]:
     """The summary keys of the header: the comment lines before the first YAML line."""
     found: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in _read(path).decode("utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             break
         if m := _SUMMARY_LINE.match(line):
             found[m.group(1)] = m.group(2)
     return found
+
+
+def _read(path: Path) -> bytes:
+    """A shipped recipe's bytes (they are small: a bound keeps a broken install from hanging)."""
+    return files.read_bounded(path, 1 << 20)[0]
 
 
 def recipes() -> list[Recipe]:
@@ -127,16 +133,14 @@ def copy_recipe(name: str, dest: str | Path | None = None) -> Path:
             f"{target}: cannot create its folder {target.parent} ({reason}); give another PATH"
         ) from None
     try:
-        # Mode "x" creates the file or fails: no window in which another file could be replaced.
-        with target.open("x", encoding="utf-8") as f:
-            f.write(recipe.path.read_text(encoding="utf-8"))
+        # Exclusive: a file that appears under the name meanwhile is never replaced.
+        with files.atomic_write(target, exclusive=True) as f:
+            f.write(_read(recipe.path))
     except FileExistsError:
         raise RecipeError(
             f"{target}: already exists; lmtrain init never overwrites a file. Give another "
             "PATH, or remove that file first."
         ) from None
-    except OSError as e:
-        raise RecipeError(f"{target}: cannot write the copy ({e.strerror or e})") from None
     return target
 
 

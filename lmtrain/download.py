@@ -146,7 +146,7 @@ def default_dest() -> Path:
 
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with files.open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -199,11 +199,7 @@ def _fetch_archive(
 ) -> None:
     stamp = _stamp(directory, archive)
     parts = [directory / p.name for p in archive.parts]
-    if (
-        stamp.is_file()
-        and stamp.read_text().strip() == archive.sha256
-        and all(p.is_file() for p in parts)
-    ):
+    if _stamped(stamp) == archive.sha256 and all(p.is_file() for p in parts):
         echo(f"ok       {directory} (already extracted from {archive.name}, checksum matched)")
         return
     zipped = directory / archive.name
@@ -212,14 +208,24 @@ def _fetch_archive(
         _fetch_verified(url, zipped, archive.sha256, opener)
     stamp.unlink(missing_ok=True)
     try:
-        with zipfile.ZipFile(zipped) as z:
+        with files.open_regular(zipped) as f, zipfile.ZipFile(f) as z:
             for part in archive.parts:
                 _extract(z, part, directory / part.name)
                 echo(f"ok       {directory / part.name}")
+    except files.WriteError:
+        raise
     except (zipfile.BadZipFile, KeyError, OSError) as e:
         raise DownloadError(f"{zipped}: cannot extract the files ({e})") from None
     files.write_text(stamp, archive.sha256 + "\n")
     zipped.unlink()
+
+
+def _stamped(stamp: Path) -> str | None:
+    """The checksum a stamp records; None where it is missing or unreadable."""
+    try:
+        return files.read_bounded(stamp, 128)[0].decode("ascii").strip()
+    except (OSError, ValueError):
+        return None
 
 
 def _extract(z: zipfile.ZipFile, part: Part, target: Path) -> None:
@@ -273,7 +279,12 @@ def _fetch_verified(url: str, target: Path, want: str, opener: Opener) -> None:
             with opener(url) as response:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     h.update(block)
-                    out.write(block)
+                    try:
+                        out.write(block)
+                    except OSError as e:  # the disk, not the connection: said as such
+                        raise files.WriteError(target, e) from None
+        except files.WriteError:
+            raise
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
             raise DownloadError(

@@ -24,7 +24,7 @@ import secrets
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, TextIO
 
 from lmtrain.errors import LmtrainError
 
@@ -201,7 +201,7 @@ _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[1-9]\d*)\.[0-9a-f]{8}\.tmp")
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_write(path: Path, mode: str = "wb", exclusive: bool = False) -> Iterator[IO[Any]]:
     """A new file to write in place of `path`: the old file or the whole new one, never a part.
 
     The temporary beside the target is created with O_EXCL (a symbolic link planted under its
@@ -209,7 +209,8 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     (mkstemp's 0600 would hide a run's files from the user's group). On a clean exit the data is
     flushed and synced, renamed over `path`, and the rename synced. On any exception, a second
     Ctrl-C included, the temporary is removed; an OSError becomes a WriteError. The pid in its
-    name lets sweep_temps remove one that SIGKILL left behind.
+    name lets sweep_temps remove one that SIGKILL left behind. `exclusive` never replaces a file:
+    where `path` exists when the write ends, FileExistsError, and nothing changed.
     """
     path = Path(path)
     tmp = _temp_of(path)
@@ -224,13 +225,30 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
             # Content and size must reach the disk before the rename; fdatasync skips the
             # timestamps (macOS has no fdatasync).
             _datasync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            _link_new(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, WriteError):
+        if isinstance(e, OSError) and not isinstance(e, (WriteError, FileExistsError)):
             raise WriteError(path, e) from None
         raise
     fsync_dir(path.parent)
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give `tmp` the name `path` only if that name is free: a hard link fails rather than
+    replace (a rename would not), and the temporary name goes."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: checked, then renamed
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)
 
 
 def replace_with_link(source: Path, path: Path) -> bool:
@@ -336,12 +354,22 @@ def repair_tail(path: Path) -> int:
         raise WriteError(Path(path), e, _APPENDED) from None
 
 
-def append_records(path: Path, lines: Iterable[str]) -> int:
-    """Append one JSON line per item of `lines` to `path` (created if missing), after repair_tail;
-    returns the bytes repair_tail dropped."""
+def open_append(path: Path) -> tuple[TextIO, int]:
+    """`path` opened to append JSON lines (created if missing) after repair_tail, and the bytes
+    repair_tail dropped. A failed write to it is the caller's to report (WriteError words it)."""
     dropped = repair_tail(path)
     try:
-        with open(path, "a", encoding="utf-8") as f:
+        return open(path, "a", encoding="utf-8"), dropped  # noqa: SIM115 - the caller's to close
+    except OSError as e:
+        raise WriteError(Path(path), e, _APPENDED) from None
+
+
+def append_records(path: Path, lines: Iterable[str]) -> int:
+    """Append one JSON line per item of `lines` to `path` (open_append); returns the bytes
+    repair_tail dropped."""
+    f, dropped = open_append(path)
+    try:
+        with f:
             f.write("".join(line + "\n" for line in lines))
     except OSError as e:
         raise WriteError(Path(path), e, _APPENDED) from None
