@@ -21,8 +21,6 @@ from lmtrain.rundir.layout import (
     Warn,
     exists,
     same_file,
-    unfinished_writes,
-    write_text_atomic,
 )
 from lmtrain.rundir.lock import RunLock
 from lmtrain.rundir.manifest import Manifest
@@ -95,21 +93,6 @@ class RunDirectory:
                 f"starting it again from scratch (removed its {', '.join(removed)})"
             )
 
-    def remove_unfinished_writes(self) -> None:
-        """Delete the temporary files a killed process left mid-write: any whose process is gone
-        (files.sweep_temps), and under the lock also those of an older lmtrain (no pid in the
-        name) to one of lmtrain's names; a running process's write in progress is never touched."""
-        ours = self.manifest.owns
-        sweep(self.path, self.warn)
-        for tmp in unfinished_writes(self.checkpoints, lambda n: ours(f"{CHECKPOINT_DIR}/{n}")):
-            tmp.unlink(missing_ok=True)
-            self.warn(_REMOVED.format(tmp, " checkpoint"))
-        for tmp in unfinished_writes(self.path, ours) + unfinished_writes(
-            self.path / BOOKKEEPING, lambda n: n == MANIFEST
-        ):
-            tmp.unlink(missing_ok=True)
-            self.warn(_REMOVED.format(tmp, ""))
-
     # -- what this session may write -------------------------------------------------------------
 
     def claim_session(self, cfg: Config) -> None:
@@ -153,12 +136,12 @@ class RunDirectory:
 
     def write_text(self, rel: str, text: str) -> None:
         """Write a small text file of the run (config.yaml) atomically."""
-        write_text_atomic(self.claim(rel), text)
+        files.write_text(self.claim(rel), text)
 
     def write_manifest(self) -> None:
         """Write the manifest atomically (only the process holding the lock writes)."""
         assert self._lock is not None, "only the process holding the lock writes"
-        write_text_atomic(self.path / BOOKKEEPING / MANIFEST, self.manifest.to_json() + "\n")
+        files.write_text(self.path / BOOKKEEPING / MANIFEST, self.manifest.to_json() + "\n")
 
     def rel(self, path: Path) -> str | None:
         """`path` relative to RUN, as the manifest names it; None for a path outside RUN."""

@@ -1,14 +1,12 @@
-"""What a run directory holds, its error, and the small file operations the rest of this package
+"""What a run directory holds, its error, and the small path checks the rest of this package
 shares. Which names lmtrain may touch is the manifest's business (manifest.py)."""
 
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Callable
 from pathlib import Path
 
-from lmtrain import files
 from lmtrain.checkpoint import CHECKPOINT_DIR
 from lmtrain.errors import CheckpointError
 
@@ -59,34 +57,6 @@ def same_dir(a: Path, b: Path) -> bool:
         return a.samefile(b)
     except OSError:
         return a.resolve() == b.resolve()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically; on any failure the old file is intact and no
-    temporary file is left. A full disk is a RunDirectoryError (exit 2)."""
-    try:
-        files.replace_text(path, text)
-    except OSError as e:
-        raise _write_failed(path, e) from None
-
-
-def _write_failed(path: Path, e: OSError) -> RunDirectoryError:
-    return RunDirectoryError(
-        f"{path}: could not be written ({e.strerror or e}); the previous version, if any, is "
-        "unchanged and no partial file was left. Free some disk space or choose another run.dir."
-    )
-
-
-def unfinished_writes(directory: Path, owned: Callable[[str], bool]) -> list[Path]:
-    """Temporary files of interrupted writes to names lmtrain owns in `directory`."""
-    if not directory.is_dir():
-        return []
-    found = []
-    for p in directory.iterdir():
-        m = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", p.name)
-        if m and p.is_file() and owned(m.group(1)):
-            found.append(p)
-    return sorted(found)
 
 
 def make_bookkeeping(target: Path) -> bool:

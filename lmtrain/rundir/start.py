@@ -208,7 +208,7 @@ def _open_own(
         for note in notes:
             warn(note)
         run.claim_session(cfg)
-        run.remove_unfinished_writes()
+        sweep(run.path, run.warn)  # under the lock: no other lmtrain writes here now
         entry = manifest.files.get(run.rel(path) or "", {})
         run.best_step = entry.get("best_step")
         if newer:

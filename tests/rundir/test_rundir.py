@@ -343,7 +343,8 @@ def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(
     holder = _hold(config)
     try:
         # The holder's write in progress: another lmtrain must not delete it.
-        (run_a / "checkpoints" / ".last.pt.k2j4h5g6.tmp").write_bytes(b"half a checkpoint")
+        in_progress = run_a / "checkpoints" / f".last.pt.{holder.pid}.0123abcd.tmp"
+        in_progress.write_bytes(b"half a checkpoint")
         before = snapshot(run_a)
         for args in (("--resume", "auto"), ("--resume", run_a / "checkpoints" / "last.pt")):
             result = invoke(cli, "fit", config, "train.max_steps=14", *args)
@@ -357,7 +358,7 @@ def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(
     assert result.exit_code == 0, result.output
     assert f"locked by process {holder.pid}" in result.stderr
     assert "no longer running" in result.stderr and "taking it over" in result.stderr
-    assert "removed" in result.stderr and ".last.pt.k2j4h5g6.tmp" in result.stderr
+    assert f"removed {in_progress}, an unfinished checkpoint write" in result.stderr
     assert (run_a / ".lmtrain" / "lock").read_bytes() == b""  # released cleanly this time
 
 
@@ -419,7 +420,7 @@ def test_disk_full_writing_run_files_keeps_the_previous_ones(
     result = invoke(cli, "fit", config, "train.max_steps=14", "--resume", "auto")
     monkeypatch.undo()
     assert result.exit_code == 2, result.output
-    assert f"{victim}: could not be written (No space left on device)" in result.stderr
+    assert f"{victim}: cannot be written (the disk is full)" in result.stderr
     assert "previous version, if any, is unchanged" in result.stderr
     assert "Traceback" not in result.output
     assert_kept({k: v for k, v in before.items() if k != ".lmtrain/manifest.json"}, run_a)
