@@ -24,15 +24,19 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal
 
 from lmtrain import files
 from lmtrain.errors import LmtrainError
+from lmtrain.records import Count, FileDialect, RecordError, build_record, joined
 
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 RESULTS_VERSION = 1
+_RESULTS_MAX_BYTES = 1 << 20
+"""results.json holds a few dozen figures: a larger file is not one lmtrain wrote."""
 
 Warn = Callable[[str], None]
 
@@ -55,7 +59,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of RUN/metrics.jsonl in order (MetricsError if missing or not lmtrain's)."""
     path = Path(run_dir) / METRICS_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        with files.open_regular(path) as f:
+            text = f.read().decode("utf-8")
     except FileNotFoundError:
         raise MetricsError(
             f"{path} not found; give a run directory that `lmtrain fit` wrote"
@@ -66,6 +71,32 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return _parse(path, text)
 
 
+@dataclass
+class _Record:
+    """One line of metrics.jsonl as the module docstring lists it; figures that were not
+    finite are null."""
+
+    type: Literal["train", "eval"]
+    step: Count
+    epoch: Count | None = None
+    split: str | None = None
+    loss: float | None = None
+    ppl: float | None = None
+    bpc: float | None = None
+    bpb: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    grad_norm_max: float | None = None
+    tokens_per_sec: float | None = None
+    tokens: Count | None = None
+    best: bool | None = None
+    train_seconds: float | None = None
+    train_tokens: Count | None = None
+
+
+_DIALECT = FileDialect(mapping="an object", finite_floats=True)
+
+
 def _parse(path: Path, text: str) -> list[dict[str, Any]]:
     lines = text.split("\n")
     records = []
@@ -74,22 +105,20 @@ def _parse(path: Path, text: str) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             if number == len(lines):
                 break  # a last line without its newline: a write cut short by a crash
             raise MetricsError(
                 f"{path}, line {number}: not JSON; this file was not written by lmtrain or "
                 "was edited"
             ) from None
-        if (
-            not isinstance(record, dict)
-            or record.get("type") not in ("train", "eval")
-            or not isinstance(record.get("step"), int)
-        ):
+        try:
+            build_record(_Record, record, "", dialect=_DIALECT)
+        except RecordError as e:
             raise MetricsError(
-                f'{path}, line {number}: not an lmtrain metrics record (needs "type": '
-                '"train" or "eval" and an integer "step")'
-            )
+                f"{path}, line {number}: not an lmtrain metrics record ({joined(e.problems, 3)}); "
+                "this file was not written by lmtrain or was edited"
+            ) from None
         records.append(record)
     return records
 
@@ -99,11 +128,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _open_append(path: Path) -> TextIO:
-    # One place that opens the file for appending, so a test can hand in a full device.
-    return path.open("a", encoding="utf-8")
 
 
 def _stderr(message: str) -> None:
@@ -141,7 +165,7 @@ class MetricsFile:
             if len(self.kept) < len(records):
                 self._rewrite(self.kept)
         try:
-            self.file = _open_append(self.path)
+            self.file, _ = files.open_append(self.path)
         except OSError as e:
             raise write_error(self.path, e) from None
 
@@ -179,10 +203,11 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> Path:
 def read_results(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULTS_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw, more = files.read_bounded(path, _RESULTS_MAX_BYTES)
+        data = None if more else json.loads(raw)
     except FileNotFoundError:
         raise MetricsError(f"{path} not found; the run has not finished a session yet") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise MetricsError(f"{path} cannot be read ({e})") from None
     if not isinstance(data, dict) or data.get("version") != RESULTS_VERSION:
         raise MetricsError(f"{path}: not an lmtrain results file (version {RESULTS_VERSION})")

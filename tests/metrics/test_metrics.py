@@ -397,7 +397,8 @@ def test_a_logger_that_is_not_installed_fails_before_training(
 
 def test_full_disk_while_writing_metrics_exits_2(tmp_path: Path, tiny_files, monkeypatch, cli):
     # /dev/full answers every write with ENOSPC, as a full disk does.
-    monkeypatch.setattr(metrics_files, "_open_append", lambda path: open("/dev/full", "a"))  # noqa: SIM115
+    full = lambda path: (open("/dev/full", "a"), 0)  # noqa: E731, SIM115
+    monkeypatch.setattr(metrics_files.files, "open_append", full)
     path = _write_config(tmp_path, tiny_files, "train.max_steps=6", "train.log_every=2")
     r = invoke(cli, "fit", path)
     assert r.exit_code == 2, r.stderr
