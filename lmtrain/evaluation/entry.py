@@ -103,7 +103,7 @@ class EvalReport:
     def lines(self) -> list[str]:
         r, enc = self.result, self.encoded
         out = [f"{self.source}: {r.summary()}"]
-        if r.kind == "word":
+        if r.unit.open_vocabulary:
             out.append(f"OOV rate {enc.oov_rate:.4%} ({enc.oov:,} of {enc.ids.numel():,} tokens)")
         if self.adapted is not None:
             a = self.adapted

@@ -16,6 +16,7 @@ from lmtrain.data.sentences import sentence_ids
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluation.sentences import sequence_nlls
+from lmtrain.evaluation.stream import perplexity
 from lmtrain.models import LanguageModel
 
 
@@ -35,7 +36,7 @@ class SentenceScore:
 
     @property
     def ppl(self) -> float:
-        return math.exp(min(-self.logprob / self.tokens, 700.0))
+        return perplexity(-self.logprob / self.tokens)
 
     def to_dict(self) -> dict[str, object]:
         return {

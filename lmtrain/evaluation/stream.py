@@ -36,6 +36,49 @@ class EvaluationInterrupted(Exception):
     """A stop was requested (SIGINT/SIGTERM) while evaluating; no figure was computed."""
 
 
+LN2 = math.log(2)
+_FORMAT = {"ppl": ".2f"}
+"""How a figure is printed where not to 4 decimals (3 on a progress line)."""
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped at exp(700) where a float would overflow; an infinite loss (a token the
+    model gives no probability at all) is an infinite perplexity."""
+    return math.exp(min(loss, 700.0)) if loss != math.inf else math.inf
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one token is to the figures. `Unit.of` reads it from a tokenizer's kind: the one place
+    evaluation looks at a kind, so every report and logger takes its figures from here."""
+
+    name: str
+    """"char": a loss is also given in bits per character (bpc); "token": per token only, and
+    an evaluation gives the OOV rate instead."""
+    open_vocabulary: bool = False
+    """Unknown words are common (word tokenizers): a report gives the OOV rate a line."""
+
+    @classmethod
+    def of(cls, kind: str) -> Unit:
+        return cls("char" if kind == "char" else "token", open_vocabulary=kind == "word")
+
+    @property
+    def headline(self) -> str:
+        """The figure that progress lines and TensorBoard's curves chart show."""
+        return "bpc" if self.name == "char" else "ppl"
+
+    def figures(self, loss: float) -> dict[str, float]:
+        """The figures of a mean loss in nats per token: ppl, and bpc for characters."""
+        out = {"ppl": perplexity(loss)}
+        if self.name == "char":
+            out["bpc"] = loss / LN2
+        return out
+
+    def show(self, figures: dict[str, float]) -> str:
+        """The headline of `figures` as a progress line gives it: "bpc 1.234"."""
+        return f"{self.headline} {figures[self.headline]:{_FORMAT.get(self.headline, '.3f')}}"
+
+
 @dataclass(frozen=True)
 class EvalResult:
     nll: float
@@ -43,7 +86,7 @@ class EvalResult:
     tokens: int
     """Predicted tokens (the first token of a stream has no prediction)."""
     kind: str
-    """Tokeniser kind: char, word or byte."""
+    """Tokeniser kind (char, word, byte, bpe); `unit` is what the figures read of it."""
     oov: int = 0
     """Tokens of the text that were not in the vocabulary."""
     streams: int = 1
@@ -55,16 +98,20 @@ class EvalResult:
     """UTF-8 bytes of the evaluated text, for bits per byte; None when not known."""
 
     @property
+    def unit(self) -> Unit:
+        return Unit.of(self.kind)
+
+    @property
     def loss(self) -> float:
         return self.nll / self.tokens
 
     @property
     def ppl(self) -> float:
-        return math.exp(min(self.loss, 700.0))
+        return perplexity(self.loss)
 
     @property
     def bpc(self) -> float:
-        return self.loss / math.log(2)
+        return self.loss / LN2
 
     @property
     def bpb(self) -> float | None:
@@ -73,32 +120,33 @@ class EvalResult:
             return None
         return bits_per_byte(self.nll, self.text_bytes)
 
+    def figures(self) -> dict[str, float]:
+        """Every figure by name, in the order reports give them: loss, ppl, bpc (characters),
+        bpb (when the text's bytes are known). Loggers and reports take these, never compute."""
+        out = {"loss": self.loss, **self.unit.figures(self.loss)}
+        if self.bpb is not None:
+            out["bpb"] = self.bpb
+        return out
+
     def with_text(self, text: str) -> EvalResult:
         """This result with the UTF-8 bytes of `text`, the text it scored, for bits per byte."""
         return dataclasses.replace(self, text_bytes=text_utf8_bytes(text))
 
     def to_dict(self) -> dict[str, object]:
-        d: dict[str, object] = {"loss": self.loss, "ppl": self.ppl, "tokens": self.tokens}
-        if self.kind == "char":
-            d["bpc"] = self.bpc
-        else:
+        figures = self.figures()
+        d: dict[str, object] = {"loss": figures.pop("loss"), "ppl": figures.pop("ppl")}
+        d["tokens"] = self.tokens
+        if self.unit.name == "token":
             # A share of the text's tokens, not of the predicted ones (whose count depends on
             # the mode and the streams): the same text has the same rate in every mode.
             of = self.text_tokens if self.text_tokens is not None else self.tokens + 1
             d["oov_rate"] = self.oov / max(of, 1)
-        if self.bpb is not None:
-            d["bpb"] = self.bpb
-        d["approximate"] = self.streams > 1
-        d["streams"] = self.streams
-        d["nll"] = self.nll
+        d.update(figures)  # bpc, bpb
+        d.update(approximate=self.streams > 1, streams=self.streams, nll=self.nll)
         return d
 
     def summary(self) -> str:
-        s = f"loss {self.loss:.4f} | ppl {self.ppl:.2f}"
-        if self.kind == "char":
-            s += f" | bpc {self.bpc:.4f}"
-        if self.bpb is not None:
-            s += f" | bpb {self.bpb:.4f}"
+        s = " | ".join(f"{k} {v:{_FORMAT.get(k, '.4f')}}" for k, v in self.figures().items())
         s += f" | {self.tokens:,} tokens"
         if self.streams > 1:
             s += f" | APPROXIMATE ({self.streams} parallel streams)"
