@@ -15,7 +15,7 @@ sentences-mode evaluation reads its sequences.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +31,6 @@ from lmtrain.evaluation.adaptation import evaluate_adaptive
 from lmtrain.evaluation.sentences import evaluate_sentences
 from lmtrain.evaluation.stream import EvalResult, evaluate_ids
 from lmtrain.models import LanguageModel
-from lmtrain.runtime.signals import StopRequest
 
 STREAMS_IN_SENTENCES_MODE = (
     "--streams applies to stream-mode models only; this model was trained with "
@@ -49,7 +48,7 @@ def evaluate_text(
     batch_size: int = 1,
     streams: int = 1,
     text_bytes: int | None = None,
-    stop: StopRequest | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """The figure of `ids`, the whole text's tokens (line ends included).
 
