@@ -32,6 +32,7 @@ from lmtrain.checkpoint.export_format import (
     ExportError,
     is_export_dir,
     load_export,
+    weights_metadata,
     write_export_files,
     write_manifest,
     written_files,
@@ -92,8 +93,8 @@ def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
     try:
         write_manifest(out, complete=False)
         card = model_card(model, vocab, cfg, progress, checkpoint)
-        write_export_files(out, model, vocab, cfg, card, __version__)
-        write_manifest(out, complete=True)
+        sums = write_export_files(out, model, vocab, cfg, card, __version__)
+        write_manifest(out, complete=True, sha256=sums)
     except OSError as e:
         raise ExportError(
             f"{out}: could not write the export ({e.strerror or e}); the folder may hold an "
@@ -134,13 +135,10 @@ def _some(names: list[str]) -> str:
 
 
 def _marked(weights: Path) -> bool:
-    """Whether `weights` carries lmtrain export's format mark."""
-    from safetensors import safe_open
-
+    """Whether `weights` carries lmtrain export's format mark (in its header's first MiB)."""
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == FORMAT
-    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return weights_metadata(files.read_bounded(weights, 1 << 20)[0]).get("format") == FORMAT
+    except (OSError, ValueError, RecursionError):  # anything unreadable is not ours
         return False
 
 

@@ -17,16 +17,20 @@ already shares the matrix, and loading fills it once).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lmtrain import files
+from lmtrain.checkpoint.validate import non_finite
 from lmtrain.config import Config, config_from_dict
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import CheckpointError
 from lmtrain.models import LanguageModel, build_model
+from lmtrain.records import joined
 
 WEIGHTS, CONFIG, VOCAB, CARD = "model.safetensors", "config.json", "vocab.json", "README.md"
 FILES = (WEIGHTS, CONFIG, VOCAB, CARD)
@@ -34,6 +38,8 @@ MANIFEST = ".lmtrain-export.json"
 """What lmtrain export wrote in the folder: the only files a later export may replace."""
 FORMAT = "lmtrain-export"
 VERSION = 1
+_JSON_MAX_BYTES = 256 << 20
+"""config.json and the manifest are small; vocab.json of the largest vocabulary far below."""
 
 
 class ExportError(CheckpointError):
@@ -48,11 +54,11 @@ def is_export_dir(path: str | Path) -> bool:
 
 def write_export_files(
     folder: Path, model: LanguageModel, vocab: Vocab, cfg: Config, card: str, lmtrain_version: str
-) -> None:
-    """Write the four files of an export into `folder`, each through files.atomic_write."""
+) -> dict[str, str]:
+    """Write the four files of an export into `folder`, each through files.atomic_write; returns
+    the sha256 of each file load_export reads, for the manifest."""
     from safetensors.torch import save
 
-    files.write_json(folder / CONFIG, cfg.to_dict())
     # A shared tensor (tied weights) is stored once, under its first name; its other names are
     # recorded in the metadata, as safetensors' save_model does, and load_export ties them again.
     meta = {"format": FORMAT, "version": str(VERSION), "lmtrain_version": lmtrain_version}
@@ -63,77 +69,149 @@ def write_export_files(
             state[name] = tensor.contiguous()
         else:
             meta[name] = kept
-    files.write_bytes(folder / WEIGHTS, save(state, metadata=meta))
-    files.write_json(folder / VOCAB, vocab.to_dict(), indent=None, ensure_ascii=False)
+    written = {
+        CONFIG: _json_bytes(cfg.to_dict(), indent=2, ensure_ascii=True),
+        WEIGHTS: save(state, metadata=meta),
+        VOCAB: _json_bytes(vocab.to_dict(), indent=None, ensure_ascii=False),
+    }
+    for name, data in written.items():
+        files.write_bytes(folder / name, data)
     files.write_text(folder / CARD, card)
+    return {name: hashlib.sha256(data).hexdigest() for name, data in written.items()}
+
+
+def _json_bytes(value: Any, indent: int | None, ensure_ascii: bool) -> bytes:
+    text = json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
+def _manifest(folder: Path) -> dict[str, Any] | None:
+    """`folder`'s export manifest; None where there is none readable (an older export)."""
+    try:
+        raw = _read_json(folder / MANIFEST)
+    except ExportError:
+        return None
+    return raw if raw.get("format") == FORMAT else None
 
 
 def written_files(folder: Path) -> list[str] | None:
     """The names `folder`'s export manifest says lmtrain export wrote; None without a readable
     manifest. `complete` in it is False while an export is being written."""
-    try:
-        raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    names = raw.get("files") if isinstance(raw, dict) and raw.get("format") == FORMAT else None
+    names = (_manifest(folder) or {}).get("files")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
     return names
 
 
-def write_manifest(folder: Path, complete: bool) -> None:
-    """The export manifest: the files lmtrain export writes in `folder`, and whether all are."""
-    files.write_json(
-        folder / MANIFEST,
-        {"format": FORMAT, "version": VERSION, "files": [*FILES, MANIFEST], "complete": complete},
-    )
+def write_manifest(folder: Path, complete: bool, sha256: dict[str, str] | None = None) -> None:
+    """The export manifest: the files lmtrain export writes in `folder`, whether all are, and
+    the sha256 of those load_export reads (a damaged or changed file is refused)."""
+    manifest = {"format": FORMAT, "version": VERSION, "files": [*FILES, MANIFEST]}
+    files.write_json(folder / MANIFEST, {**manifest, "complete": complete, "sha256": sha256})
 
 
 def load_export(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[LanguageModel, Vocab, Config]:
     """Model (in eval mode), vocabulary and config of an export folder; JSON and safetensors
-    only, never a pickle."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_model as load_weights
+    only, never a pickle. Weights with NaN or infinity are refused, as a checkpoint's are."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     path = Path(path)
     for name in (WEIGHTS, CONFIG, VOCAB):
         if not (path / name).is_file():
             raise ExportError(f"{path}: not an lmtrain export ({name} is missing)")
-    if written_files(path) is not None and _read_json(path / MANIFEST).get("complete") is False:
+    manifest = _manifest(path) or {}
+    if manifest.get("complete") is False:
         raise ExportError(
             f"{path}: an export that was interrupted while it was written (its files may come "
             "from two exports); run `lmtrain export` again to finish it"
         )
-    cfg = config_from_dict(_read_json(path / CONFIG), source=str(path / CONFIG))
-    raw_vocab = _read_json(path / VOCAB)
+    sums = manifest.get("sha256") or {}  # none in an export of an older lmtrain
+    if not isinstance(sums, dict):
+        raise ExportError(f"{path / MANIFEST}: damaged ('sha256' is not an object)")
+    read: dict[Path, bytes] = {}  # checked against `sums` once all loads: damage that the
+    # other checks name (bad JSON, weights of another shape) is reported as such
+    cfg = config_from_dict(_read_json(path / CONFIG, read), source=str(path / CONFIG))
+    raw_vocab = _read_json(path / VOCAB, read)
     try:
         vocab = Vocab.from_dict(raw_vocab)
     except (KeyError, TypeError, ValueError, AssertionError, IndexError):
         raise ExportError(f"{path / VOCAB}: not a vocabulary (expected kind and itos)") from None
     weights = path / WEIGHTS
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
+        with files.open_regular(weights) as f:
+            data = read[weights] = f.read()
+        if weights_metadata(data).get("format") != FORMAT:
             raise ExportError(f"{weights}: not written by lmtrain export (no format mark)")
+        state = load(data)
+        _refuse_non_finite(state, weights)
         model = build_model(cfg.model, len(vocab))
-        load_weights(model, str(weights), strict=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        _load_tied(model, state)
+    except (SafetensorError, OSError, RuntimeError, ValueError, RecursionError) as e:
         detail = " ".join(str(e).split())[:500]
         raise ExportError(
             f"{path}: the weights do not load ({detail}); the export is damaged or its files "
             "come from different models"
         ) from None
+    for file, data in read.items():
+        _check_sum(file, data, sums)
     return model.to(device).eval(), vocab, cfg
 
 
-def _read_json(path: Path) -> dict:
+def weights_metadata(data: bytes) -> dict[str, Any]:
+    """The metadata in the header of safetensors bytes `data` (the header may be all it holds);
+    ValueError where there is no readable header."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _refuse_non_finite(state: dict[str, torch.Tensor], weights: Path) -> None:
+    bad = non_finite(state)
+    if bad:
+        raise ExportError(
+            f"{weights}: its weights are not finite: NaN or infinity in {joined(bad, 3)}. The "
+            "run had diverged when the model was exported, so it cannot be evaluated, sampled "
+            "or scored. Export an earlier checkpoint of the run: lmtrain export "
+            "RUN/checkpoints/step-N.pt --out DIR"
+        )
+
+
+def _load_tied(model: LanguageModel, state: dict[str, torch.Tensor]) -> None:
+    """Load `state` strictly, where a name the file lacks is one the model ties to a name it
+    holds (the writer stores a shared matrix once); RuntimeError otherwise."""
+    own = model.state_dict()
+    loaded = {(own[n].data_ptr(), own[n].numel()) for n in state if n in own}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [n for n in missing if (own[n].data_ptr(), own[n].numel()) not in loaded]
+    if missing or unexpected:
+        raise RuntimeError(f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
+def _read_json(path: Path, read: dict[Path, bytes] | None = None) -> dict:
+    """The JSON object in `path`; its bytes are kept in `read` when given."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data, more = files.read_bounded(path, _JSON_MAX_BYTES)
+        if more:
+            raise ValueError(f"larger than {_JSON_MAX_BYTES >> 20} MiB")
+        if read is not None:
+            read[path] = data
+        value = json.loads(data)
+    except (OSError, ValueError, RecursionError) as e:  # UTF-8 and JSON errors included
         raise ExportError(f"{path}: cannot be read as JSON ({e})") from None
     if not isinstance(value, dict):
         raise ExportError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _check_sum(path: Path, data: bytes, sums: dict[str, Any]) -> None:
+    want = sums.get(path.name)
+    if want is not None and hashlib.sha256(data).hexdigest() != want:
+        raise ExportError(
+            f"{path}: damaged or changed since it was exported (its sha256 is not the one "
+            f"{MANIFEST} records); nothing was loaded. Export the run again (lmtrain export "
+            "RUN --out DIR), or restore the file from where the export came from."
+        )

@@ -227,6 +227,15 @@ def checkpoint_from_dict(raw: Any, path: Path) -> Checkpoint:
     )
 
 
+def non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
+    """The tensors of `weights` that hold NaN or infinity, each named with how many values."""
+    return [
+        f"'{name}' ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)"
+        for name, t in weights.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
 def _refuse_non_finite(disk: _OnDisk, path: Path) -> None:
     """Weights with NaN or infinity would evaluate to `ppl nan`, sample from a NaN distribution
     and train on nothing but skipped steps: the file is refused before any work starts."""
@@ -234,11 +243,7 @@ def _refuse_non_finite(disk: _OnDisk, path: Path) -> None:
     weights = {f"model[{k}]": t for k, t in disk.model.items()}
     if averager is not None and averager.raw is not None:
         weights |= {f"averager.raw[{k}]": t for k, t in averager.raw.items()}
-    bad = [
-        f"'{name}' ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)"
-        for name, t in weights.items()
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    bad = non_finite(weights)
     if bad:
         raise CheckpointError(
             f"{path}: its weights are not finite: NaN or infinity in "
