@@ -3,12 +3,12 @@ optional Weights & Biases / MLflow loggers. This package is the only one that wr
 the two run files.
 
     files.py     RUN/metrics.jsonl and RUN/results.json: their records, writing and reading
-    backends.py  TensorBoard, Weights & Biases, MLflow
+    backends.py  TensorBoard, and the optional loggers by name (LOGGERS: Weights & Biases, MLflow)
     console.py   console lines that outlive a closed pipe
     logger.py    RunLogger, the one object the training loop logs through
 """
 
-from lmtrain.metrics.backends import LOGGERS, TB_DIR, check_loggers
+from lmtrain.metrics.backends import LOGGERS, TB_DIR, check_loggers, logger_problems
 from lmtrain.metrics.console import console, silence
 from lmtrain.metrics.files import (
     METRICS_FILE,
@@ -36,6 +36,7 @@ __all__ = [
     "check_loggers",
     "config_sha256",
     "console",
+    "logger_problems",
     "read_metrics",
     "read_results",
     "silence",

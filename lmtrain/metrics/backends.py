@@ -1,10 +1,11 @@
 """Where logged values go besides the console and the run files: TensorBoard, and the optional
-Weights & Biases / MLflow loggers.
+loggers of LOGGERS, chosen by name (Weights & Biases, MLflow).
 
 TensorBoard groups tags by the text before the first "/" and orders groups and the tags within
-them by name (natural order). The groups are therefore `train` and `val` (loss, ppl, and bpc for
-character models), which open first, then `watch` (lr, grad_norm, grad_norm_max,
-tokens_per_sec); `train/nonfinite_steps` appears when a step was skipped.
+them by name (natural order). The groups are therefore `train` and `val` (loss and the figures
+the evaluation gives: ppl, bpc for character models, bpb), which open first, then `watch` (lr,
+grad_norm, grad_norm_max, tokens_per_sec); `train/nonfinite_steps` appears when a step was
+skipped.
 """
 
 from __future__ import annotations
@@ -19,22 +20,20 @@ from typing import Any
 from lmtrain.metrics.files import MetricsError, write_error
 
 TB_DIR = "tb"
-LOGGERS = {"wandb": "wandb", "mlflow": "mlflow"}
-"""Optional loggers by config name, with the pip package each needs."""
 
 
 class TensorBoardWriter:
     """RUN/tb: scalars, texts and the hparams summary. A full disk (raised by the writer's
     thread) stops the run with a MetricsError."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None, kind: str) -> None:
+    def __init__(self, run_dir: Path, purge_step: int | None, headline: str) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = run_dir / TB_DIR
         # purge_step: after a resume, events a crashed run wrote past the checkpoint are
         # hidden, so every step appears exactly once.
         self.writer = self._tb(lambda: SummaryWriter(str(self.dir), purge_step=purge_step))
-        self._tb(lambda: self.writer.add_custom_scalars(_layout(kind)))
+        self._tb(lambda: self.writer.add_custom_scalars(_layout(headline)))
 
     def _tb(self, call: Callable[[], Any]) -> Any:
         try:
@@ -56,7 +55,7 @@ class TensorBoardWriter:
         from torch.utils.tensorboard.summary import hparams
 
         best = results["best_val"]
-        metrics = {f"val/best_{k}": float(best[k]) for k in ("loss", "ppl", "bpc") if k in best}
+        metrics = {f"val/best_{k}": float(v) for k, v in best.items() if k != "step"}
         params = {
             k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
             for k, v in flat(config).items()
@@ -77,9 +76,8 @@ class TensorBoardWriter:
         self._tb(self.writer.close)
 
 
-def _layout(kind: str) -> dict[str, Any]:
+def _layout(figure: str) -> dict[str, Any]:
     """The custom-scalars tab: training and validation curves on one chart each."""
-    figure = "bpc" if kind == "char" else "ppl"
     return {
         "lmtrain": {
             f"{figure} (train and val)": ["Multiline", [f"train/{figure}", f"val/{figure}"]],
@@ -93,7 +91,7 @@ _FINISHED = ("completed", "time_limit")
 
 
 class Wandb:
-    name = "wandb"
+    name = package = "wandb"
 
     def __init__(self, module: Any, run_dir: Path, config: dict[str, Any]) -> None:
         self.module = module
@@ -108,7 +106,7 @@ class Wandb:
 
 
 class Mlflow:
-    name = "mlflow"
+    name = package = "mlflow"
 
     def __init__(self, module: Any, run_dir: Path, config: dict[str, Any]) -> None:
         self.module = module
@@ -139,6 +137,21 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+LOGGERS: dict[str, Any] = {sink.name: sink for sink in (Wandb, Mlflow)}
+"""Optional loggers by config name. Each is a class built as `cls(module, run_dir, config)` from
+the module of its pip package `cls.package`, with `log(step, values)` and `finish(results)`."""
+
+
+def logger_problems(names: Sequence[str]) -> list[str]:
+    """run.loggers' problems as `dotted.key: message` lines: names not in LOGGERS, repeats."""
+    p = [
+        f"run.loggers: {n!r} is not one of {', '.join(LOGGERS)}" for n in names if n not in LOGGERS
+    ]
+    if len(set(names)) != len(names):
+        p.append(f"run.loggers: lists a logger twice: {list(names)}")
+    return p
+
+
 def check_loggers(names: Sequence[str]) -> list[Any]:
     """The modules of the optional loggers asked for; MetricsError (before any training) naming
     the pip package of each that is not installed."""
@@ -151,11 +164,11 @@ def check_loggers(names: Sequence[str]) -> list[Any]:
     modules, missing = [], []
     for name in names:
         try:
-            modules.append(importlib.import_module(name))
+            modules.append(importlib.import_module(LOGGERS[name].package))
         except ImportError:
             missing.append(name)
     if missing:
-        packages = " ".join(LOGGERS[n] for n in missing)
+        packages = " ".join(LOGGERS[n].package for n in missing)
         raise MetricsError(
             f"run.loggers asks for {', '.join(missing)}, which is not installed; nothing was "
             f"trained. Install it (pip install {packages}) or remove it from run.loggers."

@@ -1,6 +1,10 @@
 """The logger the training loop talks to: the console (a progress bar or plain lines), the run
 files (lmtrain/metrics/files.py), TensorBoard and the optional loggers (backends.py).
 
+The logger computes no figure: an evaluation's come from its result (`figures()`), a training
+loss's from the evaluation's `Unit` (lmtrain.evaluation), so a new figure reaches every
+destination without a change here.
+
 A little long (about 300 lines) because RunLogger is one class, the only object the loop logs
 through: every destination of a figure is decided here, in one place.
 """
@@ -8,18 +12,16 @@ through: every destination of a figure is decided here, in one place.
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from lmtrain.evaluation.stream import EvalResult
-from lmtrain.metrics.backends import TB_DIR, Mlflow, TensorBoardWriter, Wandb, check_loggers
+from lmtrain.metrics.backends import LOGGERS, TB_DIR, TensorBoardWriter, check_loggers
 from lmtrain.metrics.files import (
     RESULTS_VERSION,
     MetricsError,
@@ -43,6 +45,25 @@ class TrainPoint:
     tokens_per_sec: float
     tokens: int
     train_seconds: float
+
+
+class Unit(Protocol):
+    """How a training loss becomes figures (lmtrain.evaluation.Unit); `headline` is the one
+    progress lines and TensorBoard's curves chart show."""
+
+    headline: str
+
+    def figures(self, loss: float) -> dict[str, float]: ...
+    def show(self, figures: dict[str, float]) -> str: ...
+
+
+class Evaluated(Protocol):
+    """What the logger reads of an evaluation (lmtrain.evaluation.EvalResult)."""
+
+    tokens: int
+
+    def figures(self) -> dict[str, float]: ...
+    def summary(self) -> str: ...
 
 
 def _clock(seconds: float) -> str:
@@ -75,17 +96,22 @@ class RunLogger:
         write_files: bool = False,
         config_yaml: str = "",
         loggers: Sequence[str] = (),
+        unit: Unit | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.echo = echo
         self.quiet = quiet
-        self.kind = kind
+        if unit is None:  # a caller that names the tokenizer's kind instead of its unit
+            from lmtrain.evaluation import Unit as EvalUnit
+
+            unit = EvalUnit.of(kind)
+        self.unit = unit
         self.total_steps = total_steps
         self.initial_step = initial_step
         self.config_yaml = config_yaml
         self.started = time.perf_counter()
         self.tokens = 0
-        sinks_modules = check_loggers(loggers)
+        modules = check_loggers(loggers)
         self.metrics: MetricsFile | None = None
         self.evals: list[dict[str, Any]] = []
         if write_files:
@@ -93,11 +119,11 @@ class RunLogger:
             self.evals = [r for r in self.metrics.kept if r["type"] == "eval"]
         self.writer: TensorBoardWriter | None = None
         if tensorboard:
-            self.writer = TensorBoardWriter(self.run_dir, purge_step, kind)
-        self.sinks: list[Any] = []
-        for name, module in zip(loggers, sinks_modules, strict=True):
-            sink = Wandb if name == "wandb" else Mlflow
-            self.sinks.append(sink(module, self.run_dir, _yaml_dict(config_yaml)))
+            self.writer = TensorBoardWriter(self.run_dir, purge_step, unit.headline)
+        self.sinks: list[Any] = [
+            LOGGERS[name](module, self.run_dir, _yaml_dict(config_yaml))
+            for name, module in zip(loggers, modules, strict=True)
+        ]
         # The bar goes to stderr, so it is drawn whenever stderr is a terminal.
         self.bar = tqdm(
             total=total_steps,
@@ -129,15 +155,8 @@ class RunLogger:
         if self.writer is not None:
             self.writer.text(tag, text, step)
 
-    def _figures(self, loss: float) -> dict[str, float]:
-        """ppl, and bpc for character models, of a mean NLL in nats."""
-        out = {"ppl": math.exp(min(loss, 700.0)) if math.isfinite(loss) else math.nan}
-        if self.kind == "char":
-            out["bpc"] = loss / math.log(2)
-        return out
-
     def train_point(self, point: TrainPoint) -> None:
-        figures = self._figures(point.loss)
+        figures = self.unit.figures(point.loss)
         self.scalars(
             point.step,
             {
@@ -165,15 +184,10 @@ class RunLogger:
                     "train_seconds": point.train_seconds,
                 }
             )
-        shown = (
-            ("bpc", figures["bpc"], ".3f")
-            if self.kind == "char"
-            else ("ppl", figures["ppl"], ".2f")
-        )
+        shown = self.unit.show(figures)
         if not self.bar.disable:
             self.bar.set_postfix_str(
-                f"loss {point.loss:.3f}, {shown[0]} {shown[1]:{shown[2]}}, "
-                f"{point.tokens_per_sec:,.0f} tok/s"
+                f"loss {point.loss:.3f}, {shown}, {point.tokens_per_sec:,.0f} tok/s"
             )
             return
         done = point.step - self.initial_step
@@ -183,7 +197,7 @@ class RunLogger:
             return
         self.message(
             f"step {point.step}/{self.total_steps} | epoch {point.epoch + 1} | "
-            f"loss {point.loss:.4f} | {shown[0]} {shown[1]:{shown[2]}} | lr {point.lr:.3g} | "
+            f"loss {point.loss:.4f} | {shown} | lr {point.lr:.3g} | "
             f"{point.tokens_per_sec:,.0f} tokens/s | elapsed {_clock(elapsed)} | "
             f"ETA {_clock(eta)}"
         )
@@ -195,18 +209,15 @@ class RunLogger:
             self.tokens = tokens
 
     def evaluation(
-        self, step: int, epoch: int, train_seconds: float, result: EvalResult, best: bool
+        self, step: int, epoch: int, train_seconds: float, result: Evaluated, best: bool
     ) -> None:
-        figures = self._figures(result.loss)
-        if result.bpb is not None:
-            figures["bpb"] = result.bpb
-        self.scalars(step, {"val/loss": result.loss, **{f"val/{k}": v for k, v in figures.items()}})
+        figures = result.figures()  # loss first
+        self.scalars(step, {f"val/{k}": v for k, v in figures.items()})
         record = {
             "type": "eval",
             "step": step,
             "epoch": epoch + 1,
             "split": "valid",
-            "loss": result.loss,
             **figures,
             "tokens": result.tokens,
             "best": best,
