@@ -5,19 +5,20 @@ given after it on the command line (`train.lr=0.5 model.cell=gru`). Loading is s
 unknown key, wrong type, out-of-range value and cross-field conflict is collected, and all of them
 are reported together in one `ConfigError` before any work starts.
 
-    schema.py     the config's dataclasses: format, defaults and one-line docs
+    schema.py     the root Config and its train and run sections: format, defaults, one-line docs;
+                  the data and model sections live in lmtrain/data/config.py and
+                  lmtrain/models/config.py, each with its checks, and are re-exported here
     commands.py   the options of eval, score, sample, diagnose and plot: dataclasses of the same kind
     convert.py    typed conversion of a mapping into those dataclasses; build_options
     yamlfile.py   strict YAML parsing and dotted overrides
     load.py       load_config / config_from_dict: parse, override, convert, expand, check
-    checks.py     range and cross-field checks
+    checks.py     the checks of the whole config: each section's, then train, run and cross-section
     resources.py  the memory a config needs against what the device has
     describe.py   the text of `lmtrain config`
 """
 
 from __future__ import annotations
 
-from lmtrain.config.checks import MIN_BPE_VOCAB
 from lmtrain.config.commands import (
     COMMAND_OPTIONS,
     AdaptOptions,
@@ -48,6 +49,7 @@ from lmtrain.config.schema import (
     TrainConfig,
 )
 from lmtrain.config.yamlfile import CONFIG_MAX_BYTES, MAX_YAML_VALUES, apply_overrides
+from lmtrain.data.config import MIN_BPE_VOCAB
 
 __all__ = [
     "COMMAND_OPTIONS",

@@ -8,11 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmtrain.config.checks import tail_widths
 from lmtrain.config.schema import Config, TrainConfig
 from lmtrain.errors import ConfigError
-
-_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_manual": 1, "gru": 3, "lstm": 4}
 
 
 def _optimizer_slots(t: TrainConfig) -> int:
@@ -50,30 +47,13 @@ def estimate_memory(cfg: Config, vocab_size: int, world_size: int = 1) -> Memory
     estimate refuses can never fit, while one it accepts may still be tight.
     """
     m, t = cfg.model, cfg.train
-    gates = _GATES[m.cell]
+    parameters = m.parameter_count(vocab_size)  # the model's own count (models/config.py)
     embedding = vocab_size * m.embedding_dim
-    # Layer 0 reads the embedding, the others the layer below; each has two bias vectors.
-    h = m.hidden_size
-    recurrent = gates * h * (m.embedding_dim + h + 2) + (m.num_layers - 1) * gates * h * (2 * h + 2)
-    cutoffs = m.adaptive_softmax.cutoffs_for(vocab_size)  # the clusters the model will have
-    if cutoffs:
-        head = cutoffs[0] + len(cutoffs)  # the frequent words and one entry per tail cluster
-        bounds = [*cutoffs, max(vocab_size, cutoffs[-1] + 1)]
-        decoder = m.hidden_size * head
-        # A div_value the checks refuse counts no tail projections: a lower bound still.
-        widths = tail_widths(m.hidden_size, m.adaptive_softmax) or [0] * len(cutoffs)
-        for i in range(len(cutoffs)):
-            decoder += widths[i] * (m.hidden_size + bounds[i + 1] - bounds[i])
-        logits = head
-    else:
-        decoder = vocab_size + (0 if m.tie_weights else m.hidden_size * vocab_size)
-        logits = vocab_size
-    parameters = embedding + recurrent + decoder
     slots = _optimizer_slots(t)
     trained = parameters - (embedding if m.freeze_embeddings else 0)
     state = 4 * (parameters + trained * (1 + slots))
     tokens = t.batch_size * t.bptt // max(world_size, 1)
-    per_token = m.embedding_dim + m.num_layers * (gates + 1) * m.hidden_size + 2 * logits
+    per_token = m.floats_per_token(vocab_size)
     activations = tokens * per_token * (4 if t.precision in ("fp32", "auto") else 2)
     return MemoryEstimate(parameters, state, activations)
 

@@ -2,8 +2,10 @@
 
 A config is a YAML file with four sections (`data`, `model`, `train`, `run`). Each field carries a
 one-line docstring directly under it, which `field_docs()` reads back from the source, so that
-`lmtrain config` prints the docs of the code itself. Defaults are written only here; loading and
-checking live in lmtrain/config/load.py and checks.py.
+`lmtrain config` prints the docs of the code itself. The root `Config` composes the sections; the
+data and model sections, with their defaults and checks, live with the code that uses them
+(lmtrain/data/config.py, lmtrain/models/config.py) and are re-exported here. Loading and the
+checks of the whole config live in lmtrain/config/load.py and checks.py.
 """
 
 from __future__ import annotations
@@ -14,125 +16,22 @@ from typing import Any, Literal
 
 import yaml
 
-Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual"]
-Init = Literal["default", "orthogonal", "identity"]
+from lmtrain.data.config import DataConfig
+from lmtrain.models.config import AdaptiveSoftmaxConfig, ModelConfig
+
+__all__ = [
+    "AdaptiveSoftmaxConfig",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+]
+
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "ntasgd"]
 Schedule = Literal["constant", "plateau", "cosine"]
 ScheduleSpan = Literal["auto", "steps"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    train: str = "builtin:python-docs"
-    """Training text: a UTF-8 file path, or `builtin:python-docs` (ships with Python, no download)."""
-    valid: str | None = "builtin:python-docs"
-    """Validation text (file or builtin); null disables validation."""
-    test: str | None = "builtin:python-docs"
-    """Test text used by `lmtrain eval` when no --data is given; null for none."""
-    tokenizer: Literal["char", "word", "byte", "bpe"] = "char"
-    """`char`: every Unicode character is a token. `word`: whitespace split, `<eos>` at line ends. `byte`: every UTF-8 byte. `bpe`: byte-level BPE subwords."""
-    vocab_size: int | None = None
-    """bpe: vocabulary size to train on the training split, specials included (at least 260); null with tokenizer_file."""
-    tokenizer_file: str | None = None
-    """bpe: a tokenizer.json read from disk (never downloaded) instead of training one; `~` and `${VAR}` expand."""
-    mode: Literal["stream", "sentences"] = "stream"
-    """`stream`: one token stream cut into batch_size streams; `sentences`: each line is one sequence."""
-    documents: bool = False
-    """Sentences mode: a sequence is a blank-line separated document instead of a line."""
-    max_length: int | None = None
-    """Sentences mode: cut every training sequence to this many predicted tokens; null = chunked TBPTT."""
-    min_freq: int = 1
-    """Word level: tokens seen fewer times than this in the training split become `<unk>`."""
-    max_size: int | None = None
-    """Word level: keep at most this many most frequent tokens (plus specials); null = no limit."""
-    decode_errors: Literal["strict", "replace"] = "strict"
-    """Invalid UTF-8 in a data file: `strict` stops with the byte offset, `replace` uses U+FFFD."""
-    cache_dir: str | None = "auto"
-    """Prepared token files (tokenised once, mapped by later runs): `auto` = $LMTRAIN_CACHE_DIR, else $XDG_CACHE_HOME/lmtrain, else ~/.cache/lmtrain; null = off."""
-
-
-@dataclass(frozen=True)
-class AdaptiveSoftmaxConfig:
-    cutoffs: list[int] = field(default_factory=list)
-    """Adaptive softmax cluster boundaries by vocabulary id, increasing; [] = full softmax."""
-    div_value: float = 4.0
-    """Each tail cluster's projection is this many times narrower than the previous one."""
-    auto: bool = False
-    """Choose the cutoffs from the vocabulary size when `cutoffs` is [] (a 2,000-word head; none under 4,000 words)."""
-
-    def cutoffs_for(self, vocab_size: int) -> list[int]:
-        """The cutoffs a vocabulary of `vocab_size` entries gets: the explicit list without the
-        ids it does not hold, else (with `auto`) the rule below, else [] (full softmax).
-
-        The rule follows Grave et al. 2017's published settings: a head of 2,000 words (their
-        Penn Treebank and text8 runs, and this project's WikiText-2 recipe), each further
-        cluster 5 times the one before, kept while it starts in the first half of the
-        vocabulary. That gives [2000] for 10,000 words, [2000, 10000] for 33,278 or 44,000, and
-        no clusters under 4,000 words, where the full softmax is cheap.
-        """
-        if self.cutoffs:
-            return [c for c in self.cutoffs if c < vocab_size]
-        if not self.auto:
-            return []
-        chosen: list[int] = []
-        cutoff = AUTO_HEAD
-        while cutoff <= vocab_size // 2:
-            chosen.append(cutoff)
-            cutoff *= AUTO_GROWTH
-        return chosen
-
-
-AUTO_HEAD = 2000
-"""model.adaptive_softmax.auto: words in the head (the most frequent ones)."""
-AUTO_GROWTH = 5
-"""model.adaptive_softmax.auto: each cluster is this many times the size of the one before."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    cell: Cell = "lstm"
-    """Recurrent cell: rnn_tanh, rnn_relu, lstm, gru, or rnn_manual (tanh RNN, hand-written BPTT)."""
-    embedding_dim: int = 128
-    """Size of the token embedding."""
-    hidden_size: int = 256
-    """Size of each recurrent layer's hidden state."""
-    num_layers: int = 2
-    """Number of stacked recurrent layers."""
-    dropout: float = 0.0
-    """Dropout between recurrent layers and before the decoder (0 = off)."""
-    tie_weights: bool = False
-    """Share the embedding matrix with the decoder (needs embedding_dim == hidden_size)."""
-    adaptive_softmax: AdaptiveSoftmaxConfig = field(default_factory=AdaptiveSoftmaxConfig)
-    """Adaptive softmax (Grave et al. 2017): `cutoffs` ids ([] = full softmax; ids past the vocabulary are dropped) or `auto: true` to choose them from the vocabulary size."""
-    layer_norm: bool = False
-    """Layer-normalise the recurrent pre-activations before tanh/sigmoid (Ba et al. 2016)."""
-    recurrent_dropout: float = 0.0
-    """Dropout on the cell's candidate update, one mask per sequence (Semeniuta et al. 2016)."""
-    locked_dropout: float = 0.0
-    """Variational dropout on each layer's input and the last output, one mask per sequence."""
-    embedding_dropout: float = 0.0
-    """Drop whole words from the embedding matrix in training (Gal & Ghahramani 2016)."""
-    leak: float = 0.0
-    """rnn_tanh/rnn_relu: h_t = leak * h_{t-1} + (1 - leak) * update; 0 = the plain cell."""
-    learn_leak: bool = False
-    """Learn the leak per unit (starting from `leak`, which must then be in (0, 1))."""
-    init: Init = "default"
-    """Recurrent weights: default (PyTorch's), orthogonal, or identity (with rnn_relu: IRNN)."""
-    init_gain: float = 1.0
-    """Scale of the identity or orthogonal recurrent init, in (0, 1]; an IRNN on a stream trains at 0.5 (1 never forgets, so its carried state grows)."""
-    residual: bool = False
-    """Add each recurrent layer's input to its output where their sizes match."""
-    learn_initial_state: bool = False
-    """Learn h0 (and c0) as parameters, used at the start of every sequence."""
-    weight_drop: float = 0.0
-    """DropConnect probability on the hidden-to-hidden weights (AWD-LSTM weight drop; 0 = off)."""
-    pretrained_embeddings: str | None = None
-    """Word vectors file (GloVe text, word2vec text or binary) to initialise the embedding; null = none."""
-    pretrained_format: Literal["auto", "glove", "word2vec_text", "word2vec_binary"] = "auto"
-    """Format of model.pretrained_embeddings; auto detects it from the file's first bytes."""
-    freeze_embeddings: bool = False
-    """Keep the embedding matrix fixed during training (e.g. pretrained vectors)."""
 
 
 @dataclass(frozen=True)

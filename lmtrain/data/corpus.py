@@ -22,7 +22,7 @@ from lmtrain import files
 from lmtrain.errors import DataError
 
 if TYPE_CHECKING:
-    from lmtrain.config import Config
+    from lmtrain.data.config import Inputs as Config
 
 BUILTIN_PREFIX = "builtin:"
 SPLITS = ("train", "valid", "test")

@@ -53,7 +53,7 @@ from lmtrain.data.vocab import AnyVocab, Vocab
 from lmtrain.errors import DataError
 
 if TYPE_CHECKING:
-    from lmtrain.config import DataConfig
+    from lmtrain.data.config import DataConfig
 
 # Part of every cache key: bump it when Vocab.build or Vocab.encode change the ids a text gets,
 # so that entries made by the old rules are never mapped by the new code.

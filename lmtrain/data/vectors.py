@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import torch
 
-from lmtrain.config import ModelConfig
+from lmtrain.data.config import VectorSettings
 from lmtrain.data.corpus import expand_vars
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import DataError
@@ -188,7 +188,7 @@ def _finite(
     )
 
 
-def load_pretrained(model: torch.nn.Module, vocab: Vocab, cfg: ModelConfig) -> str:
+def load_pretrained(model: torch.nn.Module, vocab: Vocab, cfg: VectorSettings) -> str:
     """Copy the vectors of `cfg.pretrained_embeddings` into the model's embedding rows.
 
     Returns the coverage report; raises DataError on a dimension mismatch or a bad file.

@@ -1,6 +1,30 @@
-"""The network: embedding -> stacked recurrent layers -> output layer."""
+"""The network: embedding -> stacked recurrent layers -> output layer.
 
-from lmtrain.models.lm import LanguageModel, build_model
-from lmtrain.models.state import State, carried_state, detach_state, select_rows
+The names below are imported on first use (PEP 562), so that reading the config's model section
+(lmtrain/models/config.py) does not import torch.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lmtrain.models.lm import LanguageModel, build_model
+    from lmtrain.models.state import State, carried_state, detach_state, select_rows
+
+_HOMES = {
+    "LanguageModel": "lmtrain.models.lm",
+    "build_model": "lmtrain.models.lm",
+    "State": "lmtrain.models.state",
+    "carried_state": "lmtrain.models.state",
+    "detach_state": "lmtrain.models.state",
+    "select_rows": "lmtrain.models.state",
+}
 __all__ = ["LanguageModel", "State", "build_model", "carried_state", "detach_state", "select_rows"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmtrain.config import AdaptiveSoftmaxConfig
-from lmtrain.errors import ConfigError
+from lmtrain.models.config import AdaptiveSoftmaxConfig
 
 
 class AdaptiveSoftmaxOutput(nn.Module):
@@ -59,15 +58,17 @@ class AdaptiveSoftmaxOutput(nn.Module):
 
 
 def check_cutoffs(cutoffs: list[int], vocab_size: int) -> None:
-    """Cutoffs must be increasing ids inside the vocabulary; say so with the numbers if not."""
+    """Cutoffs must be increasing ids inside the vocabulary; say so with the numbers if not.
+
+    A checked config never fails here (ModelConfig.problems refuses unordered cutoffs and
+    `cutoffs_for` drops those past the vocabulary), so this guards direct callers only.
+    """
     increasing = all(x < y for x, y in zip(cutoffs, cutoffs[1:], strict=False))
     if not cutoffs or not increasing or cutoffs[0] < 1 or cutoffs[-1] >= vocab_size:
-        raise ConfigError(
-            [
-                f"model.adaptive_softmax.cutoffs: must be increasing ids between 1 and "
-                f"{vocab_size - 1} (the vocabulary has {vocab_size} entries), got {cutoffs}; "
-                "lower the cutoffs or set data.max_size/min_freq so the vocabulary is larger"
-            ]
+        raise ValueError(
+            f"model.adaptive_softmax.cutoffs: must be increasing ids between 1 and "
+            f"{vocab_size - 1} (the vocabulary has {vocab_size} entries), got {cutoffs}; "
+            "lower the cutoffs or set data.max_size/min_freq so the vocabulary is larger"
         )
 
 

@@ -24,26 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmtrain.config import ModelConfig
+from lmtrain.models.config import GATES, ModelConfig
 from lmtrain.models.fused_lstm import FusedLSTMFunction
 from lmtrain.models.manual_rnn import ManualRNNLayer
 from lmtrain.models.parameters import add_rnn_parameters
 from lmtrain.models.state import State
 
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_manual": 1, "lstm": 4, "gru": 3}
-
 
 def needs_custom_stack(cfg: ModelConfig) -> bool:
     """True when the config asks for something only the hand-built stack can do."""
-    return (
-        cfg.cell == "rnn_manual"
-        or cfg.layer_norm
-        or cfg.recurrent_dropout > 0
-        or cfg.locked_dropout > 0
-        or cfg.leak > 0
-        or cfg.learn_leak
-        or cfg.residual
-    )
+    return bool(cfg.custom_features())
 
 
 def length_mask(

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lmtrain.config import ModelConfig
 from lmtrain.models.adaptive import AdaptiveSoftmaxOutput
 from lmtrain.models.cells import (
     CustomRecurrent,
@@ -19,6 +18,7 @@ from lmtrain.models.cells import (
     init_recurrent,
     needs_custom_stack,
 )
+from lmtrain.models.config import ModelConfig
 from lmtrain.models.output import SoftmaxOutput
 from lmtrain.models.state import State
 from lmtrain.models.weight_drop import run_with_weight_drop

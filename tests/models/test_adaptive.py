@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-from lmtrain.errors import ConfigError
 from lmtrain.models.adaptive import AdaptiveSoftmaxOutput
 from tests.conftest import invoke, tiny_config
 
@@ -66,7 +65,7 @@ def test_padding_gets_no_gradient() -> None:
 @pytest.mark.parametrize("cutoffs", [[0, 3], [4, 4], [5, 3], [2, 6]])
 def test_bad_cutoffs_name_the_key_and_the_vocabulary_size(cutoffs: list[int]) -> None:
     with pytest.raises(
-        ConfigError, match=r"model\.adaptive_softmax\.cutoffs: .* 1 and 5 \(the vocabulary has 6"
+        ValueError, match=r"model\.adaptive_softmax\.cutoffs: .* 1 and 5 \(the vocabulary has 6"
     ):
         AdaptiveSoftmaxOutput(4, 6, cutoffs)
 

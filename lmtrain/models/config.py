@@ -1,0 +1,264 @@
+"""The model section of the config, its checks and the sizes the memory estimate needs.
+
+The cell table (`GATES`) and the rule that picks the hand-built stack (`custom_features`) live
+here, beside the keys they read, and lmtrain/models/cells.py builds from them; this module
+imports no torch, so that loading a config stays light. Defaults are written only here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual"]
+Init = Literal["default", "orthogonal", "identity"]
+
+GATES: dict[str, int] = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "rnn_manual": 1}
+"""Each cell of `Cell` by name, with the gate blocks its weight matrices stack (LSTM: i, f, g,
+o; GRU: r, z, n); a new cell is a name in `Cell`, a row here and its code in cells.py."""
+LEAKY_CELLS = ("rnn_tanh", "rnn_relu")
+"""The cells whose update model.leak can mix with the previous state."""
+
+AUTO_HEAD = 2000
+"""model.adaptive_softmax.auto: words in the head (the most frequent ones)."""
+AUTO_GROWTH = 5
+"""model.adaptive_softmax.auto: each cluster is this many times the size of the one before."""
+AUTO_MAX_CLUSTERS = 23
+"""model.adaptive_softmax.auto: the most tail clusters a vocabulary within the config's integer
+range gets (2,000 x 5 ** k < 2 ** 63), for the div_value overflow check."""
+
+
+@dataclass(frozen=True)
+class AdaptiveSoftmaxConfig:
+    cutoffs: list[int] = field(default_factory=list)
+    """Adaptive softmax cluster boundaries by vocabulary id, increasing; [] = full softmax."""
+    div_value: float = 4.0
+    """Each tail cluster's projection is this many times narrower than the previous one."""
+    auto: bool = False
+    """Choose the cutoffs from the vocabulary size when `cutoffs` is [] (a 2,000-word head; none under 4,000 words)."""
+
+    def cutoffs_for(self, vocab_size: int) -> list[int]:
+        """The cutoffs a vocabulary of `vocab_size` entries gets: the explicit list without the
+        ids it does not hold, else (with `auto`) the rule below, else [] (full softmax).
+
+        The rule follows Grave et al. 2017's published settings: a head of 2,000 words (their
+        Penn Treebank and text8 runs, and this project's WikiText-2 recipe), each further
+        cluster 5 times the one before, kept while it starts in the first half of the
+        vocabulary. That gives [2000] for 10,000 words, [2000, 10000] for 33,278 or 44,000, and
+        no clusters under 4,000 words, where the full softmax is cheap.
+        """
+        if self.cutoffs:
+            return [c for c in self.cutoffs if c < vocab_size]
+        if not self.auto:
+            return []
+        chosen: list[int] = []
+        cutoff = AUTO_HEAD
+        while cutoff <= vocab_size // 2:
+            chosen.append(cutoff)
+            cutoff *= AUTO_GROWTH
+        return chosen
+
+    def tail_widths(self, hidden_size: int) -> list[int] | None:
+        """Projection width of each tail cluster, as torch computes it; None if a power of
+        div_value overflows (torch would fail building the layer) or div_value is below 1.
+        With `auto` and no explicit cutoffs, as many clusters as the largest vocabulary gets."""
+        clusters = len(self.cutoffs) or (AUTO_MAX_CLUSTERS if self.auto else 0)
+        if not self.div_value >= 1:
+            return None
+        try:
+            return [int(hidden_size // self.div_value ** (i + 1)) for i in range(clusters)]
+        except OverflowError:
+            return None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: Cell = "lstm"
+    """Recurrent cell: rnn_tanh, rnn_relu, lstm, gru, or rnn_manual (tanh RNN, hand-written BPTT)."""
+    embedding_dim: int = 128
+    """Size of the token embedding."""
+    hidden_size: int = 256
+    """Size of each recurrent layer's hidden state."""
+    num_layers: int = 2
+    """Number of stacked recurrent layers."""
+    dropout: float = 0.0
+    """Dropout between recurrent layers and before the decoder (0 = off)."""
+    tie_weights: bool = False
+    """Share the embedding matrix with the decoder (needs embedding_dim == hidden_size)."""
+    adaptive_softmax: AdaptiveSoftmaxConfig = field(default_factory=AdaptiveSoftmaxConfig)
+    """Adaptive softmax (Grave et al. 2017): `cutoffs` ids ([] = full softmax; ids past the vocabulary are dropped) or `auto: true` to choose them from the vocabulary size."""
+    layer_norm: bool = False
+    """Layer-normalise the recurrent pre-activations before tanh/sigmoid (Ba et al. 2016)."""
+    recurrent_dropout: float = 0.0
+    """Dropout on the cell's candidate update, one mask per sequence (Semeniuta et al. 2016)."""
+    locked_dropout: float = 0.0
+    """Variational dropout on each layer's input and the last output, one mask per sequence."""
+    embedding_dropout: float = 0.0
+    """Drop whole words from the embedding matrix in training (Gal & Ghahramani 2016)."""
+    leak: float = 0.0
+    """rnn_tanh/rnn_relu: h_t = leak * h_{t-1} + (1 - leak) * update; 0 = the plain cell."""
+    learn_leak: bool = False
+    """Learn the leak per unit (starting from `leak`, which must then be in (0, 1))."""
+    init: Init = "default"
+    """Recurrent weights: default (PyTorch's), orthogonal, or identity (with rnn_relu: IRNN)."""
+    init_gain: float = 1.0
+    """Scale of the identity or orthogonal recurrent init, in (0, 1]; an IRNN on a stream trains at 0.5 (1 never forgets, so its carried state grows)."""
+    residual: bool = False
+    """Add each recurrent layer's input to its output where their sizes match."""
+    learn_initial_state: bool = False
+    """Learn h0 (and c0) as parameters, used at the start of every sequence."""
+    weight_drop: float = 0.0
+    """DropConnect probability on the hidden-to-hidden weights (AWD-LSTM weight drop; 0 = off)."""
+    pretrained_embeddings: str | None = None
+    """Word vectors file (GloVe text, word2vec text or binary) to initialise the embedding; null = none."""
+    pretrained_format: Literal["auto", "glove", "word2vec_text", "word2vec_binary"] = "auto"
+    """Format of model.pretrained_embeddings; auto detects it from the file's first bytes."""
+    freeze_embeddings: bool = False
+    """Keep the embedding matrix fixed during training (e.g. pretrained vectors)."""
+
+    def custom_features(self) -> list[str]:
+        """The settings only the hand-built stack (cells.py) runs; nn.RNN/LSTM/GRU otherwise."""
+        features = (
+            ("cell=rnn_manual", self.cell == "rnn_manual"),
+            ("layer_norm", self.layer_norm),
+            ("recurrent_dropout", self.recurrent_dropout > 0),
+            ("locked_dropout", self.locked_dropout > 0),
+            ("leak", self.leak > 0 or self.learn_leak),
+            ("residual", self.residual),
+        )
+        return [key for key, on in features if on]
+
+    def problems(self) -> list[str]:
+        """Every out-of-range value and conflict of this section, as `model.key: message`."""
+        p: list[str] = []
+
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                p.append(f"model.{key}: {msg}")
+
+        for name in ("embedding_dim", "hidden_size", "num_layers"):
+            v = getattr(self, name)
+            need(v >= 1, name, f"must be >= 1, got {v}")
+        need(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.tie_weights and self.embedding_dim != self.hidden_size:
+            p.append(
+                "model.tie_weights: tied weights need model.embedding_dim == model.hidden_size, "
+                f"got {self.embedding_dim} and {self.hidden_size}; set them equal or "
+                "tie_weights: false"
+            )
+        p += self._adaptive_softmax_problems()
+        p += self._recurrent_problems()
+        need(
+            0.0 <= self.weight_drop < 1.0,
+            "weight_drop",
+            f"must be in [0, 1), got {self.weight_drop}",
+        )
+        if self.weight_drop > 0 and (custom := self.custom_features()):
+            p.append(
+                "model.weight_drop: applies to the nn.RNN/LSTM/GRU layers only, and model."
+                + ", model.".join(custom)
+                + " selects the hand-built stack; drop one of them"
+            )
+        if self.freeze_embeddings and self.tie_weights:
+            p.append(
+                "model.freeze_embeddings: a frozen embedding tied to the decoder would freeze the "
+                "decoder too; set tie_weights: false or freeze_embeddings: false"
+            )
+        vectors = self.pretrained_embeddings
+        need(
+            vectors is None or "\0" not in vectors,
+            "pretrained_embeddings",
+            "must not contain a NUL character",
+        )
+        return p
+
+    def _adaptive_softmax_problems(self) -> list[str]:
+        a = self.adaptive_softmax
+        if not (a.cutoffs or a.auto):
+            return []
+        p: list[str] = []
+        ok = all(c is not None and c >= 1 for c in a.cutoffs) and all(
+            x < y for x, y in zip(a.cutoffs, a.cutoffs[1:], strict=False)
+        )
+        if not ok:
+            p.append(
+                f"model.adaptive_softmax.cutoffs: must be increasing ids >= 1, got {a.cutoffs}"
+            )
+        if a.div_value < 1:
+            p.append(
+                "model.adaptive_softmax.div_value: must be >= 1 (each tail cluster is this many "
+                f"times narrower), got {a.div_value}"
+            )
+        elif a.tail_widths(self.hidden_size) is None:
+            p.append(
+                f"model.adaptive_softmax.div_value: {a.div_value} ** "
+                f"{len(a.cutoffs) or AUTO_MAX_CLUSTERS} (one power per tail cluster) overflows; "
+                "use a smaller div_value"
+            )
+        if self.tie_weights:
+            p.append(
+                "model.tie_weights: cannot tie the embedding to an adaptive softmax; set "
+                "tie_weights: false or model.adaptive_softmax.cutoffs: []"
+                + (" and auto: false" if a.auto else "")
+            )
+        return p
+
+    def _recurrent_problems(self) -> list[str]:
+        """The recurrent toolbox (cells.py): ranges and which cells take what."""
+        p: list[str] = []
+        for name in ("recurrent_dropout", "locked_dropout", "embedding_dropout"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                p.append(f"model.{name}: must be in [0, 1), got {v}")
+        if not 0.0 < self.init_gain <= 1.0:
+            p.append(f"model.init_gain: must be in (0, 1], got {self.init_gain}")
+        elif self.init_gain != 1.0 and self.init == "default":
+            p.append("model.init_gain: scales init identity or orthogonal; set model.init too")
+        if self.learn_leak and not 0.0 < self.leak < 1.0:
+            p.append(f"model.leak: learn_leak needs a starting leak in (0, 1), got {self.leak}")
+        elif not 0.0 <= self.leak < 1.0:
+            p.append(f"model.leak: must be in [0, 1), got {self.leak}")
+        if (self.leak > 0 or self.learn_leak) and self.cell not in LEAKY_CELLS:
+            p.append(
+                f"model.leak: leaky units are for rnn_tanh and rnn_relu, not {self.cell}; "
+                "set model.leak=0 and model.learn_leak=false, or change model.cell"
+            )
+        if self.cell == "rnn_manual":
+            for name, on in (
+                ("layer_norm", self.layer_norm),
+                ("recurrent_dropout", self.recurrent_dropout > 0),
+            ):
+                if on:
+                    p.append(
+                        f"model.{name}: not available with rnn_manual, whose hand-written BPTT "
+                        "is the plain tanh RNN; use rnn_tanh for it"
+                    )
+        return p
+
+    def parameter_count(self, vocab_size: int) -> int:
+        """Parameters of a model of this config with `vocab_size` entries: embedding, recurrent
+        weights and biases, output layer. Layer norm, learned state and leaks (a few per unit)
+        are not counted, so this is a lower bound for the memory estimate."""
+        g, e, h = GATES[self.cell], self.embedding_dim, self.hidden_size
+        # Layer 0 reads the embedding, the others the layer below; each has two bias vectors.
+        recurrent = g * h * (e + h + 2) + (self.num_layers - 1) * g * h * (2 * h + 2)
+        return vocab_size * e + recurrent + self._output_sizes(vocab_size)[0]
+
+    def floats_per_token(self, vocab_size: int) -> int:
+        """Activations a training step keeps per token for the backward pass: the embedding,
+        each layer's gates and state, and the logits with their gradient."""
+        layers = self.num_layers * (GATES[self.cell] + 1) * self.hidden_size
+        return self.embedding_dim + layers + 2 * self._output_sizes(vocab_size)[1]
+
+    def _output_sizes(self, vocab_size: int) -> tuple[int, int]:
+        """(parameters, logits per token) of the output layer for `vocab_size` entries."""
+        h, a = self.hidden_size, self.adaptive_softmax
+        cutoffs = a.cutoffs_for(vocab_size)  # the clusters the model will have
+        if not cutoffs:
+            return vocab_size + (0 if self.tie_weights else h * vocab_size), vocab_size
+        head = cutoffs[0] + len(cutoffs)  # the frequent words and one entry per tail cluster
+        bounds = [*cutoffs, max(vocab_size, cutoffs[-1] + 1)]
+        # A div_value the checks refuse counts no tail projections: a lower bound still.
+        widths = a.tail_widths(h) or [0] * len(cutoffs)
+        tails = sum(widths[i] * (h + bounds[i + 1] - bounds[i]) for i in range(len(cutoffs)))
+        return h * head + tails, head

@@ -1,0 +1,88 @@
+"""The data and model sections live with their packages: they check themselves, the root config
+gathers their problems with the rest, and neither package reaches up into lmtrain.config."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lmtrain
+from lmtrain.config import DataConfig, ModelConfig, config_from_dict
+from lmtrain.errors import ConfigError
+
+PACKAGE = Path(lmtrain.__file__).resolve().parent
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Every lmtrain module that each file of `package` imports, type-checking blocks included."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+        found[str(path.relative_to(PACKAGE))] = {n for n in names if n.startswith("lmtrain")}
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("data", ("lmtrain.config", "lmtrain.models")),
+        ("models", ("lmtrain.config", "lmtrain.errors", "lmtrain.data")),
+    ],
+)
+def test_the_section_packages_import_nothing_above_them(package: str, forbidden: tuple) -> None:
+    broken = {
+        f"{path} -> {name}"
+        for path, names in _imports(package).items()
+        for name in names
+        if name.startswith(forbidden)
+    }
+    assert not broken, sorted(broken)
+
+
+def test_reading_the_sections_imports_no_torch() -> None:
+    code = (
+        "import sys\n"
+        "import lmtrain.config, lmtrain.data.config, lmtrain.models.config\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_config_exports_the_sections_of_their_packages() -> None:
+    import lmtrain.data.config
+    import lmtrain.models.config
+
+    assert DataConfig is lmtrain.data.config.DataConfig
+    assert ModelConfig is lmtrain.models.config.ModelConfig
+
+
+def test_every_section_problem_is_reported_at_once_section_by_section() -> None:
+    overrides = ["train.bptt=0", "model.dropout=1.0", "data.min_freq=0", "data.cache_dir= "]
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({}, overrides)
+    assert e.value.problems == [
+        "data.min_freq: must be >= 1, got 0",
+        "data.cache_dir: must not be empty (null = no cache)",
+        "model.dropout: must be in [0, 1), got 1.0",
+        "train.bptt: must be >= 1, got 0",
+    ]
+
+
+def test_the_data_section_reports_its_own_problems_by_dotted_key() -> None:
+    d = DataConfig(tokenizer="byte", min_freq=2, tokenizer_file="t.json", test="a\0b")
+    assert d.problems() == [
+        "data.min_freq: the byte vocabulary is fixed (256 bytes); leave 1",
+        "data.tokenizer_file: only applies to data.tokenizer: bpe; leave it null",
+        "data.test: must not contain a NUL character",
+    ]
+    assert DataConfig().problems() == []
