@@ -15,16 +15,17 @@ if TYPE_CHECKING:
     from lmtrain.data.vocab import Vocab
 
 _HOMES = {
-    "Batch": "lmtrain.data.batching",
-    "SentenceBatches": "lmtrain.data.batching",
-    "StreamBatches": "lmtrain.data.batching",
-    "read_text": "lmtrain.data.corpus",
-    "Vocab": "lmtrain.data.vocab",
+    "Batch": "batching",
+    "SentenceBatches": "batching",
+    "StreamBatches": "batching",
+    "read_text": "corpus",
+    "Vocab": "vocab",
 }
+"""Each name and the module of this package it is imported from."""
 __all__ = ["Batch", "SentenceBatches", "StreamBatches", "Vocab", "read_text"]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

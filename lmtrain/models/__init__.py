@@ -14,17 +14,18 @@ if TYPE_CHECKING:
     from lmtrain.models.state import State, carried_state, detach_state, select_rows
 
 _HOMES = {
-    "LanguageModel": "lmtrain.models.lm",
-    "build_model": "lmtrain.models.lm",
-    "State": "lmtrain.models.state",
-    "carried_state": "lmtrain.models.state",
-    "detach_state": "lmtrain.models.state",
-    "select_rows": "lmtrain.models.state",
+    "LanguageModel": "lm",
+    "build_model": "lm",
+    "State": "state",
+    "carried_state": "state",
+    "detach_state": "state",
+    "select_rows": "state",
 }
+"""Each name and the module of this package it is imported from."""
 __all__ = ["LanguageModel", "State", "build_model", "carried_state", "detach_state", "select_rows"]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
