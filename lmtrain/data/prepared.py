@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import sys
 import time
@@ -304,15 +305,19 @@ def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     return cache_dir / f"{key}.ids", cache_dir / f"{key}.json"
 
 
-def _map(ids_path: Path, header: Header) -> torch.Tensor:
+def _map(f: BinaryIO, ids_path: Path, header: Header) -> torch.Tensor:
+    """The ids of open file `f`, the one just checked (never the path opened again, which
+    another process could have replaced meanwhile), mapped and range-checked."""
     dtype = _DTYPES[header.dtype]
     if header.tokens == 0:
         return torch.empty(0, dtype=dtype)
     try:
-        # shared=False maps the file privately (read-only open, copy-on-write): pages are read
-        # on first touch and shared with every process mapping the same file; nothing is copied.
-        ids = torch.from_file(str(ids_path), shared=False, size=header.tokens, dtype=dtype)
-    except (RuntimeError, OSError) as e:  # replaced or cut short since it was checked
+        # ACCESS_COPY maps the file privately (copy-on-write): pages are read on first touch and
+        # shared with every process mapping the same file; nothing is copied. The tensor keeps
+        # the mapping alive.
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        ids = torch.frombuffer(mapped, dtype=dtype, count=header.tokens)
+    except (OSError, ValueError) as e:  # cut short since it was checked
         raise CacheMiss(f"{ids_path.name} cannot be mapped ({e})") from None
     # A vocabulary that fills its id type (bytes: 256 in uint8) has no id out of range.
     if header.vocab_size < 1 << (8 * dtype.itemsize) and (top := _max_id(ids)) >= header.vocab_size:
@@ -395,6 +400,7 @@ def load_prepared(
                     f"{ids_path.name} is damaged (the sha256 of its sampled blocks is not the "
                     "header's)"
                 )
+            ids = _map(f, ids_path, header)
     except FileNotFoundError:
         raise CacheMiss(f"{ids_path.name} not found") from None
     except OSError as e:
@@ -404,7 +410,7 @@ def load_prepared(
         header = replace(header, ids=replace(rec, **_stamp(st)))
         with contextlib.suppress(OSError):  # a read-only cache is checked in full each time
             files.write_json(header_path, _header_json(header), indent=1)
-    return PreparedSplit.of(_map(ids_path, header), header)
+    return PreparedSplit.of(ids, header)
 
 
 def _header_json(header: Header) -> dict[str, Any]:
@@ -471,9 +477,9 @@ class PreparedWriter:
         ids_path, header_path = _paths(self.cache_dir, self.key)
         try:
             self._stack.close()  # synced and renamed into place (a full disk can show here)
-            with files.open_regular(ids_path) as f:
-                st = os.fstat(f.fileno())
-                sample = _sample(f, st.st_size)
+            f = self._stack.enter_context(files.open_regular(ids_path))  # closed by __exit__
+            st = os.fstat(f.fileno())
+            sample = _sample(f, st.st_size)
         except OSError as e:
             raise _unwritable(self.cache_dir, e) from None
         header = Header(
@@ -496,7 +502,7 @@ class PreparedWriter:
         value = _header_json(header)
         _write_cache_json(self.cache_dir, header_path, value)
         header = replace(header, checksum=value["checksum"])
-        return PreparedSplit.of(_map(ids_path, header), header)
+        return PreparedSplit.of(_map(f, ids_path, header), header)
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.__exit__(*exc)  # without finish: the partial file is removed

@@ -74,7 +74,7 @@ def link_or_copy(source: Path, path: Path) -> None:
     if files.replace_with_link(source, path):
         return
     try:
-        with files.atomic_write(path) as out, source.open("rb") as f:
+        with files.open_regular(source) as f, files.atomic_write(path) as out:
             shutil.copyfileobj(f, out, 1 << 20)
     except OSError as e:
         raise CheckpointError(
