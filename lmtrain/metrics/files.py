@@ -104,7 +104,7 @@ def _parse(path: Path, text: str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            raw = json.loads(line)
         except (ValueError, RecursionError):
             if number == len(lines):
                 break  # a last line without its newline: a write cut short by a crash
@@ -113,13 +113,13 @@ def _parse(path: Path, text: str) -> list[dict[str, Any]]:
                 "was edited"
             ) from None
         try:
-            build_record(_Record, record, "", dialect=_DIALECT)
+            record = build_record(_Record, raw, "", dialect=_DIALECT)
         except RecordError as e:
             raise MetricsError(
                 f"{path}, line {number}: not an lmtrain metrics record ({joined(e.problems, 3)}); "
                 "this file was not written by lmtrain or was edited"
             ) from None
-        records.append(record)
+        records.append({k: getattr(record, k) for k in raw})  # converted: "1.5" is 1.5
     return records
 
 
