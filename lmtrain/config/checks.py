@@ -123,20 +123,16 @@ def _train_problems(cfg: Config) -> list[str]:
 
 def _run_problems(r: RunConfig) -> list[str]:
     """The run section."""
+    # Here, not at the top: `lmtrain --help` and `lmtrain config` need not load the loggers.
+    from lmtrain.metrics.backends import logger_problems
+
     p: list[str] = []
 
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
             p.append(f"{key}: {msg}")
 
-    known_loggers = ("wandb", "mlflow")
-    for name in r.loggers:
-        need(
-            name in known_loggers,
-            "run.loggers",
-            f"{name!r} is not one of {', '.join(known_loggers)}",
-        )
-    need(len(set(r.loggers)) == len(r.loggers), "run.loggers", f"lists a logger twice: {r.loggers}")
+    p += logger_problems(r.loggers)  # the names of metrics' own table
     need(bool(r.dir.strip()), "run.dir", "must not be empty")
     need("\0" not in r.dir, "run.dir", "must not contain a NUL character")
     need(

@@ -86,3 +86,13 @@ def test_the_data_section_reports_its_own_problems_by_dotted_key() -> None:
         "data.test: must not contain a NUL character",
     ]
     assert DataConfig().problems() == []
+
+
+def test_run_loggers_are_the_names_of_the_metrics_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmtrain.metrics import backends
+
+    monkeypatch.setitem(backends.LOGGERS, "toy", object)
+    assert config_from_dict({"run": {"loggers": ["toy", "wandb"]}}).run.loggers == ["toy", "wandb"]
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"run": {"loggers": ["neptune"]}})
+    assert e.value.problems == ["run.loggers: 'neptune' is not one of wandb, mlflow, toy"]
