@@ -12,10 +12,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY_TEXT, tiny_config
-from lmtrain.data.bpe import OFFSET, BpeVocab, train_tokenizer
 from lmtrain.data.prepare import prepare_corpus
 from lmtrain.data.prepared import id_dtype
 from lmtrain.data.sentences import split_sequences
+from lmtrain.data.tokenizers.bpe import OFFSET, BpeVocab, train_tokenizer
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import DataError
 
@@ -115,7 +115,7 @@ def test_a_tokenizer_file_is_read_from_disk(tmp_path: Path, bpe: BpeVocab) -> No
 
 
 def test_a_tokenizer_file_is_bounded_and_expanded(tmp_path: Path, bpe, monkeypatch) -> None:
-    from lmtrain.data import bpe as bpe_module
+    from lmtrain.data.tokenizers import bpe as bpe_module
 
     path = tmp_path / "tokenizer.json"
     path.write_text(bpe.tokenizer_json, encoding="utf-8")

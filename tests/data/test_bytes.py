@@ -7,9 +7,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from lmtrain.data.bytes import OFFSET, ByteVocab
 from lmtrain.data.prepared import id_dtype
 from lmtrain.data.sentences import split_sequences
+from lmtrain.data.tokenizers.byte import OFFSET, ByteVocab
 
 # Any code point, lone surrogates included: a Python str may hold them.
 ANY_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF))
@@ -42,7 +42,7 @@ def test_ids_are_the_bytes_after_the_specials() -> None:
 def test_long_text_is_encoded_in_pieces_without_changing_ids(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import lmtrain.data.bytes as byte_module
+    import lmtrain.data.tokenizers.byte as byte_module
 
     text = "ab€\n" * 50
     whole = ByteVocab().encode(text).ids

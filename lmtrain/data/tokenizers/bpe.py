@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HfTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmtrain.data.corpus import expand_vars
-from lmtrain.data.specials import EOS, LITERAL, PAD, UNK, Encoded
+from lmtrain.data.prepared import hash_file
+from lmtrain.data.tokenizers.base import EOS, LITERAL, PAD, UNK, Encoded, Settings, Tokenizer
 from lmtrain.errors import DataError
 from lmtrain.files import NotRegularFileError, read_bounded
 
@@ -36,6 +38,12 @@ _SPECIALS = (PAD, UNK, EOS)
 OFFSET = len(_SPECIALS)
 # The smallest trained vocabulary: the specials and the 256 byte pieces.
 MIN_VOCAB_SIZE = OFFSET + 256
+# The smallest data.vocab_size a config may ask for: the specials, the 256 byte symbols and a merge.
+MIN_BPE_VOCAB = 260
+# The tokenizers trainer reserves its tables for data.vocab_size entries before it reads a line
+# (about 66 bytes each: 2**32 entries abort in Rust asking for 283 GB), and ids are stored as
+# uint32. 2**24 reserves about 1 GB and is 64 times the largest released vocabulary (262,144).
+MAX_BPE_VOCAB = 2**24
 # The largest tokenizer.json read: 8 times that of the largest released vocabulary (262,144
 # pieces, 33 MB); more is surely not a tokenizer file, and is refused before it fills the memory.
 TOKENIZER_MAX_BYTES = 256 * 1024 * 1024
@@ -57,7 +65,7 @@ def train_tokenizer(text: str, vocab_size: int) -> str:
             f"data.vocab_size: a byte-level BPE vocabulary needs at least {MIN_VOCAB_SIZE} "
             f"entries (3 specials and 256 bytes), not {vocab_size}"
         )
-    tokenizer = Tokenizer(models.BPE())
+    tokenizer = HfTokenizer(models.BPE())
     # No prefix space: a leading space would be added to every line and break exact round trips.
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -99,14 +107,15 @@ def read_tokenizer_file(path: Path) -> BpeVocab:
         ) from None
 
 
-class BpeVocab:
+class BpeVocab(Tokenizer):
     """A `tokenizers` tokeniser behind lmtrain's vocabulary interface (see the module docstring)."""
 
     kind = "bpe"
+    per_line = True
 
     def __init__(self, tokenizer_json: str) -> None:
         self.tokenizer_json = tokenizer_json
-        self._tok = Tokenizer.from_str(tokenizer_json)
+        self._tok = HfTokenizer.from_str(tokenizer_json)
         pieces = self._tok.get_vocab(with_added_tokens=True)
         size = self._tok.get_vocab_size(with_added_tokens=True)
         if len(pieces) != size or set(pieces.values()) != set(range(size)) or "" in pieces:
@@ -126,17 +135,6 @@ class BpeVocab:
         encode_batch = getattr(self._tok, "encode_batch_fast", None)  # tokenizers >= 0.20
         self._encode_batch = encode_batch or self._tok.encode_batch
 
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    @property
-    def pad_id(self) -> int:
-        return 0
-
-    @property
-    def unk_id(self) -> int:
-        return 1
-
     @property
     def eos_id(self) -> int:
         return 2
@@ -144,6 +142,57 @@ class BpeVocab:
     @classmethod
     def train(cls, text: str, vocab_size: int) -> BpeVocab:
         return cls(train_tokenizer(text, vocab_size))
+
+    @classmethod
+    def build(cls, text: str, settings: Settings) -> BpeVocab:
+        """Read from `tokenizer_file` when given, else trained on `text` with `vocab_size`."""
+        if settings.tokenizer_file is not None:
+            return read_tokenizer_file(Path(settings.tokenizer_file))
+        if settings.vocab_size is None:
+            raise DataError("data.tokenizer: bpe needs data.vocab_size or data.tokenizer_file")
+        return cls.train(text, settings.vocab_size)
+
+    @classmethod
+    def id_settings(cls, settings: Settings) -> dict[str, Any]:
+        if settings.tokenizer_file is None:
+            return {"vocab_size": settings.vocab_size}
+        # The file's contents, not its name, decide the ids.
+        path = Path(expand_vars(str(settings.tokenizer_file), "data.tokenizer_file"))
+        try:
+            return {"tokenizer_sha256": hash_file(path)}
+        except OSError as e:
+            raise DataError(f"data.tokenizer_file: {path}: cannot read it ({e.strerror})") from None
+
+    @classmethod
+    def problems(cls, settings: Settings) -> list[str]:
+        """One of data.vocab_size (in bounds) and data.tokenizer_file; no data.max_size."""
+        p: list[str] = []
+        size, file = settings.vocab_size, settings.tokenizer_file
+        if size is None and file is None:
+            p.append(
+                "data.tokenizer: bpe needs data.vocab_size (to train one on the training split) "
+                "or data.tokenizer_file (a tokenizer.json)"
+            )
+        if size is not None and file is not None:
+            p.append(
+                "data.vocab_size: data.tokenizer_file brings its own vocabulary; set one of "
+                "vocab_size and tokenizer_file"
+            )
+        if size is not None and size < MIN_BPE_VOCAB:
+            p.append(
+                f"data.vocab_size: must be >= {MIN_BPE_VOCAB} (3 specials and 256 byte symbols "
+                f"come before the first merge), got {size}"
+            )
+        elif size is not None and size > MAX_BPE_VOCAB:
+            p.append(
+                f"data.vocab_size: must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB:,}] (the BPE "
+                f"trainer reserves memory for every entry up front), got {size:,}"
+            )
+        if isinstance(file, str) and not file.strip():
+            p.append("data.tokenizer_file: must name a tokenizer.json file, got ''")
+        if settings.max_size is not None:
+            p.append("data.max_size: bpe sets its size with data.vocab_size; leave max_size null")
+        return p
 
     def encode(self, text: str, add_eos: bool = True) -> Encoded:
         """Ids of `text`: each line's pieces, and `<eos>` for each newline of the text.
@@ -176,6 +225,13 @@ class BpeVocab:
     def tokenize(self, text: str) -> list[str]:
         """The entries of the ids of `text` (a newline is the `<eos>` entry)."""
         return [self.itos[i] for i in self.encode(text).ids.tolist()]
+
+    def space_ids(self) -> torch.Tensor:
+        # A piece's entry is its byte-level spelling (a space is "Ġ"): ask what text it is.
+        return torch.tensor(
+            [i != self.eos_id and self.decode([i]).isspace() for i in range(len(self))],
+            dtype=torch.bool,
+        )
 
     def decode(self, ids: list[int] | torch.Tensor) -> str:
         """Text of ids: `<eos>` is a newline, `<pad>` and `<unk>` are dropped, and byte pieces

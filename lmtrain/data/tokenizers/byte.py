@@ -7,9 +7,6 @@ vocabulary, and any text comes back exactly: decode(encode(text).ids) == text.
 The entries of bytes below 128 are their ASCII characters, so that code which looks at
 `itos` (the whitespace test of sentences mode, the newline end-of-line marker) treats them as a
 character vocabulary's; bytes from 128 are written `<0x80>` ... `<0xFF>`.
-
-Same shape as `Vocab`: `itos`, `kind`, `len()`, `pad_id`, `unk_id`, `eos_id`, `encode`,
-`decode`, `tokenize`, `to_dict` / `from_dict`.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lmtrain.data.specials import PAD, UNK, Encoded
+from lmtrain.data.tokenizers.base import PAD, UNK, Encoded, Settings, Tokenizer
 
 _SPECIALS = (PAD, UNK)
 OFFSET = len(_SPECIALS)
@@ -30,7 +27,7 @@ def _entry(b: int) -> str:
     return chr(b) if b < 128 else f"<0x{b:02X}>"
 
 
-class ByteVocab:
+class ByteVocab(Tokenizer):
     """UTF-8 bytes as tokens: a fixed vocabulary, built from nothing."""
 
     kind = "byte"
@@ -40,20 +37,21 @@ class ByteVocab:
         # Entry -> id for prompts (`tokenize` yields entries); the specials are never text.
         self.stoi = {s: i for i, s in enumerate(self.itos) if i >= OFFSET}
 
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    @property
-    def pad_id(self) -> int:
-        return 0
-
-    @property
-    def unk_id(self) -> int:
-        return 1
-
     @property
     def eos_id(self) -> int:
         return ord("\n") + OFFSET
+
+    @classmethod
+    def build(cls, text: str, settings: Settings) -> ByteVocab:
+        return cls()
+
+    @classmethod
+    def problems(cls, settings: Settings) -> list[str]:
+        fixed = "the byte vocabulary is fixed (256 bytes)"
+        p = [f"data.min_freq: {fixed}; leave 1"] if settings.min_freq != 1 else []
+        if settings.max_size is not None:
+            p.append(f"data.max_size: {fixed}; leave null")
+        return p + super().problems(settings)
 
     def encode(self, text: str, add_eos: bool = True) -> Encoded:
         """Ids of the UTF-8 bytes of `text` (line ends are the text's own newline bytes)."""
@@ -80,9 +78,6 @@ class ByteVocab:
             return raw.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
             return raw.decode("utf-8", "replace")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "itos": self.itos}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ByteVocab:
