@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -30,7 +31,7 @@ from lmtrain.config import Config, config_from_dict
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import CheckpointError
 from lmtrain.models import LanguageModel, build_model
-from lmtrain.records import joined
+from lmtrain.records import RecordError, build_record, joined
 
 WEIGHTS, CONFIG, VOCAB, CARD = "model.safetensors", "config.json", "vocab.json", "README.md"
 FILES = (WEIGHTS, CONFIG, VOCAB, CARD)
@@ -85,22 +86,31 @@ def _json_bytes(value: Any, indent: int | None, ensure_ascii: bool) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def _manifest(folder: Path) -> dict[str, Any] | None:
+@dataclass
+class _Manifest:
+    """.lmtrain-export.json as read back (records.build_record)."""
+
+    format: Literal["lmtrain-export"]
+    version: int
+    files: list[str]
+    complete: bool = True
+    sha256: dict[str, str] | None = None
+    """Of the files load_export reads; none in an export of an older lmtrain."""
+
+
+def _manifest(folder: Path) -> _Manifest | None:
     """`folder`'s export manifest; None where there is none readable (an older export)."""
     try:
-        raw = _read_json(folder / MANIFEST)
-    except ExportError:
+        return build_record(_Manifest, _read_json(folder / MANIFEST), MANIFEST)
+    except (ExportError, RecordError):
         return None
-    return raw if raw.get("format") == FORMAT else None
 
 
 def written_files(folder: Path) -> list[str] | None:
     """The names `folder`'s export manifest says lmtrain export wrote; None without a readable
     manifest. `complete` in it is False while an export is being written."""
-    names = (_manifest(folder) or {}).get("files")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return None
-    return names
+    manifest = _manifest(folder)
+    return manifest.files if manifest else None
 
 
 def write_manifest(folder: Path, complete: bool, sha256: dict[str, str] | None = None) -> None:
@@ -122,15 +132,13 @@ def load_export(
     for name in (WEIGHTS, CONFIG, VOCAB):
         if not (path / name).is_file():
             raise ExportError(f"{path}: not an lmtrain export ({name} is missing)")
-    manifest = _manifest(path) or {}
-    if manifest.get("complete") is False:
+    manifest = _manifest(path)
+    if manifest and not manifest.complete:
         raise ExportError(
             f"{path}: an export that was interrupted while it was written (its files may come "
             "from two exports); run `lmtrain export` again to finish it"
         )
-    sums = manifest.get("sha256") or {}  # none in an export of an older lmtrain
-    if not isinstance(sums, dict):
-        raise ExportError(f"{path / MANIFEST}: damaged ('sha256' is not an object)")
+    sums = (manifest and manifest.sha256) or {}
     read: dict[Path, bytes] = {}  # checked against `sums` once all loads: damage that the
     # other checks name (bad JSON, weights of another shape) is reported as such
     cfg = config_from_dict(_read_json(path / CONFIG, read), source=str(path / CONFIG))
@@ -207,7 +215,7 @@ def _read_json(path: Path, read: dict[Path, bytes] | None = None) -> dict:
     return value
 
 
-def _check_sum(path: Path, data: bytes, sums: dict[str, Any]) -> None:
+def _check_sum(path: Path, data: bytes, sums: dict[str, str]) -> None:
     want = sums.get(path.name)
     if want is not None and hashlib.sha256(data).hexdigest() != want:
         raise ExportError(
