@@ -134,3 +134,20 @@ def test_random_damage_to_an_export_is_refused_or_loads_exactly_the_export(
         ref = ref_model.state_dict()
         assert all(torch.equal(t, ref[k]) for k, t in model.state_dict().items())
     assert _hashes(out) == before  # loading never changes a file
+
+
+def test_a_damaged_export_manifest_loads_unchecked_and_is_never_exported_over(
+    exported, tmp_path, cli
+) -> None:
+    out = _copy(exported, tmp_path)
+    (out / ".lmtrain-export.json").write_text("{not json")
+    model, vocab, _ = load_export(out)  # as an export of an lmtrain that kept no manifest
+    ref, ref_vocab, _ = load_export(exported)
+    assert vocab.itos == ref_vocab.itos
+    assert all(torch.equal(t, ref.state_dict()[k]) for k, t in model.state_dict().items())
+    before = _hashes(out)
+    run = exported.parent / "run"
+    r = invoke(cli, "export", run, "--out", out)
+    assert r.exit_code == 2, r.output
+    assert "not a previous export" in r.stderr and ".lmtrain-export.json" in r.stderr
+    assert _hashes(out) == before
