@@ -148,30 +148,9 @@ def test_space_ids_are_the_tokens_that_decode_to_whitespace(vocabs, kind: str) -
     assert bool(spaces.any()) == (kind != "word")  # words never are
 
 
-def test_each_kind_says_what_is_wrong_with_its_settings() -> None:
-    only_bpe = "only applies to data.tokenizer: bpe; leave it null"
-    assert tokenizer_class("word").problems(Settings(vocab_size=300, tokenizer_file="t")) == [
-        f"data.vocab_size: {only_bpe}",
-        f"data.tokenizer_file: {only_bpe}",
-    ]
-    assert tokenizer_class("byte").problems(Settings(min_freq=2, max_size=5)) == [
-        "data.min_freq: the byte vocabulary is fixed (256 bytes); leave 1",
-        "data.max_size: the byte vocabulary is fixed (256 bytes); leave null",
-    ]
-    bpe = tokenizer_class("bpe")
-    assert (
-        bpe.problems(Settings(vocab_size=300)) == bpe.problems(Settings(tokenizer_file="t")) == []
-    )
-    assert bpe.problems(Settings(max_size=5)) == [
-        "data.tokenizer: bpe needs data.vocab_size (to train one on the training split) "
-        "or data.tokenizer_file (a tokenizer.json)",
-        "data.max_size: bpe sets its size with data.vocab_size; leave max_size null",
-    ]
-    assert bpe.problems(Settings(vocab_size=2**24 + 1)) == [
-        "data.vocab_size: must be in [260, 16,777,216] (the BPE trainer reserves memory for "
-        "every entry up front), got 16,777,217"
-    ]
-    assert tokenizer_class("char").problems(Settings(min_freq=3, max_size=5)) == []
+def test_dict_keys_are_what_to_dict_writes(vocabs: dict[str, Tokenizer]) -> None:
+    for vocab in vocabs.values():
+        assert tuple(vocab.to_dict()) == vocab.dict_keys
 
 
 def test_id_settings_name_what_decides_the_ids(tmp_path: Path, vocabs) -> None:

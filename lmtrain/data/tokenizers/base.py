@@ -7,8 +7,9 @@ checkpoint (`to_dict` / `from_dict`), so eval, score and sample never need the c
 What other packages may ask of a tokenizer is here, so that none of them compares kind names:
 `unit` (bits per character or per token), `joiner` (how generated text follows a prompt),
 `open_vocabulary` (whether a report gives the OOV rate a line), `per_line` (where a text may be
-cut to be encoded in pieces), `space_ids` (whitespace tokens), and, before one is built, its
-rules for the data section (`problems`) and what decides its ids (`id_settings`).
+cut to be encoded in pieces), `space_ids` (whitespace tokens), `dict_keys` (what `to_dict`
+writes) and, before one is built, what decides its ids (`id_settings`). The rules of the data
+section's keys stay in lmtrain/data/config.py, which reading a config imports without torch.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Encoded:
 @dataclass(frozen=True)
 class Settings:
     """What a tokenizer is built with: the data section's fields of the same names (a DataConfig
-    serves as one). Each kind reads the ones it uses and `problems` refuses the others."""
+    serves as one); each kind reads the ones it uses."""
 
     min_freq: int = 1
     max_size: int | None = None
@@ -75,6 +76,9 @@ class Tokenizer(ABC):
     per_line: ClassVar[bool] = False
     """Each line is tokenised alone, so a text is encoded in pieces only at line ends; False: the
     encoding of any cut of a text, joined, is that of the text."""
+
+    dict_keys: ClassVar[tuple[str, ...]] = ("kind", "itos")
+    """The keys of the dict `to_dict` writes (a checkpoint's `vocab`)."""
 
     itos: list[str]
     stoi: dict[str, int]
@@ -134,15 +138,3 @@ class Tokenizer(ABC):
         """The settings that decide the ids a tokenizer built on a text gives (the prepared-data
         cache is keyed by them)."""
         return {"min_freq": settings.min_freq, "max_size": settings.max_size}
-
-    @classmethod
-    def problems(cls, settings: Settings) -> list[str]:
-        """What is wrong with `settings` for this kind, as `data.key: message` lines."""
-        return [
-            f"data.{key}: only applies to data.tokenizer: bpe; leave it null"
-            for key, value in (
-                ("vocab_size", settings.vocab_size),
-                ("tokenizer_file", settings.tokenizer_file),
-            )
-            if value is not None
-        ]

@@ -38,12 +38,6 @@ _SPECIALS = (PAD, UNK, EOS)
 OFFSET = len(_SPECIALS)
 # The smallest trained vocabulary: the specials and the 256 byte pieces.
 MIN_VOCAB_SIZE = OFFSET + 256
-# The smallest data.vocab_size a config may ask for: the specials, the 256 byte symbols and a merge.
-MIN_BPE_VOCAB = 260
-# The tokenizers trainer reserves its tables for data.vocab_size entries before it reads a line
-# (about 66 bytes each: 2**32 entries abort in Rust asking for 283 GB), and ids are stored as
-# uint32. 2**24 reserves about 1 GB and is 64 times the largest released vocabulary (262,144).
-MAX_BPE_VOCAB = 2**24
 # The largest tokenizer.json read: 8 times that of the largest released vocabulary (262,144
 # pieces, 33 MB); more is surely not a tokenizer file, and is refused before it fills the memory.
 TOKENIZER_MAX_BYTES = 256 * 1024 * 1024
@@ -112,6 +106,7 @@ class BpeVocab(Tokenizer):
 
     kind = "bpe"
     per_line = True
+    dict_keys = ("kind", "itos", "tokenizer")
 
     def __init__(self, tokenizer_json: str) -> None:
         self.tokenizer_json = tokenizer_json
@@ -162,37 +157,6 @@ class BpeVocab(Tokenizer):
             return {"tokenizer_sha256": hash_file(path)}
         except OSError as e:
             raise DataError(f"data.tokenizer_file: {path}: cannot read it ({e.strerror})") from None
-
-    @classmethod
-    def problems(cls, settings: Settings) -> list[str]:
-        """One of data.vocab_size (in bounds) and data.tokenizer_file; no data.max_size."""
-        p: list[str] = []
-        size, file = settings.vocab_size, settings.tokenizer_file
-        if size is None and file is None:
-            p.append(
-                "data.tokenizer: bpe needs data.vocab_size (to train one on the training split) "
-                "or data.tokenizer_file (a tokenizer.json)"
-            )
-        if size is not None and file is not None:
-            p.append(
-                "data.vocab_size: data.tokenizer_file brings its own vocabulary; set one of "
-                "vocab_size and tokenizer_file"
-            )
-        if size is not None and size < MIN_BPE_VOCAB:
-            p.append(
-                f"data.vocab_size: must be >= {MIN_BPE_VOCAB} (3 specials and 256 byte symbols "
-                f"come before the first merge), got {size}"
-            )
-        elif size is not None and size > MAX_BPE_VOCAB:
-            p.append(
-                f"data.vocab_size: must be in [{MIN_BPE_VOCAB}, {MAX_BPE_VOCAB:,}] (the BPE "
-                f"trainer reserves memory for every entry up front), got {size:,}"
-            )
-        if isinstance(file, str) and not file.strip():
-            p.append("data.tokenizer_file: must name a tokenizer.json file, got ''")
-        if settings.max_size is not None:
-            p.append("data.max_size: bpe sets its size with data.vocab_size; leave max_size null")
-        return p
 
     def encode(self, text: str, add_eos: bool = True) -> Encoded:
         """Ids of `text`: each line's pieces, and `<eos>` for each newline of the text.

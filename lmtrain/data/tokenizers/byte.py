@@ -45,14 +45,6 @@ class ByteVocab(Tokenizer):
     def build(cls, text: str, settings: Settings) -> ByteVocab:
         return cls()
 
-    @classmethod
-    def problems(cls, settings: Settings) -> list[str]:
-        fixed = "the byte vocabulary is fixed (256 bytes)"
-        p = [f"data.min_freq: {fixed}; leave 1"] if settings.min_freq != 1 else []
-        if settings.max_size is not None:
-            p.append(f"data.max_size: {fixed}; leave null")
-        return p + super().problems(settings)
-
     def encode(self, text: str, add_eos: bool = True) -> Encoded:
         """Ids of the UTF-8 bytes of `text` (line ends are the text's own newline bytes)."""
         pieces = [
