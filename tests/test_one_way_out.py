@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import lmtrain
+from conftest import invoke
 from lmtrain import download, files
 
 REPO = Path(lmtrain.__file__).resolve().parents[1]
@@ -106,3 +107,29 @@ def test_a_full_disk_during_a_download_is_reported_as_a_full_disk(
     assert "connection" not in str(e.value)
     assert (folder / "input.txt").read_bytes() == b"an older copy"
     assert [p.name for p in folder.iterdir()] == ["input.txt"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    return int(proc.stdout)
+
+
+def test_init_and_plot_remove_what_a_killed_copy_or_plot_left(tmp_path: Path, cli) -> None:
+    pytest.importorskip("matplotlib")
+    from metrics.test_plot import write_run
+
+    run = write_run(tmp_path / "run", [(50, 3.0, 30.0), (100, 2.5, 60.0)])
+    for folder, name, args in (
+        (tmp_path / "figures", "c.png", ("plot", run, "--out")),
+        (tmp_path / "configs", "q.yaml", ("init", "quickstart")),
+    ):
+        folder.mkdir()
+        stale = folder / f".{name}.{_dead_pid()}.0123abcd.tmp"
+        mine = folder / ".notes.txt.tmp"
+        stale.write_bytes(b"half")
+        mine.write_bytes(b"mine")
+        assert invoke(cli, *args, folder / name).exit_code == 0
+        assert sorted(p.name for p in folder.iterdir()) == [".notes.txt.tmp", name]
+        assert mine.read_bytes() == b"mine"
