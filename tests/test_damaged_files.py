@@ -176,7 +176,9 @@ def test_random_damage_to_results_is_refused_or_read_as_written(run, tmp_path, f
     assert (copy / "results.json").read_bytes() == data
 
 
-def test_a_fifo_as_results_is_refused_not_waited_on(tmp_path) -> None:
+def test_results_missing_or_a_fifo_is_refused_not_waited_on(tmp_path) -> None:
+    with pytest.raises(LmtrainError, match="results.json not found"):
+        read_results(tmp_path)
     os.mkfifo(tmp_path / "results.json")
     with pytest.raises(LmtrainError, match="is a named pipe"):
         read_results(tmp_path)
