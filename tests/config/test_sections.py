@@ -7,12 +7,16 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 import lmtrain
-from lmtrain.config import DataConfig, ModelConfig, config_from_dict
+from lmtrain.config import DataConfig, ModelConfig, config_from_dict, field_docs
+from lmtrain.config.convert import type_hints
+from lmtrain.data.tokenizers import TOKENIZERS
 from lmtrain.errors import ConfigError
+from lmtrain.metrics import backends
 
 PACKAGE = Path(lmtrain.__file__).resolve().parent
 
@@ -89,10 +93,14 @@ def test_the_data_section_reports_its_own_problems_by_dotted_key() -> None:
 
 
 def test_run_loggers_are_the_names_of_the_metrics_table(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lmtrain.metrics import backends
-
     monkeypatch.setitem(backends.LOGGERS, "toy", object)
     assert config_from_dict({"run": {"loggers": ["toy", "wandb"]}}).run.loggers == ["toy", "wandb"]
     with pytest.raises(ConfigError) as e:
         config_from_dict({"run": {"loggers": ["neptune"]}})
     assert e.value.problems == ["run.loggers: 'neptune' is not one of wandb, mlflow, toy"]
+
+
+def test_the_tokenizer_names_of_the_data_section_are_the_registrys() -> None:
+    names = list(get_args(type_hints(DataConfig)["tokenizer"]))
+    assert names == list(TOKENIZERS)
+    assert all(f"`{name}`" in field_docs(DataConfig)["tokenizer"] for name in names)
