@@ -116,10 +116,12 @@ def open_regular(path: Path) -> BinaryIO:
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(path, kind_of(mode))
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+    f.raw.name = os.fspath(path)  # not the descriptor's number, as open(path) names it
+    return f
 
 
 def read_bounded(path: Path, limit: int | None) -> tuple[bytes, bool]:
