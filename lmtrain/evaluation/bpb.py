@@ -17,6 +17,7 @@ import codecs
 import math
 from pathlib import Path
 
+from lmtrain import files
 from lmtrain.data.corpus import text_utf8_bytes
 
 _CHUNK = 1 << 20
@@ -38,7 +39,9 @@ def file_utf8_bytes(path: Path, errors: str = "strict") -> int:
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     total = 0
-    with open(path, "rb") as f:
+    # Reopened after the text was read: through the checked opener, so a pipe put there in
+    # between is refused instead of read until it closes.
+    with files.open_regular(path) as f:
         while block := f.read(_CHUNK):
             total += text_utf8_bytes(decoder.decode(block))
         total += text_utf8_bytes(decoder.decode(b"", final=True))

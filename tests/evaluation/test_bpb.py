@@ -57,3 +57,15 @@ def test_a_character_cut_off_at_the_end_of_the_file_counts(tmp_path: Path) -> No
     assert file_utf8_bytes(path, "replace") == 5  # a, b, U+FFFD
     with pytest.raises(UnicodeDecodeError):
         file_utf8_bytes(path)
+
+
+def test_file_bytes_refuse_a_pipe(tmp_path: Path) -> None:
+    """The test text is reopened by path for its byte count: a FIFO there is refused at once."""
+    import os
+
+    from lmtrain.files import NotRegularFileError
+
+    fifo = tmp_path / "test.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(NotRegularFileError):
+        file_utf8_bytes(fifo)
