@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from lmtrain.checkpoint import CHECKPOINT_DIR, LAST, Checkpoint, check_resumable, load_checkpoint
 from lmtrain.config import Config
@@ -35,9 +35,17 @@ from lmtrain.rundir.layout import (
 from lmtrain.rundir.lock import RunLock
 from lmtrain.rundir.manifest import Manifest, parent_manifest, read_any_manifest
 from lmtrain.rundir.refusals import check_fresh, check_texts, refuse_export, refuse_own_copy
-from lmtrain.runtime.distributed import DistContext
 
 Kind = Literal["new", "continue", "fork", "rewind"]
+T = TypeVar("T")
+
+
+class Ranks(Protocol):
+    """The processes of a run (lmtrain/runtime/distributed.py's contexts), as open_run uses them."""
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on rank 0 and give every rank its result."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -278,7 +286,7 @@ def _load_newest(
 
 @contextlib.contextmanager
 def open_run(
-    cfg: Config, resume: str | None, warn: Warn, ctx: DistContext | None = None
+    cfg: Config, resume: str | None, warn: Warn, ctx: Ranks | None = None
 ) -> Iterator[tuple[RunDirectory, Start]]:
     """open_directory for the life of a `with` block. Under torchrun (ctx) rank 0 opens and
     decides, and the other ranks receive the decision and a RunDirectory that writes nothing."""

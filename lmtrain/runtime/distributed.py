@@ -40,9 +40,8 @@ import torch.distributed as dist
 from torch import nn
 
 from lmtrain.errors import LmtrainError
-from lmtrain.models import LanguageModel, State
 from lmtrain.runtime.device import resolve_device, wants_cuda
-from lmtrain.runtime.forward import LossForward
+from lmtrain.runtime.forward import LossForward, State
 
 T = TypeVar("T")
 B = TypeVar("B")
@@ -144,7 +143,7 @@ class DistContext:
     def shard(self, batches: B) -> B:
         return shard(batches, self)
 
-    def wrap(self, model: LanguageModel) -> nn.Module:
+    def wrap(self, model: nn.Module) -> nn.Module:
         """LossForward(model) inside DistributedDataParallel."""
         return nn.parallel.DistributedDataParallel(
             LossForward(model, touch_all=True),
@@ -206,7 +205,7 @@ class LocalContext:
     def shard(self, batches: B) -> B:
         return batches
 
-    def wrap(self, model: LanguageModel) -> nn.Module:
+    def wrap(self, model: nn.Module) -> nn.Module:
         return LossForward(model)
 
     def seed_per_rank(self, seed: int) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmtrain.models import LanguageModel, State
+State = tuple[torch.Tensor, ...]
+"""A recurrent state, (layers, B, H) tensors: runtime moves it, lmtrain/models/state.py makes it."""
 
 
 class LossForward(nn.Module):
@@ -15,7 +16,8 @@ class LossForward(nn.Module):
     that forward covers the output layer too.
     """
 
-    def __init__(self, model: LanguageModel, touch_all: bool = False) -> None:
+    def __init__(self, model: nn.Module, touch_all: bool = False) -> None:
+        """`model`: a LanguageModel (lmtrain/models/lm.py), for its features and output.nll."""
         super().__init__()
         self.model = model
         # An adaptive softmax's tail clusters get no gradient in a batch without their words,
