@@ -148,11 +148,11 @@ def model_card(
     """A short README.md: what the model is, what it was trained on, how well it did."""
     m, d = cfg.model, cfg.data
     n_params = sum(p.numel() for p in model.parameters())
-    unit = "nats/char" if vocab.kind == "char" else "nats/token"
+    unit = f"nats/{vocab.unit}"
     if math.isfinite(progress.best_val_loss):
         loss = progress.best_val_loss
         metric = f"best validation loss {loss:.4f} {unit}, perplexity {math.exp(loss):.2f}"
-        if vocab.kind == "char":
+        if vocab.unit == "char":
             metric += f", {loss / math.log(2):.4f} bits/char"
     else:
         metric = "no validation figure (the run had no data.valid or never evaluated)"

@@ -119,8 +119,9 @@ def generate(
         last = hidden[-1]
         if progress is not None:
             progress(t + 1)
-    # Characters, bytes and BPE pieces carry their own spacing; words are joined by a space.
-    sep = "" if vocab.kind in ("char", "byte", "bpe") or not prompt.strip() else " "
+    # The tokenizer says how its pieces join (words by a space; characters, bytes and BPE
+    # pieces carry their own spacing); an empty prompt needs no separator.
+    sep = vocab.joiner if prompt.strip() else ""
     texts = [prompt + sep + vocab.decode(out[:, i]) for i in range(b)]
     return SampleResult(texts, seed, warnings)
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, BinaryIO, Literal
 import torch
 
 from lmtrain.checkpoint.format import FORMAT, VERSION, Checkpoint, Progress
+from lmtrain.data.tokenizers import tokenizer_class
 from lmtrain.errors import CheckpointError
 from lmtrain.records import (
     Count,
@@ -142,7 +143,7 @@ class _OnDisk:
     def problems(self) -> list[str]:
         """Checks across fields."""
         found = []
-        if self.vocab.kind == "bpe" and not self.vocab.tokenizer:
+        if "tokenizer" in tokenizer_class(self.vocab.kind).dict_keys and not self.vocab.tokenizer:
             found.append(
                 "'vocab.tokenizer' should be the tokenizer JSON as a string, not "
                 + describe(self.vocab.tokenizer)

@@ -43,12 +43,12 @@ from lmtrain.data.prepared import (
     CacheWriteError,
     PreparedWriter,
     canonical_sha256,
-    hash_file,
     load_prepared,
     load_vocab,
     save_vocab,
     source_of,
 )
+from lmtrain.data.tokenizers import tokenizer_class
 from lmtrain.data.vocab import AnyVocab, Vocab
 from lmtrain.errors import DataError
 
@@ -122,33 +122,21 @@ def _settings(d: DataConfig, split: str | None, vocab: str) -> dict[str, Any]:
         "split": split,
         "vocab": vocab,
     }
-    if vocab == "built" and d.tokenizer == "bpe":
-        if d.tokenizer_file is not None:
-            # The file's contents, not its name, decide the ids.
-            path = Path(expand_vars(d.tokenizer_file, "data.tokenizer_file"))
-            try:
-                settings.update(tokenizer_sha256=hash_file(path))
-            except OSError as e:
-                raise DataError(
-                    f"data.tokenizer_file: {path}: cannot read it ({e.strerror})"
-                ) from None
-        else:
-            settings.update(vocab_size=d.vocab_size)
-    elif vocab == "built":
-        settings.update(min_freq=d.min_freq, max_size=d.max_size)
+    if vocab == "built":
+        settings.update(tokenizer_class(d.tokenizer).id_settings(d))
     return settings
 
 
-def _pieces(text: str, kind: str) -> Iterator[str]:
+def _pieces(text: str, per_line: bool) -> Iterator[str]:
     """Consecutive pieces of `text` whose encodings, joined, are the encoding of `text`.
 
-    Word and BPE pieces end at a line end, as each line is tokenised alone and ends with
-    `<eos>`; a piece of characters or bytes may end anywhere.
+    For a tokenizer that encodes `per_line` (words, BPE: each line alone, ending with `<eos>`)
+    a piece ends at a line end; a piece of characters or bytes may end anywhere.
     """
     start = 0
     while start < len(text):
         end = start + _PIECE_CHARS
-        if end < len(text) and kind in ("word", "bpe"):
+        if end < len(text) and per_line:
             newline = text.find("\n", end)
             end = len(text) if newline < 0 else newline + 1
         yield text[start:end]
@@ -219,7 +207,7 @@ def prepare_split(
     sha = save_vocab(cache_dir, vocab.to_dict())
     oov = 0
     with PreparedWriter(cache_dir, source, settings, len(vocab)) as w:
-        for piece in _pieces(text, vocab.kind):
+        for piece in _pieces(text, vocab.per_line):
             enc = vocab.encode(piece)
             w.write(enc.ids)
             oov += enc.oov

@@ -36,17 +36,6 @@ def marker_id(vocab: AnyVocab) -> int:
     return eos
 
 
-def _space_ids(vocab: AnyVocab) -> torch.Tensor:
-    """(V,) bool: tokens that are whitespace (characters, bytes and BPE pieces can be)."""
-    if vocab.kind == "bpe":
-        # A piece's entry is its byte-level spelling (a space is "Ġ"): ask what text it is.
-        return torch.tensor(
-            [i != vocab.eos_id and vocab.decode([i]).isspace() for i in range(len(vocab))],
-            dtype=torch.bool,
-        )
-    return torch.tensor([len(s) == 1 and s.isspace() for s in vocab.itos], dtype=torch.bool)
-
-
 # Tokens converted to int64 at a time while looking for line ends: the ids may be a narrow view
 # of a memory-mapped file far larger than memory, so the whole text is never converted at once.
 _CHUNK = 1 << 20
@@ -146,7 +135,7 @@ def split_sequences(
     if ids.numel() == 0:
         none = torch.zeros(0, dtype=torch.long)
         return Sequences(ids, eos, none, none, limit)
-    ends, seen = _line_ends(ids, eos, _space_ids(vocab))  # one entry per line
+    ends, seen = _line_ends(ids, eos, vocab.space_ids())  # one entry per line
     starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
     # A line is blank when none of its tokens (marker excluded) is visible text.
     blank = torch.diff(seen, prepend=seen.new_zeros(1)) == 0

@@ -24,6 +24,7 @@ import torch
 
 from lmtrain.data.batching import StreamBatches
 from lmtrain.data.corpus import text_utf8_bytes
+from lmtrain.data.tokenizers import tokenizer_class
 from lmtrain.evaluation.bpb import bits_per_byte
 from lmtrain.evaluation.reading import evaluating, logit_window
 from lmtrain.models import LanguageModel, detach_state, select_rows
@@ -49,8 +50,8 @@ def perplexity(loss: float) -> float:
 
 @dataclass(frozen=True)
 class Unit:
-    """What one token is to the figures. `Unit.of` reads it from a tokenizer's kind: the one place
-    evaluation looks at a kind, so every report and logger takes its figures from here."""
+    """What one token is to the figures. `Unit.of` asks the tokenizer of a kind (its `unit` and
+    `open_vocabulary`), so every report and logger takes its figures from here."""
 
     name: str
     """"char": a loss is also given in bits per character (bpc); "token": per token only, and
@@ -60,7 +61,8 @@ class Unit:
 
     @classmethod
     def of(cls, kind: str) -> Unit:
-        return cls("char" if kind == "char" else "token", open_vocabulary=kind == "word")
+        t = tokenizer_class(kind)
+        return cls(t.unit, open_vocabulary=t.open_vocabulary)
 
     @property
     def headline(self) -> str:

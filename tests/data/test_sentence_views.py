@@ -7,7 +7,7 @@ import torch
 
 from lmtrain.data import SentenceBatches, Vocab
 from lmtrain.data import sentences as sentences_module
-from lmtrain.data.sentences import Sequences, _space_ids, marker_id, split_sequences
+from lmtrain.data.sentences import Sequences, marker_id, split_sequences
 
 TEXT = "the cat sat\n\n  \nthe dog\nsat on a mat\n\n\nred cat\n \nthe end"
 
@@ -22,7 +22,7 @@ def _reference(
         ids = torch.cat([ids, ids.new_tensor([eos])])
     ends = (ids == eos).nonzero().flatten()
     starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
-    visible = ~_space_ids(vocab)[ids] & (ids != eos)
+    visible = ~vocab.space_ids()[ids] & (ids != eos)
     counts = torch.cat([visible.new_zeros(1, dtype=torch.long), visible.long().cumsum(0)])
     blank = (counts[ends + 1] - counts[starts]) == 0
     spans: list[tuple[int, int]] = []
