@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LMTRAIN_DATA ?= $(abspath ../shared/data)
 export LMTRAIN_DATA
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: install
 ## test: the whole suite on CPU (a few minutes)
 test: install
 	$(PY) -m pytest -q
+
+## test-fast: the suite without the tests marked slow (under a minute on 2 cores)
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check lmtrain tests scripts
