@@ -38,6 +38,7 @@ print(model.evaluate(Path("valid.txt")).ppl)
 """
 
 
+@pytest.mark.slow
 def test_readme_example_runs_on_the_tiny_corpus_and_matches_the_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], cli
 ) -> None:
@@ -143,6 +144,7 @@ def test_fit_on_log_hears_every_step_once_and_matches_the_logged_loss(tmp_path: 
         assert row["loss"] == pytest.approx(sum(window.values()) / len(window), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_import_is_light_and_api_names_beat_submodules() -> None:
     code = textwrap.dedent(
         """

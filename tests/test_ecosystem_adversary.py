@@ -221,6 +221,7 @@ def test_a_resumed_fit_says_which_figures_are_this_sessions(tmp_path: Path, cli)
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("caller", ["cli", "api"])
 def test_fit_piped_into_a_reader_that_stops_early_still_finishes_the_run(
     caller: str, tmp_path: Path

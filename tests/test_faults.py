@@ -126,6 +126,7 @@ class _Run:
         return self.proc.returncode, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_checkpoints_at_the_next_step_and_exits_with_its_code(
     signum, code, tmp_path, tiny_files
@@ -143,6 +144,7 @@ def test_signal_checkpoints_at_the_next_step_and_exits_with_its_code(
     assert not list(_ckpts(tmp_path).glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path, tiny_files):
     run = _Run(tmp_path, tiny_files, "hang-stop-save")
     run.wait_for("READY")
@@ -161,6 +163,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path,
     assert load_checkpoint(_ckpts(tmp_path) / "last.pt")["progress"]["step"] == 2
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path, tiny_files, cli):
     run = _Run(tmp_path, tiny_files, "hang-late-save")
     run.wait_for("SAVING")  # writing the step-4 checkpoint's temporary file
@@ -451,6 +454,7 @@ def test_decode_errors_replace_reads_invalid_utf8(tmp_path, tiny_files):
     assert "\ufffd" in vocab
 
 
+@pytest.mark.slow
 def test_one_50mb_line_encodes_in_bounded_memory(tmp_path):
     """One 50 MB line (no newline) through read, vocabulary and both encoders, in a fresh process.
 

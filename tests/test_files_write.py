@@ -307,6 +307,7 @@ def _version(i: int) -> bytes:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
+@pytest.mark.slow
 @given(delay=st.floats(0.0, 0.03))
 def test_sigkill_at_a_random_moment_leaves_whole_files_and_repairable_records(
     tmp_path_factory: pytest.TempPathFactory, delay: float

@@ -77,6 +77,7 @@ def _config_or_error(raw, items) -> Config | ConfigError:
         return e
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents, overrides)
 @example({"train": None}, ["train.lr=0.5"])
@@ -86,6 +87,7 @@ def test_no_config_document_or_override_gives_a_traceback(raw, items):
     _config_or_error(raw, items)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
 @example("train: {lr: &a [*a]}")

@@ -346,6 +346,7 @@ def _lmtrain(*args: str | Path, timeout: float = 120) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_non_regular_file_is_refused_before_reading(kind, trained, tmp_path):
     if kind == "fifo":

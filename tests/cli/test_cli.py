@@ -118,6 +118,7 @@ def test_missing_training_file_leaves_no_run_dir(tmp_path: Path, cli) -> None:
     assert "nope.txt: file not found" in result.stderr
 
 
+@pytest.mark.slow
 def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
     for cmd in ([sys.executable, "-m", "lmtrain"], [str(Path(sys.executable).parent / "lmtrain")]):
         out = subprocess.run(

@@ -63,6 +63,7 @@ def test_cli_device_typo_exits_2(run: Path, cli, command: str) -> None:
     assert "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_sample_does_not_import_the_training_module(run: Path) -> None:
     code = (
         "import sys\n"

@@ -102,6 +102,7 @@ def trained(tmp_path: Path, tiny_files: dict[str, Path]) -> Path:
 # Pipes and devices where a regular file belongs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
 def test_pipes_and_devices_are_refused_before_reading(kind, tmp_path, tiny_files, trained):
     if kind == "fifo":
@@ -188,6 +189,7 @@ def _flow_bomb() -> str:
     return "[" + ", ".join(levels) + "]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lists", "mappings"])
 def test_a_billion_laughs_is_refused_in_bounded_memory(kind, tmp_path):
     bomb = tmp_path / "bomb.yaml"

@@ -238,6 +238,7 @@ def _write_config(tmp_path: Path, tiny_files, *extra: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_piped_fit_prints_progress_lines_and_next_commands(tmp_path: Path, tiny_files) -> None:
     path = _write_config(
         tmp_path, tiny_files, "train.max_steps=12", "train.log_every=4", "run.tensorboard=true"

@@ -184,6 +184,7 @@ def _run_without_matplotlib(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_without_matplotlib_lmtrain_works_and_drawing_says_what_to_install(
     tiny_files, tmp_path: Path
 ) -> None:

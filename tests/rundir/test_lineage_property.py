@@ -32,6 +32,8 @@ from lmtrain.rundir import open_directory
 from lmtrain.training import fit
 from lmtrain.training.loop import Trainer
 
+pytestmark = pytest.mark.slow
+
 LEARNING_RATES = ["0.001", "0.003", "0.03"]
 # Names a user might leave in a run directory; none of them is a name lmtrain writes.
 USER_FILES = [

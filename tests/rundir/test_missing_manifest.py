@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import invoke, tiny_config
 
 
+@pytest.mark.slow
 def test_a_missing_manifest_is_rebuilt_from_lmtrains_own_names(
     tmp_path: Path, tiny_files, cli
 ) -> None:

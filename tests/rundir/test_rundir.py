@@ -336,6 +336,7 @@ def _hold(config: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(
     run_a, tmp_path, tiny_files, cli
 ):
@@ -362,6 +363,7 @@ def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(
     assert (run_a / ".lmtrain" / "lock").read_bytes() == b""  # released cleanly this time
 
 
+@pytest.mark.slow
 def test_two_fits_on_one_directory_one_wins(tmp_path, tiny_files):
     config = _config_file(tmp_path, tiny_files, "train.max_steps=40", "train.eval_every=10")
     procs = [
@@ -381,6 +383,7 @@ def test_two_fits_on_one_directory_one_wins(tmp_path, tiny_files):
     assert _step(tmp_path / "run" / "checkpoints" / "last.pt") == 40
 
 
+@pytest.mark.slow
 def test_a_process_stopped_by_sigterm_releases_the_lock(tmp_path, tiny_files, cli):
     config = _config_file(tmp_path, tiny_files, "train.max_steps=100000", "train.epochs=10000")
     proc = subprocess.Popen(

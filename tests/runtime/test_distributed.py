@@ -22,6 +22,8 @@ from lmtrain.data.variable_bptt import VariableStreamBatches
 from lmtrain.runtime.distributed import DistContext, DistributedError, check_batch_size
 from tests.conftest import TINY_TEXT
 
+pytestmark = pytest.mark.slow
+
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 20

@@ -26,6 +26,7 @@ def _losses(tmp_path: Path, tiny_files: dict, *overrides: str) -> dict[int, floa
     return fit_with_losses(cfg, quiet=True, echo=lambda _: None).losses
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_close_to_fp32(tmp_path: Path, tiny_files: dict) -> None:
     # nn.GRU (like the hand-built cells) runs bf16 on any x86 CPU; oneDNN's bf16 LSTM needs
     # AVX-512, which some CPUs lack (see the next test), so the GRU makes this test portable.

@@ -28,6 +28,8 @@ from lmtrain.models import LanguageModel
 from lmtrain.runtime.signals import ImmediateStop, graceful_stop
 from lmtrain.training import fit
 
+pytestmark = pytest.mark.slow
+
 CODES = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 import lmtrain
@@ -87,6 +88,7 @@ def _lmtrain(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_huge_learning_rate_keeps_no_diverged_checkpoint_and_the_advice_runs_as_written(
     tmp_path, tiny_files
 ):

@@ -309,6 +309,7 @@ def test_config_takes_cache_dir_and_byte_and_refuses_what_it_cannot_use(
         load("tokenizer: byte, max_size: 100")
 
 
+@pytest.mark.slow
 def test_under_torchrun_rank_zero_prepares_and_every_rank_maps(tmp_path: Path) -> None:
     from tests.runtime.test_distributed import STEPS, _launch, _losses, _raw
 

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import lmtrain
 from conftest import tiny_config
 from lmtrain.checkpoint import load_checkpoint
@@ -33,6 +35,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_long_sample_stops_at_once_and_leaves_a_valid_run(tmp_path, tiny_files):
     config = tmp_path / "config.yaml"
     cfg = tiny_config(tmp_path, tiny_files, *LONG, "train.max_steps=40")

@@ -48,6 +48,7 @@ def _zipf_corpus(directory: Path, words: int) -> dict[str, Path]:
     return files
 
 
+@pytest.mark.slow
 def test_the_wikitext2_recipe_model_trains_on_a_300_word_vocabulary(tmp_path: Path) -> None:
     # The recipe's model section unchanged (adaptive softmax cutoffs [2000, 10000]); only the
     # data paths and a short run change.
