@@ -6,6 +6,7 @@ data.py       text -> Corpus -> batches          optim.py    optimiser, learning
 step.py       one optimiser step, from pieces    averaging.py  NT-ASGD (or none)
 state.py      checkpoint payload and restore     validation.py the figure at eval points
 loop.py       Trainer.train_epoch: the loop      run.py      fit, FitResult
+window.py     the loop's clock and counters between logging points
 """
 
 from lmtrain.training.run import FitResult, fit

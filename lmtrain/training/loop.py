@@ -4,7 +4,8 @@ One window's path through `train_epoch`:
 
     batch (T, B) token ids -> Trainer.train_step -> Step (step.py): forward and loss, penalty,
     backward, clip, NaN guard, optimiser step -> the averager's update (averaging.py)
-    -> counters and the logging window -> evaluate and checkpoint when due
+    -> Window.count (window.py): clock, counters, the window's sums -> log, evaluate and
+    checkpoint when due
 
 Everything that decides *what* is computed lives in the config and was put together by
 setup.py; this file decides *when*.
@@ -13,20 +14,14 @@ setup.py; this file decides *when*.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
 
 from lmtrain import checkpoint as ckpt
 from lmtrain.checkpoint import Progress
 from lmtrain.data import Batch
 from lmtrain.errors import TrainingStopped
 from lmtrain.evaluation import EvalResult, EvaluationInterrupted
-from lmtrain.metrics import TrainPoint
 from lmtrain.models import LanguageModel, State
-from lmtrain.runtime import distributed
 from lmtrain.runtime.signals import StopRequest
 from lmtrain.training.budget import TimeBudget
 from lmtrain.training.optim import planned_steps
@@ -34,35 +29,9 @@ from lmtrain.training.session import Session
 from lmtrain.training.state import payload, too_many_nonfinite
 from lmtrain.training.step import StepResult
 from lmtrain.training.validation import sample_text, validate
+from lmtrain.training.window import StepLosses, Window
 
-__all__ = ["LossLog", "Progress", "StepLosses", "Trainer"]
-
-LossLog = Callable[[dict[int, float]], None]
-"""fit's `on_log` hook: {step: mean training loss over the global batch} for the steps since
-the previous call, called at each logging point (train.log_every) and at the end of an epoch."""
-
-
-@dataclass
-class StepLosses:
-    """Each step's loss for `on_log`, kept on the device and read once per logging interval
-    (under torchrun summed over ranks in the same single all-reduce)."""
-
-    on_log: LossLog | None
-    pending: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)
-
-    def add(self, step: int, nll: torch.Tensor, tokens: int) -> None:
-        if self.on_log is not None:
-            self.pending.append((step, nll, tokens))
-
-    def flush(self, ctx: distributed.Context) -> None:
-        if not self.pending or self.on_log is None:
-            return
-        nlls = [float(n) for _, n, _ in self.pending]
-        tokens = [float(k) for _, _, k in self.pending]
-        summed = ctx.sum(nlls + tokens)  # each step's loss over the global batch
-        nlls, tokens = summed[: len(nlls)], summed[len(nlls) :]
-        self.on_log({s: n / k for (s, _, _), n, k in zip(self.pending, nlls, tokens, strict=True)})
-        self.pending.clear()
+__all__ = ["Trainer"]
 
 
 @dataclass
@@ -108,79 +77,31 @@ class Trainer:
 
     def train_epoch(self) -> None:
         """Steps until the end of the epoch or of training, evaluating when due."""
-        s, p = self.session, self.progress
-        t = s.cfg.train
+        s, p, t = self.session, self.progress, self.session.cfg.train
         if p.eval_pending:  # a signal cut this step's evaluation short before the checkpoint
             self.evaluate_and_save()
-        window_nll = torch.zeros((), device=s.device, dtype=torch.float64)
-        window_tokens = 0
-        # Throughput counts training time only: the window's tokens over the training seconds
-        # it took (Progress.train_seconds leaves out evaluation, checkpoints and logging).
-        window_seconds0, window_tokens0, window_step0 = p.train_seconds, p.tokens, p.step
-        grad_norm = torch.zeros(())
-        grad_norm_max = torch.zeros((), device=s.device)
-        clock = time.perf_counter()
+        window = Window(p, s.ctx, s.device)
         for batch in s.batches.batches(p.epoch, p.batch_in_epoch):
-            nll, grad_norm, skipped, _ = self.train_step(batch)
-            now = time.perf_counter()
-            p.train_seconds += now - clock
-            clock = now
-            p.step += 1
-            p.batch_in_epoch += 1
-            p.tokens += (
-                batch.num_tokens * s.ctx.world
-                if batch.global_tokens is None
-                else batch.global_tokens
-            )
-            if skipped:
+            result = self.train_step(batch)
+            window.count(batch, result)
+            if result.skipped:
                 self.note_nonfinite()
             else:
                 p.nonfinite_run = 0
-                window_nll += nll
-                window_tokens += batch.num_tokens
-                grad_norm_max = torch.maximum(grad_norm_max, grad_norm)
-            self.losses.add(p.step, nll, batch.num_tokens)
+            self.losses.add(p.step, result.nll, batch.num_tokens)
             s.logger.advance(tokens=p.tokens)
             self.budget.after_step(p)
             if p.step % t.log_every == 0 or self.done():
-                # The only host synchronisation in the loop: once per logging interval, summed
-                # over ranks token-weighted.
-                total_nll, total_tokens = s.ctx.sum([window_nll, window_tokens])
-                # Waiting for the device's queue to drain is training time; what follows is not.
-                p.train_seconds += time.perf_counter() - clock
-                seconds = p.train_seconds - window_seconds0
-                s.logger.train_point(
-                    TrainPoint(
-                        step=p.step,
-                        epoch=p.epoch,
-                        # NaN when every step of the window was skipped: there is no loss.
-                        loss=total_nll / total_tokens if total_tokens else math.nan,
-                        lr=s.optimizer.param_groups[0]["lr"],
-                        grad_norm=float(grad_norm),
-                        grad_norm_max=float(grad_norm_max) if total_tokens else math.nan,
-                        tokens_per_sec=(p.tokens - window_tokens0) / max(seconds, 1e-9),
-                        tokens=p.tokens,
-                        train_seconds=p.train_seconds,
-                    )
-                )
+                point, seconds_per_step = window.close(s.optimizer.param_groups[0]["lr"])
+                s.logger.train_point(point)
                 self.losses.flush(s.ctx)
-                window_nll.zero_()
-                grad_norm_max.zero_()
-                window_tokens = 0
-                self.budget.at_logging_point(p, seconds / max(p.step - window_step0, 1))
-                window_seconds0, window_tokens0, window_step0 = p.train_seconds, p.tokens, p.step
-                clock = time.perf_counter()
+                self.budget.at_logging_point(p, seconds_per_step)
+                window.start()
             if t.eval_every is not None and p.step % t.eval_every == 0:
-                if s.device.type == "cuda":
-                    # Queued training work finishes on the training clock, not the evaluation's.
-                    torch.cuda.synchronize(s.device)
-                    p.train_seconds += time.perf_counter() - clock
-                self.evaluate_and_save()
-                clock = time.perf_counter()  # evaluation time is not training time
-            if self.stop.requested:
-                break  # fit() saves here; the epoch is not over, so the else below must not run
-            if self.done():
-                break
+                with window.paused():
+                    self.evaluate_and_save()
+            if self.stop.requested or self.done():
+                break  # after a signal fit() saves here; the epoch is not over: no `else`
         else:
             p.epoch += 1
             p.batch_in_epoch = 0

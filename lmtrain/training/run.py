@@ -20,9 +20,10 @@ from lmtrain.models import State
 from lmtrain.runtime import distributed
 from lmtrain.runtime.signals import graceful_stop
 from lmtrain.training.data import silent
-from lmtrain.training.loop import LossLog, StepLosses, Trainer
+from lmtrain.training.loop import Trainer
 from lmtrain.training.session import Session
 from lmtrain.training.setup import build, loggers
+from lmtrain.training.window import LossLog, StepLosses
 
 
 @dataclass
@@ -55,7 +56,7 @@ def fit(
     Lines go to `echo`: by default print, or nothing at all when `quiet`. `quiet` drops the
     progress bar and progress lines; an `echo` given here still gets every other line.
     `on_log` receives each step's training loss (the global batch's mean), a logging interval
-    at a time; see lmtrain.training.loop.LossLog.
+    at a time; see lmtrain.training.window.LossLog.
     """
     if echo is None:
         echo = silent if quiet else print

@@ -23,7 +23,7 @@ from lmtrain.errors import TrainingStopped
 from lmtrain.metrics import MetricsError, read_metrics, read_results
 from lmtrain.metrics import files as metrics_files
 from lmtrain.training import fit
-from lmtrain.training import loop as train_mod
+from lmtrain.training import window as window_mod
 from lmtrain.training.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,7 +199,7 @@ def test_tokens_per_sec_counts_training_time_only(tmp_path: Path, tiny_files, mo
     # A clock that moves only inside a training step (1 s each) and an evaluation (100 s each):
     # every figure is then exact, and would be far lower if evaluation time leaked in.
     now = [0.0]
-    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(window_mod.time, "perf_counter", lambda: now[0])
     step, evaluate = Trainer.train_step, Trainer.evaluate
 
     def timed_step(trainer: Trainer, batch: Any) -> Any:

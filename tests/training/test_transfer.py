@@ -165,10 +165,10 @@ def test_cosine_progress_is_the_larger_of_steps_and_time() -> None:
 
 def _fake_clock(monkeypatch: pytest.MonkeyPatch, step: float) -> None:
     """perf_counter advancing `step` seconds per reading, whatever the machine's speed."""
-    from lmtrain.training import loop as loop_mod
+    from lmtrain.training import window as window_mod
 
     ticks = iter(range(0, 10**7))
-    monkeypatch.setattr(loop_mod.time, "perf_counter", lambda: step * next(ticks))
+    monkeypatch.setattr(window_mod.time, "perf_counter", lambda: step * next(ticks))
 
 
 def _train_lrs(run_dir: Path) -> dict[int, float]:
