@@ -41,20 +41,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmtrain.checkpoint import Progress
 from lmtrain.config import Config, config_from_dict
 from lmtrain.data import StreamBatches
-from lmtrain.metrics import RunLogger
-from lmtrain.models import LanguageModel, build_model, detach_state
-from lmtrain.runtime.distributed import LocalContext
-from lmtrain.runtime.precision import Amp, choose_precision
+from lmtrain.models import LanguageModel, detach_state
+from lmtrain.runtime.precision import choose_precision
 from lmtrain.runtime.signals import StopRequest
 from lmtrain.runtime.threads import configure_threads, describe_machine
-from lmtrain.training.averaging import build_averager
-from lmtrain.training.data import prepare_data
-from lmtrain.training.loop import Progress, StepLosses, Trainer
-from lmtrain.training.optim import LRSchedule, build_optimizer
-from lmtrain.training.session import Session
-from lmtrain.training.step import build_step
+from lmtrain.training.data import Corpus, prepare_data
+from lmtrain.training.loop import Trainer
+from lmtrain.training.optim import build_optimizer
+from lmtrain.training.setup import build_session
+from lmtrain.training.window import StepLosses
 
 ROUNDS = 7
 FEW_ROUNDS = 3  # (c): rounds of one step for a bf16 contender that auto would not pick
@@ -74,25 +72,11 @@ def config(
     )
 
 
-def make_trainer(cfg: Config, corpus, amp: Amp | None = None) -> Trainer:
-    """A Trainer put together the way fit() does it, minus the run directory (fp32 by default)."""
+def make_trainer(cfg: Config, corpus: Corpus) -> Trainer:
+    """A Trainer on the Session fit() builds, without a run directory (build_session)."""
     torch.manual_seed(cfg.train.seed)
-    device = torch.device("cpu")
-    ctx = LocalContext(device)
-    batches = StreamBatches(corpus.train, cfg.train.batch_size, cfg.train.bptt)
-    model = build_model(cfg.model, len(corpus.vocab))
-    optimizer = build_optimizer(cfg.train, model)
-    steps = len(batches) * cfg.train.epochs
-    schedule = LRSchedule(cfg.train, steps)
-    amp = amp or Amp(device)
-    logger = RunLogger(Path(cfg.run.dir), False, steps, 0, True, lambda _: None)
-    step = build_step(cfg.train, model, ctx.wrap(model), optimizer, schedule, amp, 1, device)
-    session = Session(
-        cfg, Path(cfg.run.dir), ctx, device, corpus, None, batches, steps, model, optimizer,
-        schedule, amp, build_averager(cfg.train, model), step, logger,
-    )  # fmt: skip
-    trainer = Trainer(session, Progress(), None, StopRequest(), StepLosses(None))
-    model.train()
+    trainer = Trainer(build_session(cfg, corpus), Progress(), None, StopRequest(), StepLosses(None))
+    trainer.model.train()
     return trainer
 
 
@@ -264,14 +248,16 @@ def bf16_section(
         f" = {bf16_peak / fp32_peak:.2f}x fp32"
         + ("   (bf16 is slower than fp32 on this CPU)" if bf16_peak < fp32_peak else "")
     )
-    amp = Amp.for_model("bf16", cpu, build_model(cfg.model, vocab).rnn)
+    bf16 = make_trainer(
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="bf16")), corpus
+    )
+    amp = bf16.session.amp
     if amp.dtype is None:
         reason = amp.notes[0].split("; training in fp32 instead")[0]
         print(f"    lmtrain bf16: not run; {reason}")
         return
     few = choice.precision != "bf16"
     bf16_steps, n_rounds = (1, min(n_rounds, FEW_ROUNDS)) if few else (steps, n_rounds)
-    bf16 = make_trainer(cfg, corpus, amp)
     tokens = cfg.train.batch_size * cfg.train.bptt
     contenders = {
         "bf16": lambda n: run_trainer(bf16, n),

@@ -202,6 +202,8 @@ class Trainer:
 
     def save(self, best: bool) -> None:
         s = self.session
+        if s.run is None:
+            return  # a session without a run directory (setup.build_session) keeps nothing
         ck = payload(s, self.progress, self.state)  # under torchrun a collective
         if not s.ctx.is_main:
             return  # only rank 0 writes files

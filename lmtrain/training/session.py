@@ -21,8 +21,9 @@ from lmtrain.training.step import Step
 @dataclass(frozen=True)
 class Session:
     cfg: Config
-    run: RunDirectory
-    """run.path, owned (locked) by this process for the run; see lmtrain/rundir."""
+    run: RunDirectory | None
+    """run.path, owned (locked) by this process for the run; see lmtrain/rundir. None: a
+    session without a run directory (setup.build_session), which writes nothing."""
     ctx: Context
     """This process's place in the job (one process, or a torchrun rank)."""
     device: torch.device

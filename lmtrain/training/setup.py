@@ -2,14 +2,19 @@
 processes?") is answered here, and the loop receives the answers as finished objects.
 
     threads -> device and process group (Context) -> resources check -> run directory (new,
-    continue, fork or rewind) -> data -> batches -> model -> precision -> optimiser and schedule
-    -> averager -> the step -> logger -> restore a checkpoint, or announce a new run
+    continue, fork or rewind) -> data -> build_session: batches -> model -> precision ->
+    optimiser and schedule -> averager -> the step -> logger -> restore a checkpoint, or
+    announce a new run
+
+`build_session` alone, without a run directory, gives benchmarks and notebooks the same
+Session that fit trains, writing nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -22,12 +27,19 @@ from lmtrain.evaluation import unigram_baseline
 from lmtrain.metrics import RunLogger
 from lmtrain.models import State, build_model
 from lmtrain.models.adaptive import cutoffs_note
-from lmtrain.rundir import open_run
-from lmtrain.runtime.distributed import Context
+from lmtrain.rundir import RunDirectory, open_run
+from lmtrain.runtime.device import resolve_device
+from lmtrain.runtime.distributed import Context, LocalContext
 from lmtrain.runtime.precision import Amp, flatten_rnn_weights
 from lmtrain.runtime.threads import configure_threads
 from lmtrain.training.averaging import build_averager
-from lmtrain.training.data import make_batches, prepare_data, silent, validation_sequences
+from lmtrain.training.data import (
+    Corpus,
+    make_batches,
+    prepare_data,
+    silent,
+    validation_sequences,
+)
 from lmtrain.training.optim import LRSchedule, build_optimizer, planned_steps
 from lmtrain.training.session import Session
 from lmtrain.training.state import restore
@@ -64,11 +76,49 @@ def build(
         # them all); then every rank below finds each split prepared and maps it.
         ctx.prepare_on_main(lambda: prepare_data(cfg, vocab, echo))
     corpus = prepare_data(cfg, vocab, say)
+    resumed_at = None if payload is None else int(payload["progress"]["step"])
+    # The cosine decay may follow the training clock (train.schedule_span): it reads
+    # `progress`, the run's counters, bound below to a fresh or a restored Progress; the lambda
+    # reads the name when a step asks for its rate, so it sees whichever one the run continues.
+    s = build_session(cfg, corpus, ctx, run, resumed_at, quiet, say, lambda: progress.train_seconds)
+    progress: Progress = Progress()
+    carried: State | None = None
+    if payload is not None:
+        progress, carried = restore(s, payload)
+    else:
+        s.logger.text("config", cfg.to_yaml(), 0)
+    _announce(s, resumed_at)
+    return s, progress, carried
+
+
+def build_session(
+    cfg: Config,
+    corpus: Corpus,
+    ctx: Context | None = None,
+    run: RunDirectory | None = None,
+    resumed_at: int | None = None,
+    quiet: bool = True,
+    echo: Callable[[str], None] = silent,
+    train_seconds: Callable[[], float] = lambda: 0.0,
+) -> Session:
+    """Batches, model, precision, optimiser and schedule, averager, the step and the logger
+    of a run on `corpus` (training.data.prepare_data), with fresh weights (seed torch with
+    train.seed first for fit's). `ctx` defaults to one process on train.device.
+
+    fit() gives its run directory. Without one (benchmarks, notebooks) nothing is written: no
+    config.yaml, metrics or TensorBoard files, and the session never saves a checkpoint.
+    `resumed_at`: the step a resumed run continues from (no pretrained vectors are loaded; the
+    checkpoint's weights replace them). `train_seconds`: the training clock a schedule that
+    follows the clock reads.
+    """
+    if ctx is None:
+        ctx = LocalContext(resolve_device(cfg.train.device))
+    main, world, device = ctx.is_main, ctx.world, ctx.device
     check_resources(cfg, len(corpus.vocab), device, world)  # the decoder's size is known now
     batches = ctx.shard(make_batches(cfg, corpus))
     model = build_model(cfg.model, len(corpus.vocab)).to(device)
     vectors_report = None
-    if cfg.model.pretrained_embeddings is not None and payload is None:
+    if cfg.model.pretrained_embeddings is not None and resumed_at is None:
         vectors_report = load_pretrained(model, corpus.vocab, cfg.model)
     flatten_rnn_weights(model)
     amp = Amp.for_model(cfg.train.precision, device, model.rnn)
@@ -76,42 +126,31 @@ def build(
     ctx.seed_per_rank(cfg.train.seed)
     optimizer = build_optimizer(cfg.train, model)
     total_steps = planned_steps(cfg.train, len(batches))
-    # The cosine decay may follow the training clock (train.schedule_span): it reads
-    # `progress`, the run's counters, bound below to a fresh or a restored Progress; the lambda
-    # reads the name when a step asks for its rate, so it sees whichever one the run continues.
-    schedule = LRSchedule(cfg.train, total_steps, lambda: progress.train_seconds)
-    if main:
+    schedule = LRSchedule(cfg.train, total_steps, train_seconds)
+    writes = run is not None and main  # only rank 0 of a real run writes files
+    if writes:
         run.write_text("config.yaml", cfg.to_yaml())
-    start_step = 0 if payload is None else int(payload["progress"]["step"])
     logger = RunLogger(
-        run.path,
-        cfg.run.tensorboard and main,
+        Path(cfg.run.dir) if run is None else run.path,
+        cfg.run.tensorboard and writes,
         total_steps,
-        start_step,
+        resumed_at or 0,
         quiet or not main,
-        say,
-        purge_step=start_step + 1 if payload is not None else None,
+        echo,
+        purge_step=None if resumed_at is None else resumed_at + 1,
         kind=corpus.vocab.kind,
-        write_files=main,
+        write_files=writes,
         config_yaml=cfg.to_yaml(),
-        loggers=loggers(cfg) if main else (),
+        loggers=loggers(cfg) if writes else (),
     )
-    s = Session(
+    if vectors_report is not None:
+        logger.message(vectors_report)
+    return Session(
         cfg, run, ctx, device, corpus, validation_sequences(cfg, corpus), batches, total_steps,
         model, optimizer, schedule, amp, build_averager(cfg.train, model),
         build_step(cfg.train, model, forward_loss, optimizer, schedule, amp, world, device),
         logger,
     )  # fmt: skip
-    progress: Progress = Progress()
-    carried: State | None = None
-    if payload is not None:
-        progress, carried = restore(s, payload)
-    else:
-        logger.text("config", cfg.to_yaml(), 0)
-    if vectors_report is not None:
-        logger.message(vectors_report)
-    _announce(s, start_step if payload is not None else None)
-    return s, progress, carried
 
 
 def _announce(s: Session, resumed_at: int | None) -> None:
