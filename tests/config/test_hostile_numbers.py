@@ -163,6 +163,7 @@ def test_values_that_fail_inside_a_library_are_refused_by_validate_and_fit(
     assert sorted(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_a_byte_that_is_not_utf8_in_an_argument_is_refused(tmp_path: Path) -> None:
     """The real path: the shell hands over bytes, Python decodes them with surrogateescape."""
     config = _write_config(tmp_path, "run.tensorboard=true", "run.sample_tokens=5")

@@ -128,6 +128,7 @@ def test_a_tokenizer_file_is_bounded_and_expanded(tmp_path: Path, bpe, monkeypat
         Vocab.build("", "bpe", tokenizer_file=path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("far", [5, 4_000_000_000])
 def test_a_tokenizer_file_with_a_gap_in_its_ids_is_refused(tmp_path: Path, far: int) -> None:
     from tokenizers import Tokenizer, models

@@ -251,6 +251,7 @@ def test_prepare_verify_finds_what_the_quick_check_cannot(
 # --- a prepare that is killed --------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_prepare_leaves_no_temporary_after_the_next(
     tmp_path: Path, cfg: Config, sig: signal.Signals
@@ -304,6 +305,7 @@ def _target(cache: Path, kind: str, which: int) -> Path:
     return sorted((cache / "sources").iterdir())[which % 2]
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40,
     deadline=None,
