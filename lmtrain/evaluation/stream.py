@@ -1,5 +1,6 @@
 """Held-out evaluation: loss in nats per token, perplexity, bits per character, bits per byte,
-OOV rate.
+OOV rate. Every figure is named and computed here (EvalResult.figures, Unit) and nowhere else:
+reports and loggers copy them.
 
 Perplexity is exp(total NLL / total predicted tokens) over the whole text, never an average of
 per-batch perplexities. By default the text is read as one stream with the state carried from
