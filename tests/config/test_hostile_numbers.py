@@ -213,6 +213,7 @@ CONTEXTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", _number_keys(Config))
 def test_hostile_values_of_every_key_are_a_config_error_or_accepted(key: str, tmp_path) -> None:
     raw = tiny_config(tmp_path, write_tiny_files(tmp_path)).to_dict()

@@ -412,6 +412,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_every_option_trains_from_the_cli(name: str, tiny_files, tmp_path: Path, cli) -> None:
     from lmtrain.evaluation.stream import evaluate_ids

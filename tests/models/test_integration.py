@@ -15,6 +15,7 @@ SENTENCES = ["the cat sat on the mat .", "a dog sat .", "the mat was red and the
 CASES = {**OPTIONS, "adaptive_softmax": ["model.adaptive_softmax.cutoffs=[6]"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_option_in_sentences_mode_scores_exactly(
     name: str, tiny_files, tmp_path: Path, cli
