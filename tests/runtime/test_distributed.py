@@ -22,8 +22,6 @@ from lmtrain.data.variable_bptt import VariableStreamBatches
 from lmtrain.runtime.distributed import DistContext, DistributedError, check_batch_size
 from tests.conftest import TINY_TEXT
 
-pytestmark = pytest.mark.slow
-
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 20
@@ -144,6 +142,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     }
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_losses(runs: dict) -> None:
     for proc in runs["straight"]:
         assert proc.returncode == 0, proc.stderr
@@ -159,6 +158,7 @@ def test_two_processes_give_the_single_process_losses(runs: dict) -> None:
     assert math.isfinite(ddp["best_val_loss"])
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_files(runs: dict) -> None:
     out = runs["root"] / "straight"
     rank0 = _files(out / "rank0")
@@ -171,6 +171,7 @@ def test_only_rank_zero_writes_files(runs: dict) -> None:
     assert runs["straight"][1].stdout == ""
 
 
+@pytest.mark.slow
 def test_resume_under_ddp_continues_exactly(runs: dict) -> None:
     for proc in runs["first"] + runs["second"]:
         assert proc.returncode == 0, proc.stderr
@@ -234,6 +235,7 @@ def sentence_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
     }
 
 
+@pytest.mark.slow
 def test_sentences_mode_two_processes_give_the_single_process_losses(sentence_runs: dict) -> None:
     for proc in sentence_runs["straight"]:
         assert proc.returncode == 0, proc.stderr
@@ -254,6 +256,7 @@ def test_sentences_mode_two_processes_give_the_single_process_losses(sentence_ru
     assert ckpt["progress"]["tokens"] == single.progress.tokens
 
 
+@pytest.mark.slow
 def test_sentences_mode_resume_under_ddp_continues_exactly(sentence_runs: dict) -> None:
     root = sentence_runs["root"]
     for proc in sentence_runs["first"] + sentence_runs["second"]:
@@ -274,6 +277,7 @@ def test_sentences_mode_resume_under_ddp_continues_exactly(sentence_runs: dict) 
         assert alone[step] == pytest.approx(straight[step], rel=1e-5), step
 
 
+@pytest.mark.slow
 def test_a_dead_rank_stops_the_others_with_a_clear_error(runs: dict, tmp_path: Path) -> None:
     procs = _launch(_raw(runs["data"], dist_timeout=30), tmp_path, "--die-at", "3")
     assert procs[1].returncode == 17
