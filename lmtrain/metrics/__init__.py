@@ -3,12 +3,14 @@ optional Weights & Biases / MLflow loggers. This package is the only one that wr
 the two run files.
 
     files.py     RUN/metrics.jsonl and RUN/results.json: their records, writing and reading
-    backends.py  TensorBoard, and the optional loggers by name (LOGGERS: Weights & Biases, MLflow)
+    config.py    the optional loggers run.loggers may name (LOGGERS) and that key's check
+    backends.py  TensorBoard, and each optional logger's class by name (SINKS)
     console.py   console lines that outlive a closed pipe
     logger.py    RunLogger, the one object the training loop logs through
 """
 
-from lmtrain.metrics.backends import LOGGERS, TB_DIR, check_loggers, logger_problems
+from lmtrain.metrics.backends import SINKS, TB_DIR, check_loggers
+from lmtrain.metrics.config import LOGGERS, logger_problems
 from lmtrain.metrics.console import console, silence
 from lmtrain.metrics.files import (
     METRICS_FILE,
@@ -31,6 +33,7 @@ __all__ = [
     "TB_DIR",
     "MetricsError",
     "MetricsFile",
+    "SINKS",
     "RunLogger",
     "TrainPoint",
     "check_loggers",

@@ -1,5 +1,5 @@
 """Where logged values go besides the console and the run files: TensorBoard, and the optional
-loggers of LOGGERS, chosen by name (Weights & Biases, MLflow).
+loggers chosen by name from SINKS (Weights & Biases, MLflow).
 
 TensorBoard groups tags by the text before the first "/" and orders groups and the tags within
 them by name (natural order). The groups are therefore `train` and `val` (loss and the figures
@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmtrain.metrics.config import LOGGERS
+from lmtrain.metrics.config import logger_problems as logger_problems  # run.loggers' check
 from lmtrain.metrics.files import MetricsError, write_error
 
 TB_DIR = "tb"
@@ -91,7 +93,7 @@ _FINISHED = ("completed", "time_limit")
 
 
 class Wandb:
-    name = package = "wandb"
+    name = "wandb"
 
     def __init__(self, module: Any, run_dir: Path, config: dict[str, Any]) -> None:
         self.module = module
@@ -106,7 +108,7 @@ class Wandb:
 
 
 class Mlflow:
-    name = package = "mlflow"
+    name = "mlflow"
 
     def __init__(self, module: Any, run_dir: Path, config: dict[str, Any]) -> None:
         self.module = module
@@ -137,19 +139,10 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-LOGGERS: dict[str, Any] = {sink.name: sink for sink in (Wandb, Mlflow)}
-"""Optional loggers by config name. Each is a class built as `cls(module, run_dir, config)` from
-the module of its pip package `cls.package`, with `log(step, values)` and `finish(results)`."""
-
-
-def logger_problems(names: Sequence[str]) -> list[str]:
-    """run.loggers' problems as `dotted.key: message` lines: names not in LOGGERS, repeats."""
-    p = [
-        f"run.loggers: {n!r} is not one of {', '.join(LOGGERS)}" for n in names if n not in LOGGERS
-    ]
-    if len(set(names)) != len(names):
-        p.append(f"run.loggers: lists a logger twice: {list(names)}")
-    return p
+SINKS: dict[str, Any] = {sink.name: sink for sink in (Wandb, Mlflow)}
+"""The class of each logger of LOGGERS (lmtrain/metrics/config.py), by the same name: built as
+`cls(module, run_dir, config)` from the module of its package, with `log(step, values)` and
+`finish(results)`."""
 
 
 def check_loggers(names: Sequence[str]) -> list[Any]:
@@ -164,11 +157,11 @@ def check_loggers(names: Sequence[str]) -> list[Any]:
     modules, missing = [], []
     for name in names:
         try:
-            modules.append(importlib.import_module(LOGGERS[name].package))
+            modules.append(importlib.import_module(LOGGERS[name]))
         except ImportError:
             missing.append(name)
     if missing:
-        packages = " ".join(LOGGERS[n].package for n in missing)
+        packages = " ".join(LOGGERS[n] for n in missing)
         raise MetricsError(
             f"run.loggers asks for {', '.join(missing)}, which is not installed; nothing was "
             f"trained. Install it (pip install {packages}) or remove it from run.loggers."

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from lmtrain.metrics.backends import LOGGERS, TB_DIR, TensorBoardWriter, check_loggers
+from lmtrain.metrics.backends import SINKS, TB_DIR, TensorBoardWriter, check_loggers
 from lmtrain.metrics.files import (
     RESULTS_VERSION,
     MetricsError,
@@ -121,7 +121,7 @@ class RunLogger:
         if tensorboard:
             self.writer = TensorBoardWriter(self.run_dir, purge_step, unit.headline)
         self.sinks: list[Any] = [
-            LOGGERS[name](module, self.run_dir, _yaml_dict(config_yaml))
+            SINKS[name](module, self.run_dir, _yaml_dict(config_yaml))
             for name, module in zip(loggers, modules, strict=True)
         ]
         # The bar goes to stderr, so it is drawn whenever stderr is a terminal.

@@ -9,13 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from conftest import tiny_config
 from lmtrain.config.checks import check_ranges
 from lmtrain.evaluation import EvalResult, Unit
-from lmtrain.metrics import LOGGERS, RunLogger, TrainPoint, read_metrics
-from lmtrain.metrics.backends import logger_problems
+from lmtrain.metrics import LOGGERS, SINKS, RunLogger, TrainPoint, read_metrics
+from lmtrain.metrics.config import logger_problems
 
 POINT = TrainPoint(
     step=2, epoch=0, loss=2.0, lr=0.1, grad_norm=1.0, grad_norm_max=2.0, tokens_per_sec=100.0,
@@ -46,7 +44,8 @@ class Toy:
 def test_a_logger_registered_in_the_table_gets_every_figure(tmp_path: Path, monkeypatch) -> None:
     module = types.ModuleType(Toy.package)
     monkeypatch.setitem(sys.modules, Toy.package, module)
-    monkeypatch.setitem(LOGGERS, "toy", Toy)
+    monkeypatch.setitem(LOGGERS, "toy", Toy.package)
+    monkeypatch.setitem(SINKS, "toy", Toy)
     monkeypatch.setattr(Toy, "built", [])
     logger = RunLogger(
         tmp_path, False, 10, 0, True, lambda _: None, kind="char", config_yaml="a: 1\n",
@@ -121,9 +120,8 @@ def test_the_table_words_run_loggers_problems_as_the_config_does(tmp_path: Path)
     from_config = [p for p in check_ranges(cfg) if p.startswith("run.loggers")]
     assert logger_problems(names) == from_config
     assert len(from_config) == 2 and logger_problems(["mlflow", "wandb"]) == []
-    assert list(LOGGERS) == ["wandb", "mlflow"]
 
 
-@pytest.mark.parametrize("name", ["wandb", "mlflow"])
-def test_each_logger_in_the_table_names_its_package(name: str) -> None:
-    assert LOGGERS[name].name == name and LOGGERS[name].package == name
+def test_every_name_the_config_takes_has_its_logger() -> None:
+    assert list(SINKS) == list(LOGGERS) == ["wandb", "mlflow"]
+    assert all(SINKS[name].name == name for name in SINKS)
