@@ -92,19 +92,14 @@ class RunLogger:
         echo: Callable[[str], None],
         purge_step: int | None = None,
         *,
-        kind: str = "word",
+        unit: Unit,
         write_files: bool = False,
         config_yaml: str = "",
         loggers: Sequence[str] = (),
-        unit: Unit | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.echo = echo
         self.quiet = quiet
-        if unit is None:  # a caller that names the tokenizer's kind instead of its unit
-            from lmtrain.evaluation import Unit as EvalUnit
-
-            unit = EvalUnit.of(kind)
         self.unit = unit
         self.total_steps = total_steps
         self.initial_step = initial_step

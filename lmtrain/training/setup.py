@@ -23,7 +23,7 @@ from lmtrain.config import Config, check_resources
 from lmtrain.data import Vocab
 from lmtrain.data.prepare import resolve_cache_dir
 from lmtrain.data.vectors import load_pretrained
-from lmtrain.evaluation import unigram_baseline
+from lmtrain.evaluation import Unit, unigram_baseline
 from lmtrain.metrics import RunLogger
 from lmtrain.models import State, build_model
 from lmtrain.models.adaptive import cutoffs_note
@@ -138,7 +138,7 @@ def build_session(
         quiet or not main,
         echo,
         purge_step=None if resumed_at is None else resumed_at + 1,
-        kind=corpus.vocab.kind,
+        unit=Unit.of(corpus.vocab.kind),
         write_files=writes,
         config_yaml=cfg.to_yaml(),
         loggers=loggers(cfg) if writes else (),

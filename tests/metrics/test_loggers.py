@@ -48,7 +48,7 @@ def test_a_logger_registered_in_the_table_gets_every_figure(tmp_path: Path, monk
     monkeypatch.setitem(SINKS, "toy", Toy)
     monkeypatch.setattr(Toy, "built", [])
     logger = RunLogger(
-        tmp_path, False, 10, 0, True, lambda _: None, kind="char", config_yaml="a: 1\n",
+        tmp_path, False, 10, 0, True, lambda _: None, unit=Unit.of("char"), config_yaml="a: 1\n",
         loggers=["toy"],
     )  # fmt: skip
     result = EvalResult(nll=10.0, tokens=4, kind="char", text_bytes=5)
@@ -105,12 +105,6 @@ def test_the_run_logger_reports_the_figures_it_is_given(tmp_path: Path) -> None:
     assert results["best_val"] == {"step": 2, "loss": 1.0, "ppl": 123.0, "bpc": 9.0}
     assert "| loss 2.0000 | ppl shown as 42.0 | lr 0.1 |" in lines[-2]
     assert lines[-1].endswith("| val the evaluation's own words | new best")
-
-
-def test_a_kind_still_names_the_unit(tmp_path: Path) -> None:
-    for kind in ("char", "word"):
-        logger = RunLogger(tmp_path / kind, False, 10, 0, True, lambda _: None, kind=kind)
-        assert logger.unit == Unit.of(kind)
 
 
 def test_the_table_words_run_loggers_problems_as_the_config_does(tmp_path: Path) -> None:
