@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmtrain.evaluation.bpb as bpb
-from lmtrain.data.bytes import ByteVocab
+from lmtrain.data.tokenizers import ByteVocab
 from lmtrain.evaluation.bpb import bits_per_byte, file_utf8_bytes, text_utf8_bytes
 
 

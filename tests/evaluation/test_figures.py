@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lmtrain.data.specials import Encoded
+from lmtrain.data.tokenizers import Encoded
 from lmtrain.evaluation import EvalReport, EvalResult, SentenceScore, Unit
 from lmtrain.evaluation.stream import perplexity
 

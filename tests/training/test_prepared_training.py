@@ -19,7 +19,7 @@ from conftest import fit_with_losses, tiny_config, write_tiny_files
 from lmtrain.checkpoint import load_model
 from lmtrain.config import Config, config_from_dict, load_config
 from lmtrain.data.batching import StreamBatches
-from lmtrain.data.bytes import ByteVocab
+from lmtrain.data.tokenizers import ByteVocab
 from lmtrain.data.variable_bptt import VariableStreamBatches
 from lmtrain.data.vocab import Vocab
 from lmtrain.errors import ConfigError
