@@ -123,8 +123,9 @@ def _train_problems(cfg: Config) -> list[str]:
 
 def _run_problems(r: RunConfig) -> list[str]:
     """The run section."""
-    # Here, not at the top: `lmtrain --help` and `lmtrain config` need not load the loggers.
-    from lmtrain.metrics.backends import logger_problems
+    # Here, not at the top: the metrics package's __init__ loads the loggers, which
+    # `lmtrain --help` and `lmtrain config` need not.
+    from lmtrain.metrics.config import logger_problems
 
     p: list[str] = []
 
