@@ -38,7 +38,7 @@ from lmtrain.checkpoint.export_format import (
     written_files,
 )
 from lmtrain.config import Config
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Tokenizer
 from lmtrain.models import LanguageModel
 
 
@@ -143,7 +143,7 @@ def _marked(weights: Path) -> bool:
 
 
 def model_card(
-    model: LanguageModel, vocab: Vocab, cfg: Config, progress: Progress, checkpoint: Path
+    model: LanguageModel, vocab: Tokenizer, cfg: Config, progress: Progress, checkpoint: Path
 ) -> str:
     """A short README.md: what the model is, what it was trained on, how well it did."""
     m, d = cfg.model, cfg.data

@@ -10,13 +10,13 @@ OOV rate as usual (word models).
 
 from __future__ import annotations
 
-from lmtrain.data.vocab import Encoded, Vocab
+from lmtrain.data.tokenizers import Encoded, Tokenizer
 from lmtrain.errors import DataError
 
 MAX_UNKNOWN_FRACTION = 0.5
 
 
-def check_coverage(enc: Encoded, vocab: Vocab, source: str) -> None:
+def check_coverage(enc: Encoded, vocab: Tokenizer, source: str) -> None:
     """Raise DataError when `enc` (the encoding of `source`) is mostly unknown tokens."""
     total = enc.ids.numel()
     if total == 0 or enc.oov / total <= MAX_UNKNOWN_FRACTION:

@@ -48,14 +48,13 @@ from lmtrain.data.prepared import (
     save_vocab,
     source_of,
 )
-from lmtrain.data.tokenizers import tokenizer_class
-from lmtrain.data.vocab import AnyVocab, Vocab
+from lmtrain.data.tokenizers import Tokenizer, build, from_dict, tokenizer_class
 from lmtrain.errors import DataError
 
 if TYPE_CHECKING:
     from lmtrain.data.config import DataConfig
 
-# Part of every cache key: bump it when Vocab.build or Vocab.encode change the ids a text gets,
+# Part of every cache key: bump it when a tokenizer's build or encode change the ids a text gets,
 # so that entries made by the old rules are never mapped by the new code.
 ENCODING_VERSION = 1
 # Characters tokenised per piece when writing an entry: bounds the int64 ids held at once.
@@ -93,25 +92,13 @@ class Split:
 
 @dataclass(frozen=True)
 class PreparedCorpus:
-    vocab: AnyVocab
+    vocab: Tokenizer
     train: Split
     valid: Split | None
 
 
-def vocab_sha256(vocab: AnyVocab) -> str:
+def vocab_sha256(vocab: Tokenizer) -> str:
     return canonical_sha256(vocab.to_dict())
-
-
-def build_vocab(text: str, d: DataConfig) -> AnyVocab:
-    """The vocabulary `d` asks for, built from `text` (the training split) where it needs one."""
-    return Vocab.build(
-        text,
-        d.tokenizer,
-        d.min_freq,
-        d.max_size,
-        vocab_size=d.vocab_size,
-        tokenizer_file=d.tokenizer_file,
-    )
 
 
 def _settings(d: DataConfig, split: str | None, vocab: str) -> dict[str, Any]:
@@ -157,10 +144,10 @@ def prepare_split(
     spec: str,
     role: str,
     cache_dir: Path | None,
-    vocab: AnyVocab | None,
+    vocab: Tokenizer | None,
     echo: Callable[[str], None],
     verify: bool = False,
-) -> tuple[AnyVocab, Split]:
+) -> tuple[Tokenizer, Split]:
     """(vocabulary, split) of the text `spec` for `role` (train / valid / test).
 
     `vocab` None builds it from this text (a fresh run's training split); otherwise the ids
@@ -170,7 +157,7 @@ def prepare_split(
     if cache_dir is None or is_builtin(spec):
         text = read_text(spec, role, d.decode_errors)
         if vocab is None:
-            vocab = build_vocab(text, d)
+            vocab = build(d.tokenizer, text, d)
         enc = vocab.encode(text)
         return vocab, Split(enc.ids, enc.oov, text_utf8_bytes(text))
 
@@ -181,7 +168,7 @@ def prepare_split(
     try:
         hit = load_prepared(cache_dir, source, settings, wanted, verify)
         if vocab is None:
-            vocab = Vocab.from_dict(load_vocab(cache_dir, hit.vocab_sha256))
+            vocab = from_dict(load_vocab(cache_dir, hit.vocab_sha256))
         return vocab, Split(hit.ids, hit.oov, hit.text_bytes)
     except CacheMiss as miss:
         reason = miss.reason
@@ -203,7 +190,7 @@ def prepare_split(
     if source_of(path, cache_dir, verify=True).sha256 != source.sha256:
         raise DataError(f"{path}: the file changed while it was read; run again once it is written")
     if vocab is None:
-        vocab = build_vocab(text, d)
+        vocab = build(d.tokenizer, text, d)
     sha = save_vocab(cache_dir, vocab.to_dict())
     oov = 0
     with PreparedWriter(cache_dir, source, settings, len(vocab)) as w:
@@ -217,7 +204,7 @@ def prepare_split(
 
 def load_corpus(
     d: DataConfig,
-    vocab: AnyVocab | None = None,
+    vocab: Tokenizer | None = None,
     echo: Callable[[str], None] = lambda _: None,
 ) -> PreparedCorpus:
     """The training and validation splits of `d`, through the cache `data.cache_dir` names (in
@@ -244,7 +231,7 @@ def load_corpus(
 def prepare_corpus(
     d: DataConfig,
     cache_dir: Path | None,
-    vocab: AnyVocab | None = None,
+    vocab: Tokenizer | None = None,
     echo: Callable[[str], None] = lambda _: None,
     verify: bool = False,
 ) -> PreparedCorpus:

@@ -21,11 +21,11 @@ from collections.abc import Iterator
 
 import torch
 
-from lmtrain.data.vocab import AnyVocab
+from lmtrain.data.tokenizers import Tokenizer
 from lmtrain.errors import DataError
 
 
-def marker_id(vocab: AnyVocab) -> int:
+def marker_id(vocab: Tokenizer) -> int:
     """The start and end marker of every sequence."""
     eos = vocab.eos_id
     if eos is None:
@@ -122,7 +122,7 @@ def _line_ends(
 
 
 def split_sequences(
-    ids: torch.Tensor, vocab: AnyVocab, documents: bool = False, max_length: int | None = None
+    ids: torch.Tensor, vocab: Tokenizer, documents: bool = False, max_length: int | None = None
 ) -> Sequences:
     """Cut an encoded text (`vocab.encode`) into marker-framed sequences, in text order.
 
@@ -148,7 +148,7 @@ def split_sequences(
     return Sequences(ids, eos, starts[opens], ends[closes], limit)
 
 
-def sentence_ids(vocab: AnyVocab, text: str) -> tuple[torch.Tensor, int]:
+def sentence_ids(vocab: Tokenizer, text: str) -> tuple[torch.Tensor, int]:
     """(marker-framed sequence, out-of-vocabulary count) of one sentence, as in training."""
     enc = vocab.encode(text.rstrip("\n") + "\n")
     eos = marker_id(vocab)

@@ -26,7 +26,7 @@ import torch
 
 from lmtrain.data.config import VectorSettings
 from lmtrain.data.corpus import expand_vars
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Tokenizer
 from lmtrain.errors import DataError
 from lmtrain.files import NotRegularFileError, open_regular
 
@@ -188,7 +188,7 @@ def _finite(
     )
 
 
-def load_pretrained(model: torch.nn.Module, vocab: Vocab, cfg: VectorSettings) -> str:
+def load_pretrained(model: torch.nn.Module, vocab: Tokenizer, cfg: VectorSettings) -> str:
     """Copy the vectors of `cfg.pretrained_embeddings` into the model's embedding rows.
 
     Returns the coverage report; raises DataError on a dimension mismatch or a bad file.

@@ -1,7 +1,8 @@
-"""The names the tokenizers had before lmtrain/data/tokenizers/, kept while callers move there.
+"""`Vocab`, the name the tokenizers had before lmtrain/data/tokenizers/, kept while its calls move.
 
 `Vocab.build(text, kind, ...)` and `Vocab.from_dict(d)` give a tokenizer of any kind (from the
-registry), `Vocab(itos, kind)` a character or word one, and every tokenizer is a `Vocab`.
+registry: `tokenizers.build` and `tokenizers.from_dict`), `Vocab(itos, kind)` a character or word
+one, and every tokenizer is a `Vocab`. Type hints name `lmtrain.data.tokenizers.Tokenizer`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lmtrain.data.tokenizers import TOKENIZERS, Settings, Tokenizer, build, from_dict
-from lmtrain.data.tokenizers.base import EOS, LITERAL, PAD, UNK, Encoded
 
-__all__ = ["EOS", "LITERAL", "PAD", "UNK", "AnyVocab", "Encoded", "Vocab"]
-
-AnyVocab = Tokenizer
+__all__ = ["Vocab"]
 
 
 class Vocab(ABC):  # noqa: B024 - nothing to implement: only isinstance and the old calls

@@ -25,7 +25,7 @@ from lmtrain.data import read_text
 from lmtrain.data.corpus import text_utf8_bytes
 from lmtrain.data.coverage import check_coverage
 from lmtrain.data.sentences import split_sequences
-from lmtrain.data.vocab import Encoded, Vocab
+from lmtrain.data.tokenizers import Encoded, Tokenizer
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluation.adaptation import evaluate_adaptive
 from lmtrain.evaluation.sentences import evaluate_sentences
@@ -113,7 +113,7 @@ class EvalReport:
 
 def evaluate_file(
     model: LanguageModel,
-    vocab: Vocab,
+    vocab: Tokenizer,
     data: DataConfig,
     spec: str | None,
     options: EvalOptions,
@@ -131,7 +131,7 @@ def evaluate_file(
 
 def evaluate_string(
     model: LanguageModel,
-    vocab: Vocab,
+    vocab: Tokenizer,
     data: DataConfig,
     text: str,
     source: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lmtrain.data.corpus import read_file
 from lmtrain.data.sentences import sentence_ids
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Tokenizer
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluation.sentences import sequence_nlls
 from lmtrain.evaluation.stream import perplexity
@@ -50,7 +50,7 @@ class SentenceScore:
 
 
 def score_texts(
-    model: LanguageModel, vocab: Vocab, texts: list[str], batch_size: int = 32
+    model: LanguageModel, vocab: Tokenizer, texts: list[str], batch_size: int = 32
 ) -> list[SentenceScore]:
     """Scores of `texts`, in input order; every text must hold some non-whitespace."""
     encoded = [sentence_ids(vocab, t) for t in texts]

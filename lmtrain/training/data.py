@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from lmtrain.config import Config
-from lmtrain.data import SentenceBatches, StreamBatches, Vocab
+from lmtrain.data import SentenceBatches, StreamBatches
 from lmtrain.data.prepare import load_corpus
 from lmtrain.data.sentences import split_sequences
+from lmtrain.data.tokenizers import Tokenizer
 from lmtrain.data.variable_bptt import VariableStreamBatches
 from lmtrain.errors import DataError
 
@@ -23,7 +24,7 @@ Batches = StreamBatches | SentenceBatches
 
 @dataclass
 class Corpus:
-    vocab: Vocab
+    vocab: Tokenizer
     train: torch.Tensor
     """(N,) token ids: int64 when tokenised in memory, or the uint8 / uint16 / uint32 view of a
     prepared file (data.cache_dir); batching converts a window at a time."""
@@ -34,7 +35,7 @@ class Corpus:
 
 
 def prepare_data(
-    cfg: Config, vocab: Vocab | None = None, echo: Callable[[str], None] | None = None
+    cfg: Config, vocab: Tokenizer | None = None, echo: Callable[[str], None] | None = None
 ) -> Corpus:
     """Read and encode the splits; build the vocabulary from the training split only.
 
