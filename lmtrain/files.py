@@ -334,26 +334,45 @@ def repair_tail(path: Path) -> int:
     A write cut short (SIGKILL, a power cut, a full disk) leaves a last line without its newline,
     or zero bytes a file system filled in. Every complete record is kept: a last line that is a
     whole JSON value and only lacks its newline gets one; an unparsable last line is truncated.
-    Appending onto a torn line would join the two and damage the file for good.
+    Appending onto a torn line would join the two and damage the file for good. Only the last
+    line is read: a resume must not read a long run's whole file (once more) to mend its end.
     """
     try:
         with open(path, "r+b") as f:
-            data = f.read()
-            start = data.rfind(b"\n", 0, len(data) - 1) + 1  # where the last line begins
-            if not data or (data.endswith(b"\n") and _is_json(data[start:])):
+            start = _last_line_start(f)
+            f.seek(start)
+            last = f.read()
+            if not last or (last.endswith(b"\n") and _is_json(last)):
                 return 0
-            if _is_json(data[start:]):  # a whole record that only lost its newline
+            if _is_json(last):  # a whole record that only lost its newline
                 f.write(b"\n")
                 dropped = 0
             else:
                 f.truncate(start)
-                dropped = len(data) - start
+                dropped = len(last)
             _datasync(f.fileno())
             return dropped
     except FileNotFoundError:
         return 0
     except OSError as e:
         raise WriteError(Path(path), e, _APPENDED) from None
+
+
+def _last_line_start(f: BinaryIO) -> int:
+    """Where the last line of `f` begins: after the last newline before its final byte (which
+    ends the last line), found by reading backwards a block at a time."""
+    end = f.seek(0, os.SEEK_END) - 1
+    while end > 0:
+        begin = max(0, end - _TAIL_BLOCK)
+        f.seek(begin)
+        newline = f.read(end - begin).rfind(b"\n")
+        if newline >= 0:
+            return begin + newline + 1
+        end = begin
+    return 0
+
+
+_TAIL_BLOCK = 1 << 16
 
 
 def open_append(path: Path) -> tuple[TextIO, int]:
