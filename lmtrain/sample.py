@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from lmtrain.config import SampleOptions
-from lmtrain.data.tokenizers import Tokenizer
+from lmtrain.data.vocab import Vocab
 from lmtrain.errors import LmtrainError
+from lmtrain.evaluation.reading import evaluating
 from lmtrain.models import LanguageModel
 
 
@@ -31,7 +32,7 @@ class SampleResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def prompt_ids(vocab: Tokenizer, prompt: str) -> tuple[list[int], list[str]]:
+def prompt_ids(vocab: Vocab, prompt: str) -> tuple[list[int], list[str]]:
     """Ids that prime the model, and warnings about prompt tokens not in the vocabulary."""
     tokens = vocab.tokenize(prompt)
     if not tokens:
@@ -75,50 +76,54 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-@torch.no_grad()
 def generate(
     model: LanguageModel,
-    vocab: Tokenizer,
+    vocab: Vocab,
     prompt: str,
     opts: SampleOptions,
     stop: Callable[[], bool] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> SampleResult:
-    """`opts.max_tokens` new tokens per sample. `stop` is polled before every token: when it
-    turns true the texts end where they are. `progress` hears the count after every token."""
-    model.eval()
+    """`opts.max_tokens` new tokens per sample, read in eval mode (the model's mode is restored
+    after). `stop` is polled before every token: when it turns true the texts end where they
+    are. `progress` hears the count after every token."""
     device = next(model.parameters()).device
     ids, warnings = prompt_ids(vocab, prompt)
     seed = opts.seed if opts.seed is not None else draw_seed()
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     b = opts.num_samples
-    inputs = torch.tensor(ids, device=device).unsqueeze(1).expand(-1, b)  # (P, B)
-    hidden, state = model(inputs, model.init_state(b, device))
-    last = hidden[-1]  # (B, H)
-    out = torch.empty(opts.max_tokens, b, dtype=torch.long, device=device)
-    for t in range(opts.max_tokens):
-        if stop is not None and stop():
-            out = out[:t]
-            break
-        logits = model.output.log_probs(last)  # (B, V)
-        logits[:, vocab.pad_id] = float("-inf")  # padding is never a real next token
-        if opts.greedy:
-            _check_finite(logits, t)
-            nxt = logits.argmax(-1)
-        else:
-            # Shift the best log-probability to 0 and divide in float64, where every positive
-            # temperature is non-zero: a tiny one then sends every other token to -inf (greedy)
-            # instead of all of them to -inf or NaN, which multinomial refuses.
-            logits = (logits - logits.max(-1, keepdim=True).values).double()
-            probs = filter_logits(logits / opts.temperature, opts.top_k, opts.top_p).softmax(-1)
-            _check_finite(probs, t)
-            nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-        out[t] = nxt
-        hidden, state = model(nxt.unsqueeze(0), state)
-        last = hidden[-1]
-        if progress is not None:
-            progress(t + 1)
+    with evaluating(model):
+        inputs = torch.tensor(ids, device=device).unsqueeze(1).expand(-1, b)  # (P, B)
+        hidden, state = model(inputs, model.init_state(b, device))
+        last = hidden[-1]  # (B, H)
+        out = torch.empty(opts.max_tokens, b, dtype=torch.long, device=device)
+        for t in range(opts.max_tokens):
+            if stop is not None and stop():
+                out = out[:t]
+                break
+            logits = model.output.log_probs(last)  # (B, V)
+            logits[:, vocab.pad_id] = float("-inf")  # padding is never a real next token
+            if opts.greedy:
+                _check_finite(logits, t)
+                nxt = logits.argmax(-1)
+            else:
+                # Shift the best log-probability to 0 and divide in float64, where every
+                # positive temperature is non-zero: a tiny one then sends every other token to
+                # -inf (greedy) instead of all of them to -inf or NaN, which multinomial refuses.
+                logits = (logits - logits.max(-1, keepdim=True).values).double()
+                probs = filter_logits(logits / opts.temperature, opts.top_k, opts.top_p)
+                probs = probs.softmax(-1)
+                try:
+                    nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                except RuntimeError:  # multinomial checks its input: ours only when it refuses
+                    _check_finite(probs, t)
+                    raise
+            out[t] = nxt
+            hidden, state = model(nxt.unsqueeze(0), state)
+            last = hidden[-1]
+            if progress is not None:
+                progress(t + 1)
     # The tokenizer says how its pieces join (words by a space; characters, bytes and BPE
     # pieces carry their own spacing); an empty prompt needs no separator.
     sep = vocab.joiner if prompt.strip() else ""

@@ -151,7 +151,10 @@ LAYERS: dict[str, set[str]] = {
     # L5
     "lmtrain.checkpoint": BASE | SECTIONS | {"lmtrain.config"} | RUNTIME | COMPONENTS,
     "lmtrain.evaluation": BASE | SECTIONS | {"lmtrain.config"} | RUNTIME | COMPONENTS,
-    "lmtrain.sample": BASE | SECTIONS | {"lmtrain.config"} | RUNTIME | COMPONENTS,
+    # sampling reads a model as evaluation does (evaluation.reading.evaluating)
+    "lmtrain.sample": (
+        BASE | SECTIONS | {"lmtrain.config", "lmtrain.evaluation"} | RUNTIME | COMPONENTS
+    ),
     # L6 (a run directory is files and records: the caller's ranks come in as a value)
     "lmtrain.rundir": BELOW_TOOLS - RUNTIME,
     "lmtrain.export": BELOW_TOOLS,

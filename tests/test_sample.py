@@ -56,3 +56,12 @@ def test_a_stop_request_ends_the_text_where_it_is():
     ).texts[0]  # fmt: skip
     assert seen == list(range(1, 8))
     assert full.startswith(cut) and len(cut) < len(full)  # the same first 7 tokens, no more
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_model_is_left_in_the_mode_it_was_in(training):
+    """fit samples between training steps: the model goes back to training, dropout and all."""
+    vocab = Vocab.build(TINY_TEXT, "word")
+    model = _model(vocab, 0.5).train(training)
+    generate(model, vocab, "the", SampleOptions(max_tokens=5, seed=0))
+    assert model.training is training and all(m.training is training for m in model.modules())

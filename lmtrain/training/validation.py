@@ -61,8 +61,10 @@ def sample_text(s: Session, step: int, stop: StopRequest) -> str | None:
     def progress(done: int) -> None:
         nonlocal shown
         bar.update()
+        if not bar.disable or log.quiet:
+            return  # the bar shows it, or nothing does
         now = time.perf_counter()
-        if bar.disable and not log.quiet and now - shown >= SAMPLE_PROGRESS_SECONDS:
+        if now - shown >= SAMPLE_PROGRESS_SECONDS:
             shown, rate = now, done / max(now - started, 1e-9)
             log.message(
                 f"step {step} | sample for TensorBoard: {done:,}/{r.sample_tokens:,} tokens | "
@@ -78,5 +80,4 @@ def sample_text(s: Session, step: int, stop: StopRequest) -> str | None:
         text = f"(no sample: {e})"
     finally:
         bar.close()
-        s.model.train()
     return None if stop.requested else text
