@@ -13,6 +13,7 @@ The Python API (lmtrain/api.py) is imported on first use, so that `import lmtrai
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
@@ -21,12 +22,19 @@ _API = ("Model", "evaluate", "fit", "generate", "load", "score")
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str) -> Any:
-    """The API names, imported from lmtrain/api.py on first use (PEP 562)."""
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    api = importlib.import_module("lmtrain.api")
-    return getattr(api, name)
+def lazy_getattr(package: str, homes: dict[str, str]) -> Callable[[str], Any]:
+    """A package's `__getattr__` (PEP 562): each name of `homes` is imported on first use from
+    the module of `package` it maps to, so that importing the package imports none of them."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in homes:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{homes[name]}"), name)
+
+    return __getattr__
+
+
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(_API, "api"))
 
 
 def __dir__() -> list[str]:

@@ -6,8 +6,9 @@ The names below are imported on first use (PEP 562), so that reading the config'
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lmtrain import lazy_getattr
 
 if TYPE_CHECKING:
     from lmtrain.models.lm import LanguageModel, build_model
@@ -24,8 +25,4 @@ _HOMES = {
 """Each name and the module of this package it is imported from."""
 __all__ = ["LanguageModel", "State", "build_model", "carried_state", "detach_state", "select_rows"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _HOMES)
