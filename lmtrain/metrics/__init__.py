@@ -10,7 +10,7 @@ the two run files.
 """
 
 from lmtrain.metrics.backends import SINKS, TB_DIR, check_loggers
-from lmtrain.metrics.config import LOGGERS, logger_problems
+from lmtrain.metrics.config import LOGGERS
 from lmtrain.metrics.console import console, silence
 from lmtrain.metrics.files import (
     METRICS_FILE,
@@ -39,7 +39,6 @@ __all__ = [
     "check_loggers",
     "config_sha256",
     "console",
-    "logger_problems",
     "read_metrics",
     "read_results",
     "silence",

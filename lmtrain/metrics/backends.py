@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from lmtrain.metrics.config import LOGGERS
-from lmtrain.metrics.config import logger_problems as logger_problems  # run.loggers' check
 from lmtrain.metrics.files import MetricsError, write_error
 
 TB_DIR = "tb"
