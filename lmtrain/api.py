@@ -294,8 +294,7 @@ class Model:
         `text`: the text itself (a str), or a file (a Path); `file=`: a file path or a
         `builtin:NAME` corpus. With neither, the run's data.test.
         """
-        from lmtrain.data import read_text
-        from lmtrain.evaluation import check_options, evaluate_string
+        from lmtrain.evaluation import check_options, evaluate_file, evaluate_string
 
         options = EvalOptions(batch_size, streams)
         with _keyword_messages():
@@ -308,19 +307,17 @@ class Model:
             spec = str(file) if file is not None else self.config.data.test
             if spec is None:
                 raise LmtrainError("no text or file= given and the run's config has no data.test")
-            text = read_text(spec, "test", self.config.data.decode_errors)
-            source = spec
-        else:
-            if "\n" not in text and len(text) < 4096 and Path(text).is_file():
-                raise LmtrainError(
-                    f"{text!r} names a file, but a str is evaluated as the text itself; pass "
-                    f"file={text!r} or Path({text!r}) to evaluate the file"
-                )
-            source = "text"
-        with _keyword_messages():
-            report = evaluate_string(
-                self.module, self.vocab, self.config.data, text, source, options
+        elif "\n" not in text and len(text) < 4096 and Path(text).is_file():
+            raise LmtrainError(
+                f"{text!r} names a file, but a str is evaluated as the text itself; pass "
+                f"file={text!r} or Path({text!r}) to evaluate the file"
             )
+        data = self.config.data
+        with _keyword_messages():
+            if text is None:  # read by evaluation, as `lmtrain eval --data` reads it
+                report = evaluate_file(self.module, self.vocab, data, spec, options)
+            else:
+                report = evaluate_string(self.module, self.vocab, data, text, "text", options)
         return report.result
 
 

@@ -122,7 +122,7 @@ def evaluate_file(
     """`lmtrain eval`: the text of `spec` (a file or builtin:NAME; None: the run's data.test)."""
     adapt = adapt if adapt is not None else AdaptOptions()
     check_options(options, adapt)
-    spec = spec or data.test
+    spec = data.test if spec is None else spec  # "" is a path to refuse, not the default
     if spec is None:
         raise LmtrainError("no --data given and the run's config has no data.test")
     text = read_text(spec, "test", data.decode_errors)
