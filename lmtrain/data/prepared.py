@@ -307,7 +307,7 @@ def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
 
 def _map(f: BinaryIO, ids_path: Path, header: Header) -> torch.Tensor:
     """The ids of open file `f`, the one just checked (never the path opened again, which
-    another process could have replaced meanwhile), mapped and range-checked."""
+    another process could have replaced meanwhile), mapped."""
     dtype = _DTYPES[header.dtype]
     if header.tokens == 0:
         return torch.empty(0, dtype=dtype)
@@ -319,11 +319,6 @@ def _map(f: BinaryIO, ids_path: Path, header: Header) -> torch.Tensor:
         ids = torch.frombuffer(mapped, dtype=dtype, count=header.tokens)
     except (OSError, ValueError) as e:  # cut short since it was checked
         raise CacheMiss(f"{ids_path.name} cannot be mapped ({e})") from None
-    # A vocabulary that fills its id type (bytes: 256 in uint8) has no id out of range.
-    if header.vocab_size < 1 << (8 * dtype.itemsize) and (top := _max_id(ids)) >= header.vocab_size:
-        raise CacheMiss(
-            f"{ids_path.name} is damaged (id {top} outside its vocabulary of {header.vocab_size})"
-        )
     return ids
 
 
@@ -332,7 +327,7 @@ def _max_id(ids: torch.Tensor) -> int:
     read as the signed type of its width; one holding ids past that range (negative there) has
     its sign bit flipped, into a buffer reused, which maps the unsigned order onto the signed."""
     if ids.dtype == torch.uint8:
-        return int(ids.max())
+        return int(ids.max()) if ids.numel() else 0
     signed = ids.view(_SIGNED[ids.dtype])
     half = 1 << (8 * ids.element_size() - 1)
     buf = torch.empty(min(_RANGE_SLICE, signed.numel()), dtype=signed.dtype)
@@ -405,6 +400,13 @@ def load_prepared(
         raise CacheMiss(f"{ids_path.name} not found") from None
     except OSError as e:
         raise CacheMiss(f"{ids_path.name} cannot be read ({e.strerror})") from None
+    # Once per load (the writer checked each id it wrote): an id past the vocabulary would index
+    # past the embedding. A vocabulary that fills its id type (bytes: 256 in uint8) has none.
+    fills = header.vocab_size == 1 << (8 * ids.element_size())
+    if not fills and (top := _max_id(ids)) >= header.vocab_size:
+        raise CacheMiss(
+            f"{ids_path.name} is damaged (id {top} outside its vocabulary of {header.vocab_size})"
+        )
     if not same and _settled(st):
         # Checked in full (a copied or restored cache): re-stamped, so that the next load is quick.
         header = replace(header, ids=replace(rec, **_stamp(st)))

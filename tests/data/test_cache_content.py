@@ -145,6 +145,23 @@ def test_every_id_is_checked_against_the_vocabulary(tmp_path: Path, cfg: Config)
         load_prepared(cache, source, value["settings"])
 
 
+def test_ids_are_range_checked_once_per_load_and_not_again_after_writing(
+    tmp_path: Path, cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The range check reads every id: a new entry's ids were checked one piece at a time as they
+    # were written, and a load checks each split once.
+    checked: list[int] = []
+    real = prepared_module._max_id
+    monkeypatch.setattr(
+        prepared_module, "_max_id", lambda ids: checked.append(ids.numel()) or real(ids)
+    )
+    cache = tmp_path / "cache"
+    written = prepare_corpus(cfg.data, cache)
+    assert checked == []
+    prepare_corpus(cfg.data, cache)
+    assert checked == [written.train.ids.numel(), written.valid.ids.numel()]
+
+
 @pytest.mark.parametrize("vocab_size", [200, 256, 300, 40_000, 65_536, 70_000, 2**32])
 def test_the_largest_id_of_each_width_is_found(
     tmp_path: Path, cfg: Config, vocab_size: int
