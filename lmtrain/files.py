@@ -22,7 +22,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
@@ -295,19 +295,32 @@ def write_json(path: Path, value: Any, indent: int | None = 2, ensure_ascii: boo
     write_text(path, text + "\n")
 
 
-def sweep_temps(directory: Path) -> list[Path]:
-    """Remove the temporaries atomic_write left in `directory` in processes that are gone
-    (SIGKILL, a power cut); returns what was removed. A live process's write in progress, and
-    any file not named exactly like one of lmtrain's temporaries, are never touched."""
-    removed: list[Path] = []
+def stale_temps(directory: Path, names: Collection[str] | None = None) -> list[Path]:
+    """The temporaries atomic_write left in `directory` in processes that are gone (SIGKILL, a
+    power cut), of writes to `names` only where given. A live process's write in progress, and
+    any file not named exactly like one of lmtrain's temporaries, are never among them. A pid
+    says nothing about a process of another host or container sharing the folder: call it on
+    a folder such a process cannot be writing to (a run directory under its lock), or with the
+    names only this command writes there."""
     try:
-        entries = list(Path(directory).iterdir())
+        entries = sorted(Path(directory).iterdir())
     except OSError:
-        return removed
-    for p in sorted(entries):
-        m = _TEMP.fullmatch(p.name)
-        if m is None or _alive(int(m.group("pid"))) or p.is_symlink() or not p.is_file():
-            continue
+        return []
+    return [
+        p
+        for p in entries
+        if (m := _TEMP.fullmatch(p.name))
+        and (names is None or m["name"] in names)
+        and not _alive(int(m["pid"]))
+        and not p.is_symlink()
+        and p.is_file()
+    ]
+
+
+def sweep_temps(directory: Path, names: Collection[str] | None = None) -> list[Path]:
+    """Remove stale_temps(directory, names); returns what was removed."""
+    removed: list[Path] = []
+    for p in stale_temps(directory, names):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             removed.append(p)

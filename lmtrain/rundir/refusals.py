@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lmtrain import files
 from lmtrain.checkpoint import CHECKPOINT_DIR, Checkpoint
 from lmtrain.checkpoint.export_format import is_export_dir
 from lmtrain.config import Config
@@ -79,10 +80,11 @@ def check_fresh(target: Path, fork_source: Path | None) -> None:
             f"run directory {target} already holds a run; nothing was changed. Continue it "
             "with --resume auto, or choose a new run.dir (e.g. run.dir=runs/NAME)."
         )
+    stale = {p.name for p in files.stale_temps(target)}  # swept under the lock
     foreign = sorted(
         p.name
         for p in target.iterdir()
-        if p.name != BOOKKEEPING and (manifest is None or not manifest.owns(p.name))
+        if p.name not in (BOOKKEEPING, *stale) and (manifest is None or not manifest.owns(p.name))
     )
     if foreign:
         shown = ", ".join(foreign[:5]) + (

@@ -102,7 +102,6 @@ def _open_fresh(
     target: Path, cfg: Config, fork: Start | None, warn: Warn
 ) -> tuple[RunDirectory, Start]:
     """A new run, or a fork, into a directory that is new, empty or ours and unused."""
-    sweep(target, warn)  # what a killed process left mid-write is not the user's
     check_fresh(target, fork.source if fork else None)
     parent = parent_manifest(fork.source) if fork and fork.source else None
     texts = check_texts(cfg, parent, f"--resume {fork.source}" if fork else "fit")
@@ -122,6 +121,9 @@ def _open_fresh(
     run = RunDirectory(target, Manifest(run_id=uuid.uuid4().hex, created=now()), lock, warn)
     run.created = created
     try:
+        # Under the lock, so that no other lmtrain writes here (a pid cannot tell that of a
+        # process of another host or container): what a killed one left is not the user's.
+        sweep(target, warn)
         # Again, now that no other lmtrain can change it.
         check_fresh(target, fork.source if fork else None)
         previous = read_any_manifest(target)
