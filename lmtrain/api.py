@@ -44,7 +44,7 @@ from lmtrain.config import (
 from lmtrain.errors import LmtrainError
 
 if TYPE_CHECKING:  # loading a model for sampling need not import the training stack
-    from lmtrain.data.vocab import Vocab
+    from lmtrain.data.tokenizers import Tokenizer
     from lmtrain.evaluation import EvalResult, SentenceScore
     from lmtrain.models import LanguageModel
     from lmtrain.training import FitResult
@@ -162,7 +162,8 @@ class Model:
 
     module: LanguageModel
     """The torch module, in eval mode."""
-    vocab: Vocab
+    vocab: Tokenizer
+    """Its tokenizer (lmtrain.data.tokenizers): encode, decode, len()."""
     config: Config
     """The config it was trained with."""
     source: Path
