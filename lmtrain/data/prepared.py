@@ -386,8 +386,8 @@ def load_prepared(
                 raise CacheMiss(
                     f"{ids_path.name} holds {st.st_size} bytes, not {rec.bytes} (truncated?)"
                 )
-            same = (rec.mtime_ns, rec.ctime_ns, rec.ino) == tuple(_stamp(st).values())
-            full = verify or not same
+            stamped = replace(rec, **_stamp(st))
+            full = verify or stamped != rec
             if full and _digest(f) != rec.sha256:
                 raise CacheMiss(f"{ids_path.name} is damaged (its sha256 is not the header's)")
             if not full and _sample(f, st.st_size) != rec.sample:
@@ -407,9 +407,9 @@ def load_prepared(
         raise CacheMiss(
             f"{ids_path.name} is damaged (id {top} outside its vocabulary of {header.vocab_size})"
         )
-    if not same and _settled(st):
+    if stamped != rec and _settled(st):
         # Checked in full (a copied or restored cache): re-stamped, so that the next load is quick.
-        header = replace(header, ids=replace(rec, **_stamp(st)))
+        header = replace(header, ids=stamped)
         with contextlib.suppress(OSError):  # a read-only cache is checked in full each time
             files.write_json(header_path, _header_json(header), indent=1)
     return PreparedSplit.of(ids, header)
