@@ -529,8 +529,8 @@ def write_prepared(
 
 
 def save_vocab(cache_dir: Path, vocab: Mapping[str, Any]) -> str:
-    """Store a vocabulary (`Vocab.to_dict()`) under its own sha256, which is returned; a damaged
-    copy under that name is replaced."""
+    """Store a vocabulary (a tokenizer's `to_dict()`) under its own sha256, which is returned;
+    a damaged copy under that name is replaced."""
     sha = canonical_sha256(vocab)
     try:
         load_vocab(cache_dir, sha)
