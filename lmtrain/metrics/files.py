@@ -24,7 +24,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,17 +73,15 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class _Record:
-    """One line of metrics.jsonl as the module docstring lists it; figures that were not
-    finite are null."""
+    """One line of metrics.jsonl as the module docstring lists it. Every other key is a figure
+    (ppl, bpc, bpb: whatever the evaluation's Unit and EvalResult.figures give, listed there
+    only). Figures that were not finite are null."""
 
     type: Literal["train", "eval"]
     step: Count
     epoch: Count | None = None
     split: str | None = None
     loss: float | None = None
-    ppl: float | None = None
-    bpc: float | None = None
-    bpb: float | None = None
     lr: float | None = None
     grad_norm: float | None = None
     grad_norm_max: float | None = None
@@ -92,9 +90,11 @@ class _Record:
     best: bool | None = None
     train_seconds: float | None = None
     train_tokens: Count | None = None
+    figures: dict[str, float | None] = field(default_factory=dict)
 
 
-_DIALECT = FileDialect(mapping="an object", finite_floats=True)
+_FIELDS = frozenset(f.name for f in fields(_Record)) - {"figures"}
+_DIALECT = FileDialect(mapping="an object", finite_floats=True, item="{name}")
 
 
 def _parse(path: Path, text: str) -> list[dict[str, Any]]:
@@ -112,14 +112,19 @@ def _parse(path: Path, text: str) -> list[dict[str, Any]]:
                 f"{path}, line {number}: not JSON; this file was not written by lmtrain or "
                 "was edited"
             ) from None
+        given = raw
+        if isinstance(raw, dict):  # the keys no field names are the line's figures
+            given = {k: v for k, v in raw.items() if k in _FIELDS}
+            given["figures"] = {k: v for k, v in raw.items() if k not in _FIELDS}
         try:
-            record = build_record(_Record, raw, "", dialect=_DIALECT)
+            record = build_record(_Record, given, "", dialect=_DIALECT)
         except RecordError as e:
             raise MetricsError(
                 f"{path}, line {number}: not an lmtrain metrics record ({joined(e.problems, 3)}); "
                 "this file was not written by lmtrain or was edited"
             ) from None
-        records.append({k: getattr(record, k) for k in raw})  # converted: "1.5" is 1.5
+        # Converted ("1.5" is 1.5), in the line's order.
+        records.append({k: getattr(record, k) if k in _FIELDS else record.figures[k] for k in raw})
     return records
 
 
