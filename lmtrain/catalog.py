@@ -132,7 +132,7 @@ def copy_recipe(name: str, dest: str | Path | None = None) -> Path:
         raise RecipeError(
             f"{target}: cannot create its folder {target.parent} ({reason}); give another PATH"
         ) from None
-    files.sweep_temps(target.parent)  # what a copy killed mid-write left
+    files.sweep_temps(target.parent, (target.name,))  # what a copy killed mid-write left
     try:
         # Exclusive: a file that appears under the name meanwhile is never replaced.
         with files.atomic_write(target, exclusive=True) as f:

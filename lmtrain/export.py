@@ -82,7 +82,8 @@ def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
     checkpoint = resolve_checkpoint(run)
     # `--out=~/x` reaches us unexpanded (the shell expands `~` only at the start of a word).
     out = Path(out).expanduser() if out is not None else default_out(run)
-    files.sweep_temps(out)  # what an export killed mid-write left: lmtrain's, not the user's
+    # What an export killed mid-write left; only its own names, in a folder others may share.
+    files.sweep_temps(out, (*FILES, MANIFEST))
     _check_out(out)
     model, vocab, cfg = load_model(checkpoint)
     progress = load_checkpoint(checkpoint).progress

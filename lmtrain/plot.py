@@ -212,7 +212,7 @@ def save_png(fig: Figure, path: Path) -> None:
     fmt = figure_format(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        files.sweep_temps(path.parent)  # what a plot killed mid-write left
+        files.sweep_temps(path.parent, (path.name,))  # what a plot killed mid-write left
         with files.atomic_write(path) as f:
             fig.savefig(f, format=fmt)
     except OSError as e:
