@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-State = tuple[torch.Tensor, ...]
+from lmtrain.runtime.forward import State  # the type runtime moves, written once there
 
 
 def detach_state(state: State) -> State:
