@@ -143,7 +143,6 @@ class Trainer:
             # complete training state with the evaluation marked as due; a resumed run does it
             # first, so it continues exactly as if never stopped.
             p.last_eval_step, p.eval_pending = previous, True
-            s.model.train()
             assert self.stop.requested
             s.logger.message(
                 f"step {p.step} | {self.stop.name} during evaluation: evaluation abandoned, "
