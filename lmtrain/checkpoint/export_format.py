@@ -139,8 +139,8 @@ def load_export(
             "from two exports); run `lmtrain export` again to finish it"
         )
     sums = (manifest and manifest.sha256) or {}
-    read: dict[Path, bytes] = {}  # checked against `sums` once all loads: damage that the
-    # other checks name (bad JSON, weights of another shape) is reported as such
+    read: dict[Path, str] = {}  # sha256 of each file, checked against `sums` once all loads:
+    # damage that the other checks name (bad JSON, weights of another shape) is reported as such
     cfg = config_from_dict(_read_json(path / CONFIG, read), source=str(path / CONFIG))
     raw_vocab = _read_json(path / VOCAB, read)
     try:
@@ -150,10 +150,12 @@ def load_export(
     weights = path / WEIGHTS
     try:
         with files.open_regular(weights) as f:
-            data = read[weights] = f.read()
+            data = f.read()
+        read[weights] = hashlib.sha256(data).hexdigest()
         if weights_metadata(data).get("format") != FORMAT:
             raise ExportError(f"{weights}: not written by lmtrain export (no format mark)")
         state = load(data)
+        del data  # `state` holds copies: one copy fewer of the weights while the model is built
         _refuse_non_finite(state, weights)
         model = build_model(cfg.model, len(vocab))
         _load_tied(model, state)
@@ -163,8 +165,8 @@ def load_export(
             f"{path}: the weights do not load ({detail}); the export is damaged or its files "
             "come from different models"
         ) from None
-    for file, data in read.items():
-        _check_sum(file, data, sums)
+    for file, digest in read.items():
+        _check_sum(file, digest, sums)
     return model.to(device).eval(), vocab, cfg
 
 
@@ -199,14 +201,14 @@ def _load_tied(model: LanguageModel, state: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
 
 
-def _read_json(path: Path, read: dict[Path, bytes] | None = None) -> dict:
-    """The JSON object in `path`; its bytes are kept in `read` when given."""
+def _read_json(path: Path, read: dict[Path, str] | None = None) -> dict:
+    """The JSON object in `path`; the sha256 of its bytes is kept in `read` when given."""
     try:
         data, more = files.read_bounded(path, _JSON_MAX_BYTES)
         if more:
             raise ValueError(f"larger than {_JSON_MAX_BYTES >> 20} MiB")
         if read is not None:
-            read[path] = data
+            read[path] = hashlib.sha256(data).hexdigest()
         value = json.loads(data)
     except (OSError, ValueError, RecursionError) as e:  # UTF-8 and JSON errors included
         raise ExportError(f"{path}: cannot be read as JSON ({e})") from None
@@ -215,9 +217,9 @@ def _read_json(path: Path, read: dict[Path, bytes] | None = None) -> dict:
     return value
 
 
-def _check_sum(path: Path, data: bytes, sums: dict[str, str]) -> None:
+def _check_sum(path: Path, digest: str, sums: dict[str, str]) -> None:
     want = sums.get(path.name)
-    if want is not None and hashlib.sha256(data).hexdigest() != want:
+    if want is not None and digest != want:
         raise ExportError(
             f"{path}: damaged or changed since it was exported (its sha256 is not the one "
             f"{MANIFEST} records); nothing was loaded. Export the run again (lmtrain export "
