@@ -10,16 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lmtrain import files
 from lmtrain.config import Config, load_config, resource_problems
-from lmtrain.data.corpus import check_inputs, expand_vars
+from lmtrain.data.corpus import check_inputs
 from lmtrain.errors import LmtrainError
 from lmtrain.runtime.device import resolve_device
 
 
 def environment_problems(cfg: Config) -> list[str]:
     """What the schema cannot know: files, device, memory and run.dir on this machine."""
-    problems = check_inputs(cfg) + _tokenizer_file_problems(cfg.data.tokenizer_file)
+    problems = check_inputs(cfg)
     device: object = "cpu"  # a device that does not exist: at least the model must fit in RAM
     try:
         device = resolve_device(cfg.train.device)
@@ -27,18 +26,6 @@ def environment_problems(cfg: Config) -> list[str]:
         problems.append(str(e))
     problems += resource_problems(cfg, device=device)
     return problems + run_dir_problems(Path(cfg.run.dir))
-
-
-def _tokenizer_file_problems(spec: str | None) -> list[str]:
-    """data.tokenizer_file must be a readable regular file (a FIFO would hang the read)."""
-    if spec is None:
-        return []
-    try:
-        path = expand_vars(spec, "data.tokenizer_file")
-    except LmtrainError as e:
-        return [str(e)]
-    why = files.check_readable(Path(path))
-    return [] if why is None else [f"data.tokenizer_file: {path}: {why}"]
 
 
 def run_dir_problems(run_dir: Path) -> list[str]:

@@ -140,6 +140,7 @@ def check_inputs(cfg: Config) -> list[str]:
     inputs = [("data.train", d.train, "train"), ("data.valid", d.valid, "valid")]
     inputs += [("data.test", d.test, "test")]
     inputs += [("model.pretrained_embeddings", cfg.model.pretrained_embeddings, "")]
+    inputs += [("data.tokenizer_file", d.tokenizer_file, "")]  # a FIFO would hang the BPE read
     problems: list[str] = []
     for key, spec, role in inputs:
         if spec is None:
