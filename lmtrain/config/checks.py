@@ -16,7 +16,7 @@ from lmtrain.config.schema import Config, RunConfig
 from lmtrain.records import MAX_INT, show_value
 
 # Bounds beyond which a value cannot run, or cannot mean what it says.
-MAX_SEED = MAX_INT
+MAX_SEED = MAX_INT  # torch.Generator.manual_seed takes 0 .. 2**63 - 1 on every device
 MAX_THREADS = 1024
 MAX_DIST_TIMEOUT = 7 * 24 * 3600
 MAX_SAMPLE_TOKENS = 100_000

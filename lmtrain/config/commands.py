@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from lmtrain.config.checks import FLOAT32_MAX
+from lmtrain.config.checks import FLOAT32_MAX, MAX_SEED
 from lmtrain.errors import LmtrainError
 from lmtrain.records import MAX_INT, show_value
 
@@ -25,7 +25,6 @@ from lmtrain.records import MAX_INT, show_value
 MAX_TOKENS = 1_000_000
 MAX_SAMPLES = 10_000
 MAX_TOTAL_TOKENS = 10_000_000
-SEED_RANGE = 2**63  # torch.Generator.manual_seed takes 0 .. 2**63 - 1 on every device
 # Sequences evaluated or scored together: their logits are held at once, so a million is far past
 # any memory; more is a typo.
 MAX_BATCH = 1_000_000
@@ -204,7 +203,7 @@ class SampleOptions:
                     f"{total:,} tokens, more than the {MAX_TOTAL_TOKENS:,} one call generates; "
                     "ask for fewer"
                 )
-        if self.seed is not None and not 0 <= self.seed < SEED_RANGE:
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             p.append(f"--seed must be in [0, 2**63 - 1], got {self.seed}")
         return p
 
