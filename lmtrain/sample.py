@@ -112,13 +112,11 @@ def generate(
                 # positive temperature is non-zero: a tiny one then sends every other token to
                 # -inf (greedy) instead of all of them to -inf or NaN, which multinomial refuses.
                 logits = (logits - logits.max(-1, keepdim=True).values).double()
-                probs = filter_logits(logits / opts.temperature, opts.top_k, opts.top_p)
-                probs = probs.softmax(-1)
-                try:
-                    nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-                except RuntimeError:  # multinomial checks its input: ours only when it refuses
-                    _check_finite(probs, t)
-                    raise
+                probs = filter_logits(logits / opts.temperature, opts.top_k, opts.top_p).softmax(-1)
+                # Checked here, a host sync per token: multinomial's own check of its input is,
+                # on CUDA, an asynchronous device assert that leaves the device unusable.
+                _check_finite(probs, t)
+                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
             out[t] = nxt
             hidden, state = model(nxt.unsqueeze(0), state)
             last = hidden[-1]
