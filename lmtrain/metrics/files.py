@@ -6,7 +6,10 @@ RUN/metrics.jsonl holds one JSON object per line, "type" first:
     {"type": "train", "step", "epoch", "loss", "ppl", "lr", "grad_norm", "grad_norm_max",
      "tokens_per_sec", "tokens", "train_seconds"}            (+ "bpc" for character models)
     {"type": "eval", "step", "epoch", "split": "valid", "loss", "ppl", "tokens", "best",
-     "train_seconds", "train_tokens"}                        (+ "bpc" for character models)
+     "train_seconds", "train_tokens"}          (+ "bpc" for character models, "bpb" when known)
+
+"ppl", "bpc" and "bpb" are the figures the evaluation gives (Unit, EvalResult.figures): this
+file names none of them, and reads any such key as a figure, a finite number or null.
 
 A train line sums the `train.log_every` steps up to `step`: loss is their token-weighted mean
 NLL (nats), grad_norm the last step's norm before clipping and grad_norm_max the largest in the
