@@ -9,7 +9,7 @@ are reported together in one `ConfigError` before any work starts.
                   the data and model sections live in lmtrain/data/config.py and
                   lmtrain/models/config.py, each with its checks, and are re-exported here
     commands.py   the options of eval, score, sample, diagnose and plot: dataclasses of the same kind
-    convert.py    typed conversion of a mapping into those dataclasses; build_options
+    convert.py    build_options: command options from a mapping, by lmtrain/records.py
     yamlfile.py   strict YAML parsing and dotted overrides
     load.py       load_config / config_from_dict: parse, override, convert, expand, check
     checks.py     the checks of the whole config: each section's, then train, run and cross-section
@@ -30,7 +30,7 @@ from lmtrain.config.commands import (
     ScoreOptions,
     require_valid,
 )
-from lmtrain.config.convert import build_options, field_docs
+from lmtrain.config.convert import build_options
 from lmtrain.config.describe import describe
 from lmtrain.config.load import config_from_dict, expand_path_if_set, load_config
 from lmtrain.config.resources import (
@@ -49,13 +49,12 @@ from lmtrain.config.schema import (
     TrainConfig,
 )
 from lmtrain.config.yamlfile import CONFIG_MAX_BYTES, MAX_YAML_VALUES, apply_overrides
-from lmtrain.data.config import MIN_BPE_VOCAB
+from lmtrain.records import field_docs
 
 __all__ = [
     "COMMAND_OPTIONS",
     "CONFIG_MAX_BYTES",
     "MAX_YAML_VALUES",
-    "MIN_BPE_VOCAB",
     "AdaptOptions",
     "AdaptiveSoftmaxConfig",
     "Config",

@@ -1,9 +1,5 @@
-"""Command options from a mapping, checked like a config.
-
-The typed converter itself (`build_dataclass`, `show_value`, `type_hints`, `field_docs`,
-`MAX_INT`) is the base layer's record reader, lmtrain/records.py; it is re-exported here for the
-config package.
-"""
+"""Command options from a mapping, checked like a config, by the base layer's record reader
+(lmtrain/records.py, which also converts the config itself)."""
 
 from __future__ import annotations
 
@@ -11,17 +7,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from lmtrain.errors import ConfigError
-from lmtrain.records import (
-    MAX_INT,
-    RecordError,
-    build_dataclass,
-    build_record,
-    field_docs,
-    show_value,
-    type_hints,
-)
-
-__all__ = ["MAX_INT", "build_dataclass", "build_options", "field_docs", "show_value", "type_hints"]
+from lmtrain.records import RecordError, build_record
 
 T = TypeVar("T")
 

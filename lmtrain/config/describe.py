@@ -13,8 +13,8 @@ import dataclasses
 import yaml
 
 from lmtrain.config.commands import COMMAND_OPTIONS
-from lmtrain.config.convert import field_docs, type_hints
 from lmtrain.config.schema import Config
+from lmtrain.records import field_docs, type_hints
 
 _COMMANDS_HEADER = [
     "# Command options: not config keys, but given on the command line, where key_name is",

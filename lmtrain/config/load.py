@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from lmtrain.config.checks import check_ranges
-from lmtrain.config.convert import build_dataclass, type_hints
 from lmtrain.config.schema import Config
 from lmtrain.config.yamlfile import CONFIG_MAX_BYTES, apply_overrides, parse_yaml
 from lmtrain.errors import ConfigError
@@ -26,6 +25,7 @@ from lmtrain.files import (
     expand_vars,
     read_bounded,
 )
+from lmtrain.records import build_dataclass, type_hints
 
 
 def config_from_dict(

@@ -6,8 +6,8 @@ from typing import Any
 
 import yaml
 
-from lmtrain.config.convert import show_value
 from lmtrain.errors import ConfigError
+from lmtrain.records import show_value
 
 
 class _StrictLoader(yaml.SafeLoader):

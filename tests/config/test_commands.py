@@ -11,7 +11,6 @@ import yaml
 from conftest import invoke
 from lmtrain.config import (
     COMMAND_OPTIONS,
-    MIN_BPE_VOCAB,
     AdaptOptions,
     Config,
     EvalOptions,
@@ -23,6 +22,7 @@ from lmtrain.config import (
     describe,
     field_docs,
 )
+from lmtrain.data.config import MIN_BPE_VOCAB
 from lmtrain.errors import ConfigError
 
 

@@ -11,10 +11,10 @@ from typing import get_args
 import pytest
 
 from lmtrain.config import DataConfig, ModelConfig, config_from_dict, field_docs
-from lmtrain.config.convert import type_hints
 from lmtrain.data.tokenizers import TOKENIZERS
 from lmtrain.errors import ConfigError
 from lmtrain.metrics.config import LOGGERS
+from lmtrain.records import type_hints
 
 
 def test_reading_the_sections_imports_no_torch() -> None:
