@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,3 +116,20 @@ def cli() -> CliRunner:
 def invoke(runner: CliRunner, *args: str):
     """Run the CLI in-process; returns the click Result (exit_code, stdout, stderr)."""
     return runner.invoke(app, [str(a) for a in args])
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited: what the temporary of a killed writer carries."""
+    return int(subprocess.check_output([sys.executable, "-c", "import os; print(os.getpid())"]))
+
+
+def disk_full_for(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Every atomic write of a file called `name` fails as on a full disk, when it is synced."""
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)

@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import dead_pid
 from lmtrain import download
 
 DATA = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
-
-
-def _dead_pid() -> int:
-    return int(
-        subprocess.run(
-            [sys.executable, "-c", "import os; print(os.getpid())"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
 
 
 def test_download_removes_a_killed_downloads_temporary(
@@ -39,7 +27,7 @@ def test_download_removes_a_killed_downloads_temporary(
     monkeypatch.delenv("TINYSHAKESPEARE_URL", raising=False)
     folder = tmp_path / "tinyshakespeare"
     folder.mkdir()
-    stale = folder / f".input.txt.{_dead_pid()}.0123abcd.tmp"
+    stale = folder / f".input.txt.{dead_pid()}.0123abcd.tmp"
     stale.write_bytes(DATA[:10])
     mine = folder / ".input.txt.part"
     mine.write_bytes(b"mine")

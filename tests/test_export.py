@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import invoke, tiny_config, write_tiny_files
+from conftest import dead_pid, invoke, tiny_config, write_tiny_files
 from lmtrain.checkpoint import load_model
 from lmtrain.config import load_config
 from lmtrain.errors import LmtrainError
@@ -308,15 +308,10 @@ def test_an_export_without_a_manifest_is_replaced_but_a_file_of_the_users_is_not
 
 
 def test_export_removes_what_a_killed_export_left(tied_run: Path, tmp_path: Path, cli) -> None:
-    import subprocess
-    import sys
 
     out = tmp_path / "exp"
     assert invoke(cli, "export", tied_run, "--out", out).exit_code == 0
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    stale = out / f".model.safetensors.{int(dead.stdout)}.0123abcd.tmp"
+    stale = out / f".model.safetensors.{dead_pid()}.0123abcd.tmp"
     stale.write_bytes(b"half of the weights")
     assert invoke(cli, "export", tied_run, "--out", out).exit_code == 0
     assert not stale.exists()

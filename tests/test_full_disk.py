@@ -4,25 +4,11 @@ there is room again."""
 
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 
 import pytest
 
-from conftest import invoke, tiny_config
-
-
-def _disk_full_for(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    """Every atomic write of a file called `name` fails as on a full disk, when it is synced."""
-    real = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{name}."):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+from conftest import disk_full_for, invoke, tiny_config
 
 
 def test_disk_full_writing_results_json(tmp_path: Path, tiny_files, cli, monkeypatch) -> None:
@@ -31,7 +17,7 @@ def test_disk_full_writing_results_json(tmp_path: Path, tiny_files, cli, monkeyp
     assert invoke(cli, "fit", config, "-q").exit_code == 0
     results = tmp_path / "run" / "results.json"
     before = results.read_bytes()
-    _disk_full_for(monkeypatch, "results.json")
+    disk_full_for(monkeypatch, "results.json")
     r = invoke(cli, "fit", config, "train.max_steps=6", "--resume", "auto", "-q")
     monkeypatch.undo()
     assert r.exit_code == 2, r.output
@@ -50,7 +36,7 @@ def test_disk_full_writing_a_plot_image(tmp_path: Path, cli, monkeypatch) -> Non
     run = write_run(tmp_path / "run", [(50, 3.0, 30.0), (100, 2.5, 60.0)])
     out = tmp_path / "curves.png"
     out.write_bytes(b"an earlier figure")
-    _disk_full_for(monkeypatch, "curves.png")
+    disk_full_for(monkeypatch, "curves.png")
     r = invoke(cli, "plot", run, "--out", out)
     monkeypatch.undo()
     assert r.exit_code == 2, r.output

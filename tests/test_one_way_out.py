@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import lmtrain
-from conftest import invoke
+from conftest import dead_pid, invoke
 from lmtrain import download, files
 
 REPO = Path(lmtrain.__file__).resolve().parents[1]
@@ -109,13 +109,6 @@ def test_a_full_disk_during_a_download_is_reported_as_a_full_disk(
     assert [p.name for p in folder.iterdir()] == ["input.txt"]
 
 
-def _dead_pid() -> int:
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
-    )
-    return int(proc.stdout)
-
-
 def test_init_and_plot_remove_what_a_killed_copy_or_plot_left(tmp_path: Path, cli) -> None:
     pytest.importorskip("matplotlib")
     from metrics.test_plot import write_run
@@ -126,7 +119,7 @@ def test_init_and_plot_remove_what_a_killed_copy_or_plot_left(tmp_path: Path, cl
         (tmp_path / "configs", "q.yaml", ("init", "quickstart")),
     ):
         folder.mkdir()
-        stale = folder / f".{name}.{_dead_pid()}.0123abcd.tmp"
+        stale = folder / f".{name}.{dead_pid()}.0123abcd.tmp"
         mine = folder / ".notes.txt.tmp"
         stale.write_bytes(b"half")
         mine.write_bytes(b"mine")

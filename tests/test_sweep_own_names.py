@@ -4,21 +4,18 @@ temporaries of the names it writes itself, never another write's, whatever its p
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import invoke, tiny_config, write_tiny_files
+from conftest import dead_pid, invoke, tiny_config, write_tiny_files
 from lmtrain.training import fit
 
 
 def _other_write(folder: Path, name: str) -> Path:
     """A temporary of lmtrain's form for `name`, of a pid with no process here."""
-    pid = int(subprocess.check_output([sys.executable, "-c", "import os; print(os.getpid())"]))
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.{pid}.0123abcd.tmp"
+    tmp = folder / f".{name}.{dead_pid()}.0123abcd.tmp"
     tmp.write_bytes(b"a write in progress")
     return tmp
 

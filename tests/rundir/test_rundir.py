@@ -6,7 +6,6 @@ the message, and that every file that existed before is byte-identical afterward
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import lmtrain
-from conftest import invoke, tiny_config
+from conftest import disk_full_for, invoke, tiny_config
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.rundir import open_directory
 from lmtrain.training import fit
@@ -411,14 +410,7 @@ def test_disk_full_writing_run_files_keeps_the_previous_ones(
     victim, run_a, tmp_path, tiny_files, cli, monkeypatch
 ):
     before = snapshot(run_a)
-    real = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{victim}."):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    disk_full_for(monkeypatch, victim)
     config = _config_file(tmp_path, tiny_files)
     result = invoke(cli, "fit", config, "train.max_steps=14", "--resume", "auto")
     monkeypatch.undo()

@@ -6,18 +6,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import invoke, tiny_config
-
-
-def _pid_of_another_host() -> int:
-    """A pid with no process here, as a process of another container's would look."""
-    return int(subprocess.check_output([sys.executable, "-c", "import os; print(os.getpid())"]))
+from conftest import dead_pid, invoke, tiny_config
 
 
 def _config(tmp_path: Path, tiny_files) -> Path:
@@ -42,7 +35,7 @@ def test_a_fit_refused_by_a_run_in_progress_leaves_its_writes_alone(
     if not saved:  # a first session that has not saved a checkpoint yet
         for p in (run / "checkpoints").iterdir():
             p.unlink()
-    in_progress = run / f".results.json.{_pid_of_another_host()}.0123abcd.tmp"
+    in_progress = run / f".results.json.{dead_pid()}.0123abcd.tmp"
     in_progress.write_text("a write in progress")
     fd = _hold_lock(run)  # the run's own process, in another container
     try:
