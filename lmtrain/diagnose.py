@@ -19,6 +19,7 @@ from lmtrain.config import GradientFlowOptions, load_config, require_valid
 from lmtrain.data import StreamBatches, read_text
 from lmtrain.data.prepare import load_corpus
 from lmtrain.errors import DataError, LmtrainError
+from lmtrain.evaluation.reading import evaluating
 from lmtrain.models import LanguageModel, build_model
 
 if TYPE_CHECKING:
@@ -38,26 +39,24 @@ def gradient_flow(model: LanguageModel, inputs: torch.Tensor, targets: torch.Ten
 
     The model runs in eval mode, so dropout does not add noise to the measurement.
     """
-    was_training = model.training
-    model.eval()
     steps, batch = inputs.shape
     device = next(model.parameters()).device
     inputs, targets = inputs.to(device), targets.to(device)
-    x = model.embedding(inputs)  # (T, B, E)
-    state = model.init_state(batch, device)
     hs: list[torch.Tensor] = []
-    for t in range(steps):
-        # One step at a time so that each h_t is a tensor of its own in the graph.
-        _, state = model.rnn(x[t : t + 1], state)
-        state[0].retain_grad()
-        hs.append(state[0])  # (L, B, H)
-    # The loss reads the top layer's h_T itself (equal to the output unless model.residual adds
-    # the layer input to it), so that distance 0 is measured like every other distance.
-    loss = model.output.nll(hs[-1][-1], targets[-1])
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
+    with evaluating(model, grad=True):
+        x = model.embedding(inputs)  # (T, B, E)
+        state = model.init_state(batch, device)
+        for t in range(steps):
+            # One step at a time so that each h_t is a tensor of its own in the graph.
+            _, state = model.rnn(x[t : t + 1], state)
+            state[0].retain_grad()
+            hs.append(state[0])  # (L, B, H)
+        # The loss reads the top layer's h_T itself (equal to the output unless model.residual
+        # adds the layer input to it), so that distance 0 is measured like every other distance.
+        loss = model.output.nll(hs[-1][-1], targets[-1])
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
     norms = []
     for d in range(steps):
         grad = hs[steps - 1 - d].grad

@@ -6,6 +6,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import pytest
 import torch
 
 from lmtrain.diagnose import gradient_flow
@@ -44,6 +45,15 @@ def test_gradient_flow_without_recurrence_stops_after_one_step(tiny_files, tmp_p
     norms = gradient_flow(model, inputs, targets)
     assert norms[0] > 0 and norms[1:] == [0.0] * 5
     assert model.training  # the mode is restored
+
+
+def test_gradient_flow_restores_the_mode_when_it_fails(tiny_files, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, tiny_files, "model.cell=rnn_tanh", "model.num_layers=1")
+    model = build_model(cfg.model, 30)
+    model.train()
+    with pytest.raises(IndexError):  # an input id outside the 30-token vocabulary
+        gradient_flow(model, torch.full((4, 2), 99), torch.randint(1, 30, (4, 2)))
+    assert model.training
 
 
 def test_gradient_flow_with_identity_linear_recurrence_is_flat(tiny_files, tmp_path: Path) -> None:
