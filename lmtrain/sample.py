@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmtrain.config import SampleOptions
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Tokenizer
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluation.reading import evaluating
 from lmtrain.models import LanguageModel
@@ -32,7 +32,7 @@ class SampleResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def prompt_ids(vocab: Vocab, prompt: str) -> tuple[list[int], list[str]]:
+def prompt_ids(vocab: Tokenizer, prompt: str) -> tuple[list[int], list[str]]:
     """Ids that prime the model, and warnings about prompt tokens not in the vocabulary."""
     tokens = vocab.tokenize(prompt)
     if not tokens:
@@ -78,7 +78,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 def generate(
     model: LanguageModel,
-    vocab: Vocab,
+    vocab: Tokenizer,
     prompt: str,
     opts: SampleOptions,
     stop: Callable[[], bool] | None = None,

@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmtrain.config import AdaptiveSoftmaxConfig, ModelConfig  # noqa: E402
-from lmtrain.data import StreamBatches, Vocab, read_text  # noqa: E402
+from lmtrain.data import StreamBatches, read_text  # noqa: E402
+from lmtrain.data.tokenizers import Settings, Tokenizer, build  # noqa: E402
 from lmtrain.models import build_model, detach_state  # noqa: E402
 from lmtrain.runtime.forward import LossForward  # noqa: E402
 
@@ -33,7 +34,7 @@ DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[2] /
 
 
 def train_tokens_per_sec(
-    cfg: ModelConfig, vocab: Vocab, ids: torch.Tensor, steps: int, warmup: int = 2
+    cfg: ModelConfig, vocab: Tokenizer, ids: torch.Tensor, steps: int, warmup: int = 2
 ) -> float:
     torch.manual_seed(0)
     model = build_model(cfg, len(vocab))
@@ -67,7 +68,7 @@ def main() -> None:
     if not path.exists():
         sys.exit(f"{path} not found; set LMTRAIN_DATA to the folder holding wikitext-2/")
     text = read_text(str(path))
-    vocab = Vocab.build(text, "word")
+    vocab = build("word", text, Settings())
     ids = vocab.encode(text).ids
     cutoffs = [int(c) for c in args.cutoffs.split(",")]
     base = ModelConfig(cell="lstm", embedding_dim=200, hidden_size=200, num_layers=2)

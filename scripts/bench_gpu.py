@@ -28,7 +28,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmtrain.config import config_from_dict  # noqa: E402
-from lmtrain.data import StreamBatches, Vocab, read_text  # noqa: E402
+from lmtrain.data import StreamBatches, read_text  # noqa: E402
+from lmtrain.data.tokenizers import Settings, build  # noqa: E402
 from lmtrain.training import fit  # noqa: E402
 
 DATA = Path(os.environ.get("LMTRAIN_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
@@ -140,7 +141,7 @@ def main() -> int:
         print(f"{path} not found; set LMTRAIN_DATA to the folder holding wikitext-2/")
         return 2
     text = read_text(str(path))
-    vocab = Vocab.build(text, "word")
+    vocab = build("word", text, Settings())
     ids = vocab.encode(text).ids
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
     print(

@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lmtrain.config import config_from_dict  # noqa: E402
-from lmtrain.data import SentenceBatches, Vocab  # noqa: E402
+from lmtrain.data import SentenceBatches  # noqa: E402
 from lmtrain.data.sentences import split_sequences  # noqa: E402
+from lmtrain.data.tokenizers import Settings, build  # noqa: E402
 from lmtrain.training import fit  # noqa: E402
 
 BATCH, BPTT = 20, 35
@@ -42,7 +43,7 @@ def data_dir() -> Path:
 
 
 def padding(text: str) -> None:
-    vocab = Vocab.build(text, "word")
+    vocab = build("word", text, Settings())
     seqs = split_sequences(vocab.encode(text).ids, vocab)
     steps = torch.tensor([s.numel() - 1 for s in seqs])
     real = int(steps.sum())

@@ -242,10 +242,10 @@ def test_layer_checker_catches_a_planted_violation() -> None:
         ("lmtrain.models.lm", "lmtrain.errors"),
         ("lmtrain.rundir.start", "lmtrain.runtime.distributed"),
         # and the direction of the sections: a component reads its own only
-        ("lmtrain.data.config", "lmtrain.data.vocab"),
+        ("lmtrain.data.config", "lmtrain.data.tokenizers"),
         ("lmtrain.config.checks", "lmtrain.metrics.backends"),
         ("lmtrain.data.corpus", "lmtrain.models.config"),
-        ("lmtrain.models.lm", "lmtrain.data.vocab"),
+        ("lmtrain.models.lm", "lmtrain.data.tokenizers"),
         # and the faces do not call each other
         ("lmtrain.api", "lmtrain.cli.app"),
     ],

@@ -472,12 +472,13 @@ def test_one_50mb_line_encodes_in_bounded_memory(tmp_path):
     script = textwrap.dedent(
         f"""
         import resource, sys
-        from lmtrain.data import Vocab, read_text
+        from lmtrain.data import read_text
+        from lmtrain.data.tokenizers import Settings, build
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         text = read_text({str(big)!r})
-        w = Vocab.build(text, "word")
+        w = build("word", text, Settings())
         n_words = w.encode(text).ids.numel()
-        c = Vocab.build(text, "char")
+        c = build("char", text, Settings())
         n_chars = c.encode(text).ids.numel()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(len(w), n_words, len(c), n_chars, (peak - base) * 1024)

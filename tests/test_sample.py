@@ -8,13 +8,13 @@ import torch
 
 from conftest import TINY_TEXT
 from lmtrain.config import ModelConfig, SampleOptions
-from lmtrain.data import Vocab
+from lmtrain.data.tokenizers import Settings, Tokenizer, build
 from lmtrain.errors import LmtrainError
 from lmtrain.models import build_model
 from lmtrain.sample import generate
 
 
-def _model(vocab: Vocab, value: float) -> torch.nn.Module:
+def _model(vocab: Tokenizer, value: float) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(ModelConfig(cell="lstm", embedding_dim=8, hidden_size=8), len(vocab))
     with torch.no_grad():
@@ -27,7 +27,7 @@ def _model(vocab: Vocab, value: float) -> torch.nn.Module:
     "opts", [SampleOptions(max_tokens=20, seed=0), SampleOptions(max_tokens=20, greedy=True)]
 )
 def test_non_finite_weights_are_refused_with_a_clear_error(value, opts):
-    vocab = Vocab.build(TINY_TEXT, "word")
+    vocab = build("word", TINY_TEXT, Settings())
     with pytest.raises(LmtrainError) as refused:
         generate(_model(vocab, value), vocab, "the cat", opts)
     assert refused.value.exit_code == 2
@@ -38,7 +38,7 @@ def test_non_finite_weights_are_refused_with_a_clear_error(value, opts):
 
 def test_finite_weights_still_sample_the_same_text():
     """The check lets healthy weights through unchanged, a -inf logit (padding) included."""
-    vocab = Vocab.build(TINY_TEXT, "word")
+    vocab = build("word", TINY_TEXT, Settings())
     model = _model(vocab, 0.5)
     first = generate(model, vocab, "the cat", SampleOptions(max_tokens=30, seed=3)).texts
     again = generate(model, vocab, "the cat", SampleOptions(max_tokens=30, seed=3)).texts
@@ -46,7 +46,7 @@ def test_finite_weights_still_sample_the_same_text():
 
 
 def test_a_stop_request_ends_the_text_where_it_is():
-    vocab = Vocab.build(TINY_TEXT, "word")
+    vocab = build("word", TINY_TEXT, Settings())
     model = _model(vocab, 0.5)
     seen: list[int] = []
     full = generate(model, vocab, "the", SampleOptions(max_tokens=40, seed=1)).texts[0]
@@ -61,7 +61,7 @@ def test_a_stop_request_ends_the_text_where_it_is():
 @pytest.mark.parametrize("training", [True, False])
 def test_the_model_is_left_in_the_mode_it_was_in(training):
     """fit samples between training steps: the model goes back to training, dropout and all."""
-    vocab = Vocab.build(TINY_TEXT, "word")
+    vocab = build("word", TINY_TEXT, Settings())
     model = _model(vocab, 0.5).train(training)
     generate(model, vocab, "the", SampleOptions(max_tokens=5, seed=0))
     assert model.training is training and all(m.training is training for m in model.modules())

@@ -28,7 +28,7 @@ import torch
 from lmtrain import files
 from lmtrain.checkpoint.validate import non_finite
 from lmtrain.config import Config, config_from_dict
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Tokenizer, from_dict
 from lmtrain.errors import CheckpointError
 from lmtrain.models import LanguageModel, build_model
 from lmtrain.records import RecordError, build_record, joined
@@ -54,7 +54,12 @@ def is_export_dir(path: str | Path) -> bool:
 
 
 def write_export_files(
-    folder: Path, model: LanguageModel, vocab: Vocab, cfg: Config, card: str, lmtrain_version: str
+    folder: Path,
+    model: LanguageModel,
+    vocab: Tokenizer,
+    cfg: Config,
+    card: str,
+    lmtrain_version: str,
 ) -> dict[str, str]:
     """Write the four files of an export into `folder`, each through files.atomic_write; returns
     the sha256 of each file load_export reads, for the manifest."""
@@ -122,7 +127,7 @@ def write_manifest(folder: Path, complete: bool, sha256: dict[str, str] | None =
 
 def load_export(
     path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[LanguageModel, Vocab, Config]:
+) -> tuple[LanguageModel, Tokenizer, Config]:
     """Model (in eval mode), vocabulary and config of an export folder; JSON and safetensors
     only, never a pickle. Weights with NaN or infinity are refused, as a checkpoint's are."""
     from safetensors import SafetensorError
@@ -144,7 +149,7 @@ def load_export(
     cfg = config_from_dict(_read_json(path / CONFIG, read), source=str(path / CONFIG))
     raw_vocab = _read_json(path / VOCAB, read)
     try:
-        vocab = Vocab.from_dict(raw_vocab)
+        vocab = from_dict(raw_vocab)
     except (KeyError, TypeError, ValueError, AssertionError, IndexError):
         raise ExportError(f"{path / VOCAB}: not a vocabulary (expected kind and itos)") from None
     weights = path / WEIGHTS

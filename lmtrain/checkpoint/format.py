@@ -56,7 +56,7 @@ class Checkpoint:
     config: dict[str, Any]
     """The run's resolved config (Config.to_dict())."""
     vocab: dict[str, Any]
-    """Vocab.to_dict(): kind and itos."""
+    """Tokenizer.to_dict(): kind and itos."""
     model: dict[str, torch.Tensor]
     """The model's state_dict (NT-ASGD: the averaged weights while averaging)."""
     optimizer: dict[str, Any]

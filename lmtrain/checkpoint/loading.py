@@ -10,7 +10,7 @@ from lmtrain.checkpoint.export_format import is_export_dir, load_export
 from lmtrain.checkpoint.format import Checkpoint
 from lmtrain.checkpoint.storage import load_checkpoint, resolve_checkpoint
 from lmtrain.config import Config, config_from_dict
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Tokenizer, from_dict
 from lmtrain.errors import CheckpointError, ConfigError, LmtrainError
 from lmtrain.models import LanguageModel, build_model
 
@@ -25,7 +25,7 @@ def config_of(ck: Checkpoint, path: Path) -> Config:
 
 def load_model(
     spec: str | Path, device: torch.device | str = "cpu"
-) -> tuple[LanguageModel, Vocab, Config]:
+) -> tuple[LanguageModel, Tokenizer, Config]:
     """Model (in eval mode), vocabulary and config of a checkpoint, run directory or export."""
     if is_export_dir(spec):
         return load_export(spec, device)
@@ -33,7 +33,7 @@ def load_model(
     ck = load_checkpoint(path)
     cfg = config_of(ck, path)
     try:
-        vocab = Vocab.from_dict(ck.vocab)
+        vocab = from_dict(ck.vocab)
         model = build_model(cfg.model, len(vocab))
         model.load_state_dict(ck.model)
     except (KeyError, RuntimeError, ValueError, AssertionError) as e:

@@ -11,7 +11,7 @@ import torch
 from lmtrain.checkpoint.format import Checkpoint
 from lmtrain.checkpoint.loading import config_of
 from lmtrain.config import Config, expand_path_if_set
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import from_dict
 from lmtrain.errors import CheckpointError
 from lmtrain.models import build_model
 
@@ -99,7 +99,7 @@ def tensor_misfits(cfg: Config, ck: Checkpoint) -> list[str]:
     """
     try:
         with torch.device("meta"):
-            model = build_model(cfg.model, len(Vocab.from_dict(ck.vocab)))
+            model = build_model(cfg.model, len(from_dict(ck.vocab)))
             expected_state = model.init_state(1)
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked in restore
         return []

@@ -13,16 +13,14 @@ from lmtrain import lazy_getattr
 if TYPE_CHECKING:
     from lmtrain.data.batching import Batch, SentenceBatches, StreamBatches
     from lmtrain.data.corpus import read_text
-    from lmtrain.data.vocab import Vocab
 
 _HOMES = {
     "Batch": "batching",
     "SentenceBatches": "batching",
     "StreamBatches": "batching",
     "read_text": "corpus",
-    "Vocab": "vocab",
 }
 """Each name and the module of this package it is imported from."""
-__all__ = ["Batch", "SentenceBatches", "StreamBatches", "Vocab", "read_text"]
+__all__ = ["Batch", "SentenceBatches", "StreamBatches", "read_text"]
 
 __getattr__ = lazy_getattr(__name__, _HOMES)

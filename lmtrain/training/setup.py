@@ -20,8 +20,8 @@ import torch
 
 from lmtrain.checkpoint import Progress
 from lmtrain.config import Config, check_resources
-from lmtrain.data import Vocab
 from lmtrain.data.prepare import resolve_cache_dir
+from lmtrain.data.tokenizers import from_dict
 from lmtrain.data.vectors import load_pretrained
 from lmtrain.evaluation import Unit, unigram_baseline
 from lmtrain.metrics import RunLogger
@@ -70,7 +70,7 @@ def build(
     run, start = stack.enter_context(open_run(cfg, resume, echo, ctx))
     payload = start.checkpoint
     torch.manual_seed(cfg.train.seed)
-    vocab = None if payload is None else Vocab.from_dict(payload["vocab"])
+    vocab = None if payload is None else from_dict(payload["vocab"])
     if resolve_cache_dir(cfg.data.cache_dir) is not None:
         # Under torchrun rank 0 tokenises into the cache while the others wait (its errors reach
         # them all); then every rank below finds each split prepared and maps it.

@@ -15,8 +15,8 @@ from conftest import TINY_TEXT, tiny_config
 from lmtrain.data.prepare import prepare_corpus
 from lmtrain.data.prepared import id_dtype
 from lmtrain.data.sentences import split_sequences
+from lmtrain.data.tokenizers import Settings, build, from_dict
 from lmtrain.data.tokenizers.bpe import OFFSET, BpeVocab, train_tokenizer
-from lmtrain.data.vocab import Vocab
 from lmtrain.errors import DataError
 
 # Valid Unicode: every code point but the surrogates, which no UTF-8 text can hold.
@@ -85,7 +85,7 @@ def test_lone_surrogate_is_a_clear_error(bpe: BpeVocab) -> None:
 def test_round_trips_through_a_dict_and_the_checkpoint_shape(bpe: BpeVocab) -> None:
     d = bpe.to_dict()
     assert d["kind"] == "bpe" and isinstance(d["tokenizer"], str)
-    again = Vocab.from_dict(json.loads(json.dumps(d)))
+    again = from_dict(json.loads(json.dumps(d)))
     assert isinstance(again, BpeVocab) and again.itos == bpe.itos
     assert torch.equal(again.encode(CORPUS).ids, bpe.encode(CORPUS).ids)
     with pytest.raises(ValueError, match="entries"):
@@ -104,14 +104,14 @@ def test_decode_drops_pad_and_unk_and_replaces_broken_bytes(bpe: BpeVocab) -> No
 def test_a_tokenizer_file_is_read_from_disk(tmp_path: Path, bpe: BpeVocab) -> None:
     path = tmp_path / "tokenizer.json"
     path.write_text(bpe.tokenizer_json, encoding="utf-8")
-    vocab = Vocab.build("text that plays no part", "bpe", tokenizer_file=path)
+    vocab = build("bpe", "text that plays no part", Settings(tokenizer_file=path))
     assert vocab.itos == bpe.itos
     bad = tmp_path / "bad.json"
     bad.write_text("{}", encoding="utf-8")
     with pytest.raises(DataError, match=r"data.tokenizer_file: .*bad.json is not a tokenizer"):
-        Vocab.build("", "bpe", tokenizer_file=bad)
+        build("bpe", "", Settings(tokenizer_file=bad))
     with pytest.raises(DataError, match="cannot read"):
-        Vocab.build("", "bpe", tokenizer_file=tmp_path / "missing.json")
+        build("bpe", "", Settings(tokenizer_file=tmp_path / "missing.json"))
 
 
 def test_a_tokenizer_file_is_bounded_and_expanded(tmp_path: Path, bpe, monkeypatch) -> None:
@@ -121,11 +121,12 @@ def test_a_tokenizer_file_is_bounded_and_expanded(tmp_path: Path, bpe, monkeypat
     path.write_text(bpe.tokenizer_json, encoding="utf-8")
     monkeypatch.setenv("TOKENIZERS_DIR", str(tmp_path))
     assert (
-        Vocab.build("", "bpe", tokenizer_file="${TOKENIZERS_DIR}/tokenizer.json").itos == bpe.itos
+        build("bpe", "", Settings(tokenizer_file="${TOKENIZERS_DIR}/tokenizer.json")).itos
+        == bpe.itos
     )
     monkeypatch.setattr(bpe_module, "TOKENIZER_MAX_BYTES", len(bpe.tokenizer_json) - 1)
     with pytest.raises(DataError, match=r"tokenizer.json: larger than 0 MB, which no tokenizer"):
-        Vocab.build("", "bpe", tokenizer_file=path)
+        build("bpe", "", Settings(tokenizer_file=path))
 
 
 @pytest.mark.parametrize("far", [5, 4_000_000_000])
@@ -140,7 +141,7 @@ def test_a_tokenizer_file_with_a_gap_in_its_ids_is_refused(tmp_path: Path, far: 
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(raw))
     with pytest.raises(DataError) as e:
-        Vocab.build("", "bpe", tokenizer_file=path)
+        build("bpe", "", Settings(tokenizer_file=path))
     assert str(e.value) == (
         f"data.tokenizer_file: {path}: the tokenizer's ids are not 0 .. size-1 without gaps"
     )

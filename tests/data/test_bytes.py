@@ -1,4 +1,4 @@
-"""The byte tokeniser: every text comes back exactly, and it fits where a Vocab does."""
+"""The byte tokeniser: every text comes back exactly, and it fits where any tokenizer does."""
 
 from __future__ import annotations
 

@@ -3,24 +3,25 @@ from __future__ import annotations
 import torch
 
 from conftest import shared_data
-from lmtrain.data import StreamBatches, Vocab, read_text
+from lmtrain.data import StreamBatches, read_text
 from lmtrain.data.corpus import SPLITS
+from lmtrain.data.tokenizers import Settings, build
 
 
 def test_word_vocab_specials_frequency_and_limits() -> None:
     text = "b a b\nc b a\n"
-    v = Vocab.build(text, "word")
+    v = build("word", text, Settings())
     assert v.itos == ["<pad>", "<unk>", "<eos>", "b", "a", "c"]
-    assert Vocab.build(text, "word", min_freq=2).itos[3:] == ["b", "a"]
-    assert Vocab.build(text, "word", max_size=1).itos[3:] == ["b"]
-    enc = Vocab.build(text, "word", min_freq=2).encode("b c\nzzz\n")
+    assert build("word", text, Settings(min_freq=2)).itos[3:] == ["b", "a"]
+    assert build("word", text, Settings(max_size=1)).itos[3:] == ["b"]
+    enc = build("word", text, Settings(min_freq=2)).encode("b c\nzzz\n")
     assert enc.ids.tolist() == [3, 1, 2, 1, 2]  # <eos> ends each line; c and zzz are unknown
     assert enc.oov == 2
 
 
 def test_char_vocab_round_trips_unicode() -> None:
     text = "héllo wörld — 日本語 🙂\n"
-    v = Vocab.build(text, "char")
+    v = build("char", text, Settings())
     assert v.itos[:2] == ["<pad>", "<unk>"]
     enc = v.encode(text)
     assert v.decode(enc.ids) == text and enc.oov == 0
@@ -52,7 +53,7 @@ def test_stream_batches_layout_matches_the_diagram() -> None:
 
 def test_wikitext2_tokenises_like_the_reference() -> None:
     train = read_text(str(shared_data("wikitext-2", "train.txt")))
-    vocab = Vocab.build(train, "word")
+    vocab = build("word", train, Settings())
     # The reference example's counts (shared/data/wikitext-2/README.md) plus our <pad>.
     assert len(vocab) == 33_278 + 1
     assert vocab.encode(train).ids.numel() == 2_088_628

@@ -13,7 +13,7 @@ import lmtrain.data.prepare as prepare_module
 from conftest import TINY_TEXT, tiny_config
 from lmtrain.config import Config
 from lmtrain.data.prepare import prepare_corpus
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Settings, Tokenizer, build, from_dict
 from lmtrain.errors import DataError
 from lmtrain.training.data import Corpus, prepare_data
 
@@ -27,7 +27,7 @@ def old_files(tiny_files: dict[str, Path]) -> dict[str, Path]:
     return tiny_files
 
 
-def _in_memory(cfg: Config, vocab: Vocab | None = None) -> Corpus:
+def _in_memory(cfg: Config, vocab: Tokenizer | None = None) -> Corpus:
     """Today's path: training's own reading and encoding, with the cache off."""
     return prepare_data(replace(cfg, data=replace(cfg.data, cache_dir=None)), vocab)
 
@@ -69,7 +69,7 @@ def test_a_resumed_vocabulary_maps_the_built_entry(
     cache = tmp_path / "cache"
     first = prepare_corpus(cfg.data, cache)
     _no_text_read(monkeypatch)
-    again = prepare_corpus(cfg.data, cache, Vocab.from_dict(first.vocab.to_dict()))
+    again = prepare_corpus(cfg.data, cache, from_dict(first.vocab.to_dict()))
     assert torch.equal(again.train.ids, first.train.ids)
 
 
@@ -77,7 +77,7 @@ def test_another_vocabulary_gets_its_own_ids(tmp_path: Path, old_files: dict[str
     cfg = tiny_config(tmp_path, old_files)
     cache = tmp_path / "cache"
     prepare_corpus(cfg.data, cache)
-    small = Vocab.build(TINY_TEXT, "word", max_size=3)  # most words become <unk>
+    small = build("word", TINY_TEXT, Settings(max_size=3))  # most words become <unk>
     got = prepare_corpus(cfg.data, cache, small)
     today = _in_memory(cfg, small)
     assert torch.equal(got.train.ids.long(), today.train)

@@ -26,7 +26,7 @@ from lmtrain.data.prepared import (
     source_of,
     write_prepared,
 )
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Settings, build, from_dict
 from lmtrain.errors import DataError
 
 SETTINGS = {"tokenizer": "word", "min_freq": 1, "max_size": None, "vocab": "built"}
@@ -58,7 +58,7 @@ def corpus(tmp_path: Path) -> Path:
 
 def _prepare(cache: Path, path: Path, kind: str = "word", settings: dict | None = None):
     text = path.read_text(encoding="utf-8")
-    vocab = Vocab.build(text, kind)
+    vocab = build(kind, text, Settings())
     enc = vocab.encode(text)
     vocab_sha = save_vocab(cache, vocab.to_dict())
     split = write_prepared(
@@ -81,7 +81,7 @@ def test_round_trip_equals_vocab_encode(tmp_path: Path, corpus: Path, kind: str)
     assert torch.equal(got.ids.long(), enc.ids)
     assert torch.equal(written.ids.long(), enc.ids)
     assert (got.oov, got.text_bytes, got.vocab_size) == (enc.oov, len(TINY_TEXT), len(vocab))
-    assert Vocab.from_dict(load_vocab(cache, got.vocab_sha256)).itos == vocab.itos
+    assert from_dict(load_vocab(cache, got.vocab_sha256)).itos == vocab.itos
     # The ids file is raw: one byte per token, nothing else.
     assert (cache / f"{got.key}.ids").stat().st_size == enc.ids.numel()
 

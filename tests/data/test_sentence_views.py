@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmtrain.data import SentenceBatches, Vocab
+from lmtrain.data import SentenceBatches
 from lmtrain.data import sentences as sentences_module
 from lmtrain.data.sentences import Sequences, marker_id, split_sequences
+from lmtrain.data.tokenizers import Settings, Tokenizer, build
 
 TEXT = "the cat sat\n\n  \nthe dog\nsat on a mat\n\n\nred cat\n \nthe end"
 
 
 def _reference(
-    ids: torch.Tensor, vocab: Vocab, documents: bool, max_length: int | None
+    ids: torch.Tensor, vocab: Tokenizer, documents: bool, max_length: int | None
 ) -> list[torch.Tensor]:
     """The whole-text int64 list split_sequences used to return, kept here as the reference."""
     eos = marker_id(vocab)
@@ -53,7 +54,7 @@ def test_sequences_equal_the_whole_text_list(
 ) -> None:
     monkeypatch.setattr(sentences_module, "_CHUNK", chunk)  # line ends across chunk borders too
     text = TEXT + ("\n" if newline_at_end else "")
-    vocab = Vocab.build(text, kind)
+    vocab = build(kind, text, Settings())
     ids = vocab.encode(text).ids
     want = _reference(ids, vocab, documents, max_length)
     for narrow in (ids, ids.to(torch.uint16)):
@@ -70,7 +71,7 @@ def test_sequences_equal_the_whole_text_list(
 def test_batches_of_sequences_equal_batches_of_the_list(
     documents: bool, max_length: int | None
 ) -> None:
-    vocab = Vocab.build(TEXT * 5, "char")
+    vocab = build("char", TEXT * 5, Settings())
     ids = vocab.encode(TEXT * 5).ids  # the last line has no newline: its marker is supplied
     seqs = split_sequences(ids.to(torch.uint16), vocab, documents, max_length)
     got = SentenceBatches(seqs, 3, 4, seed=2)
@@ -84,7 +85,7 @@ def test_batches_of_sequences_equal_batches_of_the_list(
 
 def test_no_int64_copy_of_the_whole_text_is_made_or_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     text = "the cat sat\n\nthe dog\n" * 400
-    vocab = Vocab.build(text, "word")
+    vocab = build("word", text, Settings())
     ids = vocab.encode(text).ids.to(torch.uint16)
     monkeypatch.setattr(sentences_module, "_CHUNK", 64)
     long = torch.Tensor.long

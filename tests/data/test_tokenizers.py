@@ -24,7 +24,6 @@ from lmtrain.data.tokenizers import (
     tokenizer_class,
 )
 from lmtrain.data.tokenizers.base import PAD, UNK, Encoded
-from lmtrain.data.vocab import Vocab
 from lmtrain.errors import DataError
 
 TEXT = "the cat sat\non the mat\n  \nnaïve café 日本語\n"
@@ -79,9 +78,6 @@ def test_a_kind_registered_from_one_module_builds_encodes_and_round_trips(pair) 
     assert saved == {"kind": "pair", "itos": vocab.itos}
     again = from_dict(saved)
     assert type(again) is pair and torch.equal(again.encode(TEXT).ids, enc.ids)
-    # The old names find it too, and it is a Vocab like every tokenizer.
-    old = Vocab.from_dict(Vocab.build(TEXT, "pair").to_dict())
-    assert old.itos == vocab.itos and isinstance(old, Vocab)
     with pytest.raises(ValueError, match="'pair' is already registered"):
         register(pair)
 
@@ -97,8 +93,6 @@ def test_an_unknown_name_is_refused_with_the_names() -> None:
     for kind in ("xyz", ["char"]):
         with pytest.raises(ValueError, match=r"^unknown tokenizer kind"):
             from_dict({"kind": kind, "itos": [PAD, UNK]})
-    with pytest.raises(ValueError, match="unknown tokenizer kind 'byte'"):
-        Vocab([PAD, UNK], "byte")  # Vocab(itos, kind) is for the listed kinds only
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +109,7 @@ def test_the_table_of_kinds(vocabs: dict[str, Tokenizer]) -> None:
         "byte": ("token", "", False, False),
         "bpe": ("token", "", False, True),
     }
-    assert all(isinstance(v, Vocab) for v in vocabs.values())
-    assert isinstance(Vocab([PAD, UNK, "a"], "char"), TOKENIZERS["char"])
+    assert all(isinstance(v, Tokenizer) for v in vocabs.values())
 
 
 @pytest.mark.parametrize("kind", ["char", "word", "byte", "bpe"])

@@ -13,7 +13,7 @@ from conftest import TINY_TEXT, tiny_config, write_tiny_files
 from lmtrain.api import Model
 from lmtrain.config import AdaptOptions, Config, EvalOptions
 from lmtrain.data.sentences import split_sequences
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Settings, build
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluation import evaluate_file, evaluate_string
 from lmtrain.evaluation.sentences import evaluate_sentences
@@ -24,7 +24,7 @@ from lmtrain.models import build_model
 def _untrained(tmp_path: Path, *overrides: str) -> tuple[Model, Config]:
     """An untrained tiny model: its figures are as exact as a trained one's, and cheaper."""
     cfg = tiny_config(tmp_path, write_tiny_files(tmp_path), *overrides)
-    vocab = Vocab.build(TINY_TEXT, cfg.data.tokenizer)
+    vocab = build(cfg.data.tokenizer, TINY_TEXT, Settings())
     torch.manual_seed(0)
     module = build_model(cfg.model, len(vocab)).eval()
     return Model(module, vocab, cfg, tmp_path), cfg

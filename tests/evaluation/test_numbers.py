@@ -14,7 +14,7 @@ import torch
 from conftest import invoke, tiny_config, write_tiny_files
 from lmtrain.checkpoint import load_model
 from lmtrain.config import AdaptOptions
-from lmtrain.data.vocab import Vocab
+from lmtrain.data.tokenizers import Settings, build, from_dict
 from lmtrain.evaluation.adaptation import adaptive_token_nll
 from lmtrain.models import build_model
 from lmtrain.models.cells import RecurrentLayer
@@ -69,7 +69,7 @@ def test_cache_lambda_must_leave_the_model_some_weight(lam: float) -> None:
 
 def test_written_pad_and_eos_are_words_and_unk_is_the_unknown_word() -> None:
     text = "a <pad> b <eos> c <unk>\n<pad> d\n"
-    vocab = Vocab.build(text, "word")
+    vocab = build("word", text, Settings())
     enc = vocab.encode(text)
     ids = enc.ids.tolist()
     assert vocab.pad_id not in ids  # nothing in a text can be padding
@@ -80,12 +80,12 @@ def test_written_pad_and_eos_are_words_and_unk_is_the_unknown_word() -> None:
     assert vocab.decode(enc.ids) == text
     # The entries stay distinct, so the vocabulary round-trips through a checkpoint.
     assert len(set(vocab.itos)) == len(vocab.itos) == 3 + 6
-    again = Vocab.from_dict(vocab.to_dict())
+    again = from_dict(vocab.to_dict())
     assert again.encode(text).ids.tolist() == ids and again.stoi == vocab.stoi
 
 
 def test_characters_of_pad_are_just_characters() -> None:
-    vocab = Vocab.build("<pad> and <unk> and <eos>\n", "char")
+    vocab = build("char", "<pad> and <unk> and <eos>\n", Settings())
     enc = vocab.encode("<pad><unk>")
     assert enc.ids.numel() == 10 and enc.oov == 0
     assert vocab.pad_id not in enc.ids.tolist() and vocab.unk_id not in enc.ids.tolist()

@@ -13,8 +13,9 @@ import torch
 
 from conftest import fit_with_losses, invoke, tiny_config
 from lmtrain.config import ModelConfig, config_from_dict
-from lmtrain.data import SentenceBatches, Vocab
+from lmtrain.data import SentenceBatches
 from lmtrain.data.sentences import sentence_ids, split_sequences
+from lmtrain.data.tokenizers import Settings, Tokenizer, build
 from lmtrain.errors import ConfigError
 from lmtrain.evaluation.scoring import score_texts
 from lmtrain.evaluation.sentences import sequence_nlls
@@ -40,8 +41,8 @@ WORDS = [
 ]
 
 
-def _word_vocab() -> Vocab:
-    return Vocab.build(" ".join(WORDS) + "\n", "word")
+def _word_vocab() -> Tokenizer:
+    return build("word", " ".join(WORDS) + "\n", Settings())
 
 
 def _random_sentences(n: int, seed: int, longest: int = 30) -> list[str]:
@@ -76,7 +77,7 @@ def test_lines_become_marker_framed_sequences_and_blank_lines_are_skipped() -> N
 
 def test_char_whitespace_only_lines_are_skipped_but_inner_spaces_kept() -> None:
     text = "ab c\n  \n\t\nd\n"
-    vocab = Vocab.build(text, "char")
+    vocab = build("char", text, Settings())
     seqs = split_sequences(vocab.encode(text).ids, vocab)
     assert [vocab.decode(s) for s in seqs] == ["\nab c\n", "\nd\n"]
 
@@ -103,7 +104,7 @@ def test_max_length_cuts_every_sequence_to_that_many_predicted_tokens() -> None:
 
 def test_score_frames_a_sentence_exactly_as_training_does() -> None:
     for kind in ("word", "char"):
-        vocab = Vocab.build(" ".join(WORDS) + "\n", kind)
+        vocab = build(kind, " ".join(WORDS) + "\n", Settings())
         from_text = split_sequences(vocab.encode("the cat sat\n").ids, vocab)[0]
         ids, oov = sentence_ids(vocab, "the cat sat")
         assert torch.equal(ids, from_text) and oov == 0

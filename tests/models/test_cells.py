@@ -12,7 +12,8 @@ from torch import nn
 
 from lmtrain.checkpoint import load_model
 from lmtrain.config import ModelConfig, config_from_dict
-from lmtrain.data import StreamBatches, Vocab, read_text
+from lmtrain.data import StreamBatches, read_text
+from lmtrain.data.tokenizers import Settings, build
 from lmtrain.errors import ConfigError
 from lmtrain.models import build_model
 from lmtrain.models.cells import CustomRecurrent, RecurrentLayer, needs_custom_stack
@@ -183,7 +184,7 @@ def test_manual_bptt_passes_gradcheck_in_float64() -> None:
 
 def test_manual_bptt_matches_autograd_on_a_real_batch(tiny_files, tmp_path: Path) -> None:
     text = read_text(str(tiny_files["train"]), "train")
-    vocab = Vocab.build(text, "word")
+    vocab = build("word", text, Settings())
     batch = next(StreamBatches(vocab.encode(text).ids, 4, 8).batches())
     cfg = tiny_config(tmp_path, tiny_files, "model.cell=rnn_manual")
     torch.manual_seed(3)
@@ -423,7 +424,7 @@ def test_every_option_trains_from_the_cli(name: str, tiny_files, tmp_path: Path,
     path.write_text(cfg.to_yaml())
     # The untrained model, seeded as fit seeds it: its validation loss is where training starts.
     text = read_text(str(tiny_files["train"]), "train")
-    vocab = Vocab.build(text, "word")
+    vocab = build("word", text, Settings())
     torch.manual_seed(cfg.train.seed)
     start = evaluate_ids(
         build_model(cfg.model, len(vocab)),

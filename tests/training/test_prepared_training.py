@@ -19,9 +19,8 @@ from conftest import fit_with_losses, tiny_config, write_tiny_files
 from lmtrain.checkpoint import load_model
 from lmtrain.config import Config, config_from_dict, load_config
 from lmtrain.data.batching import StreamBatches
-from lmtrain.data.tokenizers import ByteVocab
+from lmtrain.data.tokenizers import ByteVocab, Settings, Tokenizer, build, from_dict
 from lmtrain.data.variable_bptt import VariableStreamBatches
-from lmtrain.data.vocab import Vocab
 from lmtrain.errors import ConfigError
 from lmtrain.evaluation.stream import EvalResult, unigram_baseline
 from lmtrain.training import fit
@@ -264,13 +263,13 @@ def test_every_tokeniser_reports_bits_per_byte_of_the_validation_text(
 
 
 def test_byte_vocabularies_round_trip_through_the_vocabulary_dispatch() -> None:
-    built = Vocab.build("ignored", "byte")
+    built = build("byte", "ignored", Settings())
     assert isinstance(built, ByteVocab) and len(built) == 258
-    back = Vocab.from_dict(json.loads(json.dumps(built.to_dict())))
+    back = from_dict(json.loads(json.dumps(built.to_dict())))
     assert isinstance(back, ByteVocab)
     assert back.decode(back.encode(MULTI_TEXT).ids) == MULTI_TEXT
     assert [back.stoi[t] for t in back.tokenize("é")] == back.encode("é").ids.tolist()
-    assert isinstance(Vocab.from_dict(Vocab.build("ab", "char").to_dict()), Vocab)
+    assert isinstance(from_dict(build("char", "ab", Settings()).to_dict()), Tokenizer)
 
 
 def test_a_byte_model_loads_for_eval_sample_and_resume(
@@ -365,7 +364,7 @@ def test_lmtrain_prepare_fills_the_cache_that_fit_then_maps(
     config.write_text(cfg.to_yaml())
     r = invoke(cli, "prepare", config)
     assert r.exit_code == 0, r.output
-    tokens = Vocab.build(old_files["train"].read_text(), "word").encode(
+    tokens = build("word", old_files["train"].read_text(), Settings()).encode(
         old_files["train"].read_text()
     )
     assert f"train: {old_files['train']}: {tokens.ids.numel():,} tokens as uint8" in r.stdout
