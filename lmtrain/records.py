@@ -6,8 +6,9 @@ gathers every problem (an unknown key with the closest valid one, a wrong type, 
 range, a missing field) into one `RecordError`, each named by its dotted key. A `Dialect` words
 the problems the way its file's users read them (the config's `key: expected X, got V`, or a
 file's `'key' should be X, not V`). Leaf types this base layer does not know, such as a tensor,
-are declared by the caller as `Annotated[T, Leaf("a tensor", check)]`. The module is a little
-long because the converter and the dialects it speaks are one piece.
+are declared by the caller as `Annotated[T, Leaf("a tensor", check)]`, and a name from a table
+that grows at run time (a kind a plugin registers) as `Annotated[str, OneOf(TABLE)]`. The module
+is a little long because the converter and the dialects it speaks are one piece.
 """
 
 from __future__ import annotations
@@ -54,6 +55,34 @@ class Leaf:
 
     expected: str
     check: Callable[[Any], Any]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OneOf:
+    """A field whose values are the keys of a live table: `Annotated[str, OneOf(TABLE)]`.
+
+    Checked as `Literal[...]` of the keys the table holds at check time, with the same messages
+    and did-you-mean, so that a name added later (a `register()` call) is accepted and the
+    names are written once, in the table.
+    """
+
+    table: Mapping[str, Any]
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.table)
+
+    def literal(self) -> Any:
+        """The `Literal` of today's keys, which the converter checks the value against."""
+        return Literal[self.choices]
+
+
+def choices(tp: Any) -> tuple[Any, ...] | None:
+    """The values a `Literal[...]` or `Annotated[str, OneOf(...)]` field type allows, else None."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    one_of = _one_of(tp)
+    return None if one_of is None else one_of.choices
 
 
 _REPR = reprlib.Repr()
@@ -104,7 +133,8 @@ class Dialect:
         if origin is list:
             return self.list_of.format(item=self.type_name(typing.get_args(tp)[0]))
         if origin is Annotated:
-            return _leaf(tp).expected
+            one_of = _one_of(tp)
+            return _leaf(tp).expected if one_of is None else self.type_name(one_of.literal())
         if _is_dataclass_type(tp) or origin is dict or tp is dict:
             return self.mapping
         names = {int: "an integer", float: "a number", bool: self.truth, str: "a string"}
@@ -153,9 +183,13 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def _one_of(tp: Any) -> OneOf | None:
+    return next((m for m in getattr(tp, "__metadata__", ()) if isinstance(m, OneOf)), None)
+
+
 def _leaf(tp: Any) -> Leaf:
     leaves = [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Leaf)]
-    assert leaves, f"{tp}: an Annotated field type needs a Leaf"
+    assert leaves, f"{tp}: an Annotated field type needs a Leaf or a OneOf"
     return leaves[0]
 
 
@@ -167,6 +201,8 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str], d: Dialect) -> 
     if _is_dataclass_type(tp):
         if isinstance(value, dict):
             return build_dataclass(tp, value, key, problems, d)
+    elif origin is Annotated and (one_of := _one_of(tp)) is not None:
+        return _convert(value, one_of.literal(), key, problems, d)
     elif origin is Annotated:
         leaf, inner = _leaf(tp), []
         result = _convert(value, typing.get_args(tp)[0], key, inner, d)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pytest
 import torch
 
 import lmtrain.records as records
 from lmtrain.errors import ConfigError
-from lmtrain.records import FileDialect, Leaf, RecordError, build_record, joined
+from lmtrain.records import FileDialect, Leaf, OneOf, RecordError, build_record, joined
 
 
 def _even(n: int) -> int:
@@ -106,3 +106,46 @@ def test_records_sits_in_the_base_layer():
     }
     assert {m for m in imported if m.startswith("lmtrain")} == {"lmtrain.errors"}
     assert "torch" not in imported
+
+
+KINDS: dict[str, object] = {"sgd": object(), "adam": object()}
+
+
+@dataclass
+class Picked:
+    kind: Annotated[str, OneOf(KINDS)] = "sgd"
+    fixed: Literal["sgd", "adam"] = "sgd"
+    kinds: list[Annotated[str, OneOf(KINDS)]] = field(default_factory=list)
+
+
+def _picked(raw: dict[str, Any], **kwargs: Any) -> list[str]:
+    with pytest.raises(RecordError) as e:
+        build_record(Picked, raw, "w", **kwargs)
+    return e.value.problems
+
+
+@pytest.mark.parametrize("dialect", [records.CONFIG, FileDialect()], ids=["config", "file"])
+@pytest.mark.parametrize("value", ["adamm", "ADAM", "zzz", 3, None, ["sgd"], {"a": 1}, True])
+def test_a_name_of_a_live_table_is_worded_as_the_same_literal(dialect, value) -> None:
+    """OneOf(TABLE) says exactly what Literal[...] of the table's names says."""
+    as_one_of = _picked({"kind": value}, dialect=dialect)
+    as_literal = _picked({"fixed": value}, dialect=dialect)
+    assert as_one_of == [p.replace("fixed", "kind") for p in as_literal]
+    assert "one of 'sgd', 'adam'" in as_one_of[0]
+
+
+def test_a_name_added_to_the_table_later_is_accepted(monkeypatch) -> None:
+    with pytest.raises(RecordError, match="did you mean 'adam'"):
+        build_record(Picked, {"kind": "adamw"}, "w")
+    monkeypatch.setitem(KINDS, "adamw", object())
+    assert build_record(Picked, {"kind": "adamw", "kinds": ["adamw", "sgd"]}, "w") == Picked(
+        "adamw", "sgd", ["adamw", "sgd"]
+    )
+    assert _picked({"kinds": ["sgd", "lion"]}) == [
+        "kinds[1]: expected one of 'sgd', 'adam', 'adamw', got 'lion'"
+    ]
+    hints = records.type_hints(Picked)
+    assert records.choices(hints["kind"]) == ("sgd", "adam", "adamw")
+    assert records.choices(hints["fixed"]) == ("sgd", "adam")
+    assert records.choices(hints["kinds"]) is None
+    assert records.CONFIG.type_name(hints["kind"]) == "one of 'sgd', 'adam', 'adamw'"
