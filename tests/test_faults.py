@@ -1,16 +1,15 @@
-"""Fault injection: signals, kill -9 mid-save, damaged and untrusted checkpoints, NaN steps,
-bad input. Each test checks what the user sees (exit code, message) and what is kept on disk."""
+"""Fault injection: damaged and untrusted checkpoints, a full disk, NaN steps, bad input. Each
+test checks what the user sees (exit code, message) and what is kept on disk. Signals and kill -9
+in the middle of a save are in tests/runtime/test_signals.py."""
 
 from __future__ import annotations
 
 import errno
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,148 +36,6 @@ def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Pa
 
 def _ckpts(tmp_path: Path) -> Path:
     return tmp_path / "run" / "checkpoints"
-
-
-# ---------------------------------------------------------------------------------------------
-# Signals and kill -9, in a real subprocess
-
-# Runs `lmtrain fit` with three injected faults: each step sleeps a little (so signals land
-# mid-run), READY is written once step 3 is done, and a save can be made to hang after its
-# temporary file is fully written (SAVING marks that moment), so the test can signal or kill the
-# process in the middle of a checkpoint write.
-_DRIVER = textwrap.dedent(
-    """
-    import sys, time
-    from pathlib import Path
-    import torch
-    from lmtrain.training import loop as train
-    mode, marks = sys.argv[1], Path(sys.argv[2])
-    hang = False
-    real_save = torch.save
-
-    def save(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        if hang:
-            f.flush()
-            (marks / "SAVING").write_text("")
-            time.sleep(120)
-
-    torch.save = save
-    real_trainer_save = train.Trainer.save
-
-    def trainer_save(self, best):
-        global hang
-        stopping = self.stop is not None and self.stop.requested
-        hang = (mode == "hang-late-save" and self.progress.step >= 4) or (
-            mode == "hang-stop-save" and stopping
-        )
-        real_trainer_save(self, best)
-
-    train.Trainer.save = trainer_save
-    real_step = train.Trainer.train_step
-
-    def step(self, batch):
-        out = real_step(self, batch)
-        if self.progress.step + 1 == 3:
-            (marks / "READY").write_text("")
-        time.sleep(0.05)
-        return out
-
-    train.Trainer.train_step = step
-    sys.argv = ["lmtrain", "fit", *sys.argv[3:]]
-    from lmtrain.cli import main
-    main()
-    """
-)
-
-
-class _Run:
-    def __init__(self, tmp_path: Path, files: dict[str, Path], mode: str, *overrides: str):
-        self.marks = tmp_path / "marks"
-        self.marks.mkdir()
-        driver = tmp_path / "driver.py"
-        driver.write_text(_DRIVER, encoding="utf-8")
-        config = _write_config(tmp_path, files, "train.epochs=50", "train.eval_every=2", *overrides)
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1",
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, str(driver), mode, str(self.marks), str(config), "--quiet"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-
-    def wait_for(self, mark: str, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not (self.marks / mark).exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                out, err = self.proc.communicate()
-                pytest.fail(f"{mark} never appeared; exit {self.proc.returncode}\n{err}")
-            time.sleep(0.05)
-
-    def finish(self, timeout: float = 60.0) -> tuple[int, str]:
-        _, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, err
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_checkpoints_at_the_next_step_and_exits_with_its_code(
-    signum, code, tmp_path, tiny_files
-):
-    run = _Run(tmp_path, tiny_files, "plain")
-    run.wait_for("READY")
-    run.proc.send_signal(signum)
-    rc, err = run.finish()
-    assert rc == code, err
-    name = signal.Signals(signum).name
-    assert f"{name} received: stopped after step" in err
-    assert "--resume auto" in err and "Traceback" not in err
-    saved = load_checkpoint(_ckpts(tmp_path) / "last.pt")
-    assert saved["progress"]["step"] >= 3
-    assert not list(_ckpts(tmp_path).glob(".*.tmp"))
-
-
-@pytest.mark.slow
-def test_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path, tiny_files):
-    run = _Run(tmp_path, tiny_files, "hang-stop-save")
-    run.wait_for("READY")
-    before = (_ckpts(tmp_path) / "last.pt").read_bytes()  # written at step 2
-    run.proc.send_signal(signal.SIGINT)
-    run.wait_for("SAVING")  # the stop checkpoint is being written, and hangs there
-    sent = time.monotonic()
-    run.proc.send_signal(signal.SIGINT)
-    rc, err = run.finish()
-    assert time.monotonic() - sent < 20  # not the 120 s the hung save would take
-    assert rc == 130, err
-    assert "stopped at once" in err and "Traceback" not in err
-    # The interrupted write left nothing behind and last.pt is the old, complete checkpoint.
-    assert not list(_ckpts(tmp_path).glob(".*.tmp"))
-    assert (_ckpts(tmp_path) / "last.pt").read_bytes() == before
-    assert load_checkpoint(_ckpts(tmp_path) / "last.pt")["progress"]["step"] == 2
-
-
-@pytest.mark.slow
-def test_kill_9_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path, tiny_files, cli):
-    run = _Run(tmp_path, tiny_files, "hang-late-save")
-    run.wait_for("SAVING")  # writing the step-4 checkpoint's temporary file
-    run.proc.kill()
-    run.finish()
-    leftovers = list(_ckpts(tmp_path).glob(".*.tmp"))
-    assert leftovers, "the kill should have interrupted a write"
-    assert load_checkpoint(_ckpts(tmp_path) / "last.pt")["progress"]["step"] == 2
-
-    config = tmp_path / "config.yaml"
-    result = invoke(cli, "fit", config, "train.max_steps=6", "--resume", "auto", "--quiet")
-    assert result.exit_code == 0, result.output
-    assert "removed" in result.stderr and "unfinished checkpoint write" in result.stderr
-    assert "resuming at step 2" in result.stderr
-    assert not list(_ckpts(tmp_path).glob(".*.tmp"))
 
 
 # ---------------------------------------------------------------------------------------------
