@@ -8,11 +8,56 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from lmtrain import __version__
 from lmtrain.errors import LmtrainError
 
-app = typer.Typer(
+
+class _PlainHelp:
+    """--help in the words of every other command-line tool: `lmtrain eval [OPTIONS] RUN`, and
+    a flag with no value shown after it. Typer's own `{run}` for a required argument and `<bool>`
+    after `--json` read as syntax to type."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if isinstance(p, TyperArgument) and p.metavar is None and p.name:
+                p.metavar = p.name.upper()
+            elif isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
+                p.metavar = ""  # a flag takes no value: nothing to show in the type column
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []  # type: ignore[attr-defined]
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                name = p.metavar if p.required else f"[{p.metavar}]"
+                pieces.append(name + ("..." if p.nargs != 1 else ""))
+        if isinstance(self, TyperGroup):
+            pieces.append(self.subcommand_metavar)
+        return pieces
+
+
+class Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class Typer(typer.Typer):
+    """typer.Typer whose commands and groups print the plain --help above."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=Group, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        return super().command(*args, cls=Command, **kwargs)
+
+
+app = Typer(
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -10,13 +10,14 @@ import typer
 from lmtrain import catalog
 from lmtrain.cli.app import (
     OverridesArg,
+    Typer,
     _err,
     _user_errors,
     app,
 )
 from lmtrain.config import GradientFlowOptions, PlotOptions, field_docs, require_valid
 
-diagnose_app = typer.Typer(no_args_is_help=True, help="Diagnostics of a model or config.")
+diagnose_app = Typer(no_args_is_help=True, help="Diagnostics of a model or config.")
 app.add_typer(diagnose_app, name="diagnose")
 
 
