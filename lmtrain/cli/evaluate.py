@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -102,8 +101,13 @@ def score(
         typer.Argument(help="Sentences to score (after any --file lines).", show_default=False),
     ] = None,
     file: Annotated[
-        Path | None,
-        typer.Option("--file", help="UTF-8 file with one sentence per line; blank lines skipped."),
+        # A str, not a Path: Path("./-") is Path("-"), and only a bare "-" means standard input.
+        str | None,
+        typer.Option(
+            "--file",
+            help="UTF-8 file with one sentence per line (- reads standard input); blank lines "
+            "skipped.",
+        ),
     ] = None,
     batch_size: Annotated[
         int, typer.Option(help="Sentences scored together; never changes the result.")

@@ -7,11 +7,13 @@ The sentences are scored as sentences-mode evaluation reads its sequences
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from lmtrain.data.corpus import read_file
+from lmtrain.data.corpus import TEXT_FILE_MAX_BYTES, read_file
 from lmtrain.data.sentences import sentence_ids
 from lmtrain.data.tokenizers import Tokenizer
 from lmtrain.errors import LmtrainError
@@ -61,18 +63,54 @@ def score_texts(
     ]
 
 
-def texts_to_score(sentences: Sequence[str], file: Path | None = None) -> list[str]:
-    """`lmtrain score`'s input: the non-blank lines of `file`, then each sentence argument."""
+STDIN = "-"
+"""`--file -`: the sentences come from standard input, as for cat, grep or sort. Only the string
+"-" means it: a Path is always a file (a file named "-" is `./-`, or Path("-"))."""
+
+
+def texts_to_score(
+    sentences: Sequence[str], file: str | Path | None = None, stdin: BinaryIO | None = None
+) -> list[str]:
+    """`lmtrain score`'s input: the non-blank lines of `file` (STDIN: of `stdin`, by default the
+    process's standard input), then each sentence argument."""
     texts: list[str] = []
     if file is not None:
-        texts += [line for line in read_file(file).splitlines() if line.strip()]
+        text = _read_stdin(stdin) if file == STDIN else read_file(Path(file))
+        texts += [line for line in text.splitlines() if line.strip()]
     for i, text in enumerate(sentences, start=1):
         if not text.strip():
             raise LmtrainError(f"sentence argument {i} is empty; give some text to score")
         texts.append(text)
     if not texts:
-        raise LmtrainError("nothing to score: give sentences as arguments or --file FILE")
+        raise LmtrainError(
+            "nothing to score: give sentences as arguments, --file FILE, or --file - to read "
+            "them from standard input"
+        )
     return texts
+
+
+def _read_stdin(stdin: BinaryIO | None) -> str:
+    """The UTF-8 text on standard input, held to the bound of a --file (TEXT_FILE_MAX_BYTES)."""
+    where = "--file - (standard input)"
+    stream = stdin if stdin is not None else sys.stdin.buffer
+    try:
+        raw = stream.read(TEXT_FILE_MAX_BYTES + 1)
+    except OSError as e:
+        raise LmtrainError(f"{where}: cannot read ({e.strerror or e})") from None
+    if len(raw) > TEXT_FILE_MAX_BYTES:
+        raise LmtrainError(
+            f"{where}: more than {TEXT_FILE_MAX_BYTES >> 20} MB; this input takes short text "
+            "(pass fewer lines at a time)"
+        )
+    if b"\x00" in raw[:65536]:
+        raise LmtrainError(f"{where}: looks like binary data (it contains NUL bytes); give text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LmtrainError(
+            f"{where}: not valid UTF-8 at byte offset {e.start} "
+            f"({raw[e.start : e.start + 4]!r}); convert it first (e.g. iconv -t utf-8)"
+        ) from None
 
 
 def unknown_warning(scores: Sequence[SentenceScore]) -> str | None:
