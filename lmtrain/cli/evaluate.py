@@ -84,7 +84,8 @@ def eval_cmd(
     )  # fmt: skip
     check_options(options, adapt)
     model, vocab, cfg = load_model(run, resolve_device(device, "--device"))
-    report = evaluate_file(model, vocab, cfg.data, data, options, adapt)
+    origin = None if data is None else "given to --data"
+    report = evaluate_file(model, vocab, cfg.data, data, options, adapt, origin=origin)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:

@@ -115,17 +115,20 @@ def _builtin(spec: str, role: str) -> tuple[str, str]:
     return name, split
 
 
-def read_text(spec: str, role: str = "train", errors: str = "strict") -> str:
+def read_text(
+    spec: str, role: str = "train", errors: str = "strict", *, origin: str = "in your config"
+) -> str:
     """The text named by `spec` (a path or builtin corpus), decoded as UTF-8.
 
     `role` picks the split of a builtin corpus when the spec names none. `errors="replace"`
-    turns undecodable bytes into U+FFFD instead of failing.
+    turns undecodable bytes into U+FFFD instead of failing. `origin`: where the path was
+    written, for the message of a missing file ("given to --data").
     """
     if is_builtin(spec):
         name, split = _builtin(spec, role)
         return _split_paragraphs(BUILTINS[name](), split)
     path, split = split_file_spec(expand_vars(spec))
-    text = read_file(Path(path), errors, max_bytes=None)
+    text = read_file(Path(path), errors, max_bytes=None, origin=origin)
     return text if split is None else _split_paragraphs(text, split)
 
 
@@ -165,9 +168,14 @@ TEXT_FILE_MAX_BYTES = 16 * 1024 * 1024
 
 
 def read_file(
-    path: Path, errors: str = "strict", max_bytes: int | None = TEXT_FILE_MAX_BYTES
+    path: Path,
+    errors: str = "strict",
+    max_bytes: int | None = TEXT_FILE_MAX_BYTES,
+    *,
+    origin: str = "in your config",
 ) -> str:
     """The UTF-8 text of a regular file of at most `max_bytes` (None: no limit, for corpora).
+    `origin`: where the path was written, for the message of a missing file.
 
     Pipes, devices and sockets are refused before anything is read: a FIFO would hang and
     /dev/zero would be read until memory runs out.
@@ -175,7 +183,7 @@ def read_file(
     try:
         raw, more = files.read_bounded(path, max_bytes)
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found; check the path in your config") from None
+        raise DataError(f"{path}: file not found; check the path {origin}") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory; give the path of a text file") from None
     except PermissionError:

@@ -32,6 +32,8 @@ from lmtrain.evaluation.sentences import evaluate_sentences
 from lmtrain.evaluation.stream import EvalResult, evaluate_ids
 from lmtrain.models import LanguageModel
 
+SAVED_TEST = "in the run's saved config (data.test, as training read it)"
+
 STREAMS_IN_SENTENCES_MODE = (
     "--streams applies to stream-mode models only; this model was trained with "
     "data.mode: sentences, whose evaluation is exact at any --batch-size"
@@ -118,14 +120,23 @@ def evaluate_file(
     spec: str | None,
     options: EvalOptions,
     adapt: AdaptOptions | None = None,
+    *,
+    origin: str | None = None,
 ) -> EvalReport:
-    """`lmtrain eval`: the text of `spec` (a file or builtin:NAME; None: the run's data.test)."""
+    """`lmtrain eval`: the text of `spec` (a file or builtin:NAME; None: the run's data.test).
+
+    `origin`: where `spec` was written ("given to --data"), for the message of a missing file;
+    by default the run's data.test, or "you gave" for another path.
+    """
     adapt = adapt if adapt is not None else AdaptOptions()
     check_options(options, adapt)
+    if origin is None:
+        saved = spec is None or spec == data.test
+        origin = f"{SAVED_TEST}; pass --data FILE to evaluate another text" if saved else "you gave"
     spec = data.test if spec is None else spec  # "" is a path to refuse, not the default
     if spec is None:
         raise LmtrainError("no --data given and the run's config has no data.test")
-    text = read_text(spec, "test", data.decode_errors)
+    text = read_text(spec, "test", data.decode_errors, origin=origin)
     return evaluate_string(model, vocab, data, text, spec, options, adapt)
 
 

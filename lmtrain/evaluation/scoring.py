@@ -75,7 +75,9 @@ def texts_to_score(
     process's standard input), then each sentence argument."""
     texts: list[str] = []
     if file is not None:
-        text = _read_stdin(stdin) if file == STDIN else read_file(Path(file))
+        text = (
+            _read_stdin(stdin) if file == STDIN else read_file(Path(file), origin="given to --file")
+        )
         texts += [line for line in text.splitlines() if line.strip()]
     for i, text in enumerate(sentences, start=1):
         if not text.strip():
