@@ -5,15 +5,17 @@ given after it on the command line (`train.lr=0.5 model.cell=gru`). Loading is s
 unknown key, wrong type, out-of-range value and cross-field conflict is collected, and all of them
 are reported together in one `ConfigError` before any work starts.
 
-    schema.py     the root Config and its train and run sections: format, defaults, one-line docs;
-                  the data and model sections live in lmtrain/data/config.py and
-                  lmtrain/models/config.py, each with its checks, and are re-exported here
+    schema.py     the root Config and its run section: format, defaults, one-line docs; the data,
+                  model and train sections live in lmtrain/data/config.py,
+                  lmtrain/models/config.py and lmtrain/training/config.py, each with its checks
+                  (and the optimiser table and memory estimate in the train section's), and are
+                  re-exported here
     commands.py   the options of eval, score, sample, diagnose and plot: dataclasses of the same kind
     convert.py    build_options: command options from a mapping, by lmtrain/records.py
     yamlfile.py   strict YAML parsing and dotted overrides
     load.py       load_config / config_from_dict: parse, override, convert, expand, check
-    checks.py     the checks of the whole config: each section's, then train, run and cross-section
-    resources.py  the memory a config needs against what the device has
+    checks.py     the checks of the whole config: each section's, then run's and the text's
+    resources.py  the memory a config needs (the train section's estimate) against the device's
     describe.py   the text of `lmtrain config`
 """
 

@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from lmtrain.config.checks import FLOAT32_MAX, MAX_SEED
 from lmtrain.errors import LmtrainError
 from lmtrain.records import MAX_INT, show_value
+from lmtrain.training.config import FLOAT32_MAX, MAX_SEED
 
 # Bounds on what one sample call may generate: the ids are held in one (max_tokens, num_samples)
 # tensor and every text is decoded in memory, so a typo such as --max-tokens 2000000000 is

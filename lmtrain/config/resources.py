@@ -1,61 +1,28 @@
-"""Memory estimate: refuse a model that cannot fit before anything is built."""
+"""The memory a config needs against what the device has: refuse a model that cannot fit before
+anything is built, naming the key to lower.
+
+The estimate itself (what one training step holds, the optimiser's state included) is the train
+section's, in lmtrain/training/config.py; here it meets the device and the other sections' keys.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from lmtrain.config.schema import Config, TrainConfig
+from lmtrain.config.schema import Config
 from lmtrain.errors import ConfigError
+from lmtrain.training.config import MemoryEstimate, estimate_memory
 
-
-def _optimizer_slots(t: TrainConfig) -> int:
-    """Tensors of the parameters' size the optimiser keeps."""
-    if t.optimizer in ("adam", "adamw"):
-        return 2  # first and second moments
-    if t.optimizer == "rmsprop":
-        return 1 + (t.momentum > 0)
-    if t.optimizer == "ntasgd":
-        return 1  # the running average, once averaging starts
-    return int(t.momentum > 0)  # sgd's momentum buffer
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """A lower bound on what one training step holds in memory (fp32 weights)."""
-
-    parameters: int
-    state_bytes: int
-    """Weights, gradients and optimiser state."""
-    activation_bytes: int
-    """Activations kept for the backward pass of one step, logits included."""
-
-    @property
-    def total_bytes(self) -> int:
-        return self.state_bytes + self.activation_bytes
-
-
-def estimate_memory(cfg: Config, vocab_size: int, world_size: int = 1) -> MemoryEstimate:
-    """Memory a training step of `cfg` needs at least, from the config alone.
-
-    Counted: embedding, recurrent and decoder parameters with their gradients and optimiser
-    slots, and per token of the step the embedding, each layer's gates and state, and the
-    logits with their gradient. Workspace, caches and allocator slack are not, so a model this
-    estimate refuses can never fit, while one it accepts may still be tight.
-    """
-    m, t = cfg.model, cfg.train
-    parameters = m.parameter_count(vocab_size)  # the model's own count (models/config.py)
-    embedding = vocab_size * m.embedding_dim
-    slots = _optimizer_slots(t)
-    trained = parameters - (embedding if m.freeze_embeddings else 0)
-    state = 4 * (parameters + trained * (1 + slots))
-    tokens = t.batch_size * t.bptt // max(world_size, 1)
-    per_token = m.floats_per_token(vocab_size)
-    activations = tokens * per_token * (4 if t.precision in ("fp32", "auto") else 2)
-    return MemoryEstimate(parameters, state, activations)
+__all__ = [
+    "MemoryEstimate",
+    "check_resources",
+    "estimate_memory",
+    "memory_available",
+    "resource_problems",
+]
 
 
 _SIZE_KEYS = (

@@ -3,43 +3,29 @@
 `train.lr` goes from the config to the optimiser twice: `build_optimizer` gives it to torch as
 the initial rate, and before every step `LRSchedule.lr(step)` (warm-up, then constant, cosine or
 plateau) is written into each parameter group, times the window's variable-BPTT scale
-(lmtrain/training/step.py). Adding an optimiser: a name in `TrainConfig.optimizer` and a line in
-`_OPTIMIZERS`.
+(lmtrain/training/step.py). Adding an optimiser: a row in OPTIMIZERS (lmtrain/training/config.py),
+which names the callable that builds it.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from lmtrain.config import TrainConfig
-
-Params = list[nn.Parameter]
-
-_OPTIMIZERS: dict[str, Callable[[Params, TrainConfig], torch.optim.Optimizer]] = {
-    # Plain SGD; the NT-ASGD averager (lmtrain/training/averaging.py) averages once validation
-    # stalls.
-    "ntasgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, weight_decay=c.weight_decay),
-    "sgd": lambda p, c: torch.optim.SGD(
-        p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
-    ),
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
-    "rmsprop": lambda p, c: torch.optim.RMSprop(
-        p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
-    ),
-}
-
-WITH_MOMENTUM = ("sgd", "rmsprop")
-"""Optimisers whose momentum comes from train.momentum (and follows it on resume)."""
+from lmtrain.training.config import TrainConfig
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser of `cfg.optimizer`'s row of OPTIMIZERS over the trained parameters."""
+    spec = cfg.optimizer_spec  # the section admits only the table's names
+    module, _, name = spec.build.partition(":")
+    build = getattr(importlib.import_module(module), name)
     params = [p for p in model.parameters() if p.requires_grad]
-    return _OPTIMIZERS[cfg.optimizer](params, cfg)  # the schema admits only these names
+    return build(params, **spec.options(cfg))
 
 
 def apply_config(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
@@ -47,7 +33,7 @@ def apply_config(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
     may change them; lmtrain.checkpoint.check_resumable allows it)."""
     for group in optimizer.param_groups:
         group["weight_decay"] = cfg.weight_decay
-        if "momentum" in group and cfg.optimizer in WITH_MOMENTUM:
+        if "momentum" in group and cfg.optimizer_spec.momentum:
             group["momentum"] = cfg.momentum
 
 
