@@ -136,4 +136,35 @@ def resolve_checkpoint(spec: str | Path) -> Path:
         )
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    if path.suffix.lower() in (".yaml", ".yml", ".json") and not _is_archive(path):
+        raise CheckpointError(_config_not_checkpoint(path))
     return path
+
+
+def _is_archive(path: Path) -> bool:
+    """Whether `path` starts as a zip archive (every torch.save file does); an unreadable file
+    counts as one, so that loading it says what is wrong with it."""
+    try:
+        return files.read_bounded(path, 4)[0] == b"PK\x03\x04"
+    except OSError:
+        return True
+
+
+def _config_not_checkpoint(path: Path) -> str:
+    """What to give instead of the config file `path` (RUN/config.yaml, EXPORT/config.json)."""
+    from lmtrain.checkpoint.export_format import is_export_dir
+
+    folder = path.parent
+    if is_export_dir(folder):
+        instead = f"give the export folder itself: {folder}"
+    elif (folder / CHECKPOINT_DIR).is_dir():
+        instead = (
+            f"give the run directory ({folder}, its best checkpoint) or one of its checkpoints "
+            f"({folder / CHECKPOINT_DIR / BEST})"
+        )
+    else:
+        instead = "give a run directory, a checkpoint file (.pt) or an export folder"
+    return (
+        f"{path}: is a config file, not a checkpoint; nothing was loaded. To read a trained "
+        f"model, {instead}. A config is what lmtrain fit trains from."
+    )
