@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -19,7 +20,7 @@ from lmtrain.cli.app import (
     _user_errors,
     app,
 )
-from lmtrain.errors import LmtrainError
+from lmtrain.errors import LmtrainError, TrainingStopped
 
 if TYPE_CHECKING:  # the commands import torch lazily, so that --help stays fast
     from lmtrain.config import Config
@@ -64,7 +65,16 @@ def fit(
     from lmtrain.metrics import console, silence
 
     # A closed pipe (`lmtrain fit ... 2>&1 | head`) must not stop the training.
-    result = run_fit(cfg, resume=resume, quiet=quiet, echo=console(_err, sys.stderr))
+    echo = console(_err, sys.stderr)
+    try:
+        result = run_fit(cfg, resume=resume, quiet=quiet, echo=echo)
+    except TrainingStopped as e:
+        if e.exit_code == NONFINITE_EXIT:
+            raise  # it gave up: an error
+        # SIGINT/SIGTERM: the run stopped as asked and saved where it continues from, which is
+        # not an error; the way on is this very command with --resume auto.
+        echo(str(e).replace("lmtrain fit CONFIG", _this_command(config, settings)))
+        raise typer.Exit(e.exit_code) from None
     if not result.is_main:
         return  # under torchrun, rank 0 reports for the job
     try:
@@ -72,6 +82,15 @@ def fit(
     except BrokenPipeError:
         # The reader is gone (`| head`); the run is complete and saved, which is what counts.
         silence(sys.stdout)
+
+
+NONFINITE_EXIT = 3
+"""fit's exit status after too many consecutive non-finite steps (a failure, unlike a signal)."""
+
+
+def _this_command(config: Path, settings: list[str]) -> str:
+    """`lmtrain fit CONFIG` as it was typed: the config and its overrides, quoted for a shell."""
+    return shlex.join(["lmtrain", "fit", str(config), *settings])
 
 
 def _fit_summary(cfg: Config, result: FitResult) -> None:
