@@ -9,8 +9,8 @@ A recipe is an ordinary config file. Its header comment ends with a summary that
     #   hardware: CPU, ~1 min
     #   result: valid 1.865 bits/char, test 1.752
 
-Wherever a command takes a CONFIG file it also takes a recipe's name; a file of that name, when
-one exists, always wins.
+Wherever a command takes a CONFIG file it also takes a recipe's name; a file of that name, or
+./NAME.yaml (what `lmtrain init NAME` writes), when one exists, always wins.
 """
 
 from __future__ import annotations
@@ -91,8 +91,26 @@ def _did_you_mean(name: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def resolve_config(arg: str | Path) -> Path:
-    """The file a CONFIG argument names: the path itself when it exists, else a recipe.
+@dataclass(frozen=True)
+class ConfigSource:
+    """The file a CONFIG argument names, and a line saying which when the argument was a name."""
+
+    path: Path
+    note: str | None = None
+    """"config: ..." naming the file a bare name stood for (./NAME.yaml or a shipped recipe);
+    None for a path given as one."""
+
+
+_SUFFIXES = (".yaml", ".yml")
+
+
+def find_config(arg: str | Path) -> ConfigSource:
+    """The file a CONFIG argument names: the path itself when it exists; for a bare NAME, the
+    file ./NAME.yaml (then ./NAME.yml) when there is one, else the shipped recipe NAME.
+
+    ./NAME.yaml comes before the recipe because it is what `lmtrain init NAME` writes for the
+    user to edit: `lmtrain init quickstart`, an edit, then `lmtrain fit quickstart` trains the
+    edited file. The note says which file was used, and where the recipe is if it was not.
 
     A path with a directory part (`configs/x.yaml`, `./x`) is always a path, so a typo there is
     reported as a missing file, not as an unknown recipe. A directory is never a config, so a
@@ -101,18 +119,37 @@ def resolve_config(arg: str | Path) -> Path:
     no shell to expand it).
     """
     path = Path(arg).expanduser()
-    if len(path.parts) != 1 or path.is_file():
-        return path
-    if path.exists() and path.name.removesuffix(".yaml").removesuffix(".yml") not in names():
-        return path  # not a file and not a recipe: the config loader says what it is
-    try:
-        return find(path.name).path
-    except RecipeError:
-        raise RecipeError(
-            f"{arg}: no such file, and no recipe of that name"
-            f"{_did_you_mean(path.name.removesuffix('.yaml').removesuffix('.yml'))}; the "
-            f"recipes are: {', '.join(names())} (`lmtrain recipes` describes them)"
-        ) from None
+    # Path("./x") drops its "./", which says "a path" as surely as "configs/x" does.
+    if len(path.parts) != 1 or str(arg).startswith(("./", ".\\")) or path.is_file():
+        return ConfigSource(path)
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    recipe = next((r for r in recipes() if r.name == stem), None)
+    if stem == path.name:  # a bare NAME: the file init writes for it comes first
+        for local in (path.with_name(stem + suffix) for suffix in _SUFFIXES):
+            # Anything but a folder: a pipe or a dangling link is the loader's to name.
+            if (local.exists() or local.is_symlink()) and not local.is_dir():
+                instead = (
+                    f"; not the shipped recipe {stem}, which is {recipe.path}"
+                    if recipe is not None
+                    else ""
+                )
+                return ConfigSource(local, f"config: {local} (the file in this folder{instead})")
+    if recipe is not None:
+        return ConfigSource(
+            recipe.path, f"config: the shipped recipe {recipe.name} ({recipe.path})"
+        )
+    if path.exists():
+        return ConfigSource(path)  # not a file and not a recipe: the config loader says what
+    raise RecipeError(
+        f"{arg}: no such file, and no recipe of that name"
+        f"{_did_you_mean(stem)}; the recipes are: {', '.join(names())} (`lmtrain recipes` "
+        "describes them)"
+    )
+
+
+def resolve_config(arg: str | Path) -> Path:
+    """The file a CONFIG argument names (find_config, without its note)."""
+    return find_config(arg).path
 
 
 def copy_recipe(name: str, dest: str | Path | None = None) -> Path:

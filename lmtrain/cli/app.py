@@ -117,7 +117,8 @@ def _err(line: str) -> None:
 
 
 ConfigArg = Annotated[
-    Path,
+    # A str, not a Path: Path("./x") is Path("x"), and "./x" says "a file, not a recipe's name".
+    str,
     typer.Argument(
         help="YAML config file, or the name of a shipped recipe (lmtrain recipes).",
         show_default=False,
@@ -158,7 +159,7 @@ def _unknown_option(ctx: typer.Context, option: str) -> LmtrainError:
     )
 
 
-def _config_overrides(ctx: typer.Context, config: Path, tokens: list[str]) -> list[str]:
+def _config_overrides(ctx: typer.Context, config: str, tokens: list[str]) -> list[str]:
     """The overrides as KEY=VALUE; `--a.b VALUE` and `--a.b=VALUE` are accepted as `a.b=VALUE`.
 
     An option that is not a dotted key (a typo such as `--resum`) is refused with the closest

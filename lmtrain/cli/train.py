@@ -27,6 +27,15 @@ if TYPE_CHECKING:  # the commands import torch lazily, so that --help stays fast
     from lmtrain.training import FitResult
 
 
+def _config_file(config: str) -> Path:
+    """The file CONFIG names; when it was a name (./NAME.yaml or a recipe), a first line on
+    stderr says which file that is."""
+    source = catalog.find_config(config)
+    if source.note is not None:
+        _err(source.note)
+    return source.path
+
+
 @app.command(context_settings=_DOTTED_OPTIONS)
 @_user_errors
 def fit(
@@ -60,7 +69,7 @@ def fit(
     from lmtrain.training import fit as run_fit
 
     settings = _config_overrides(ctx, config, overrides or [])
-    cfg = config_mod.load_config(catalog.resolve_config(config), settings)
+    cfg = config_mod.load_config(_config_file(config), settings)
     config_mod.check_resources(cfg)
     from lmtrain.metrics import console, silence
 
@@ -88,9 +97,9 @@ NONFINITE_EXIT = 3
 """fit's exit status after too many consecutive non-finite steps (a failure, unlike a signal)."""
 
 
-def _this_command(config: Path, settings: list[str]) -> str:
+def _this_command(config: str, settings: list[str]) -> str:
     """`lmtrain fit CONFIG` as it was typed: the config and its overrides, quoted for a shell."""
-    return shlex.join(["lmtrain", "fit", str(config), *settings])
+    return shlex.join(["lmtrain", "fit", config, *settings])
 
 
 def _fit_summary(cfg: Config, result: FitResult) -> None:
@@ -134,7 +143,7 @@ def validate(ctx: typer.Context, config: ConfigArg, overrides: ConfigOverridesAr
     from lmtrain.preflight import validate_config
 
     settings = _config_overrides(ctx, config, overrides or [])
-    cfg = validate_config(catalog.resolve_config(config), settings)
+    cfg = validate_config(_config_file(config), settings)
     typer.echo(f"{config}: OK")
     typer.echo(cfg.to_yaml().rstrip())
 
@@ -163,7 +172,7 @@ def prepare(
     from lmtrain.data.prepare import prepare_corpus, resolve_cache_dir
 
     settings = _config_overrides(ctx, config, overrides or [])
-    cfg = config_mod.load_config(catalog.resolve_config(config), settings)
+    cfg = config_mod.load_config(_config_file(config), settings)
     cache_dir = resolve_cache_dir(cfg.data.cache_dir)
     if cache_dir is None:
         raise LmtrainError(
