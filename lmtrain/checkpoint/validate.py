@@ -12,17 +12,18 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO
 
 import torch
 
 from lmtrain.checkpoint.format import FORMAT, VERSION, Checkpoint, Progress
-from lmtrain.data.tokenizers import tokenizer_class
+from lmtrain.data.tokenizers import TOKENIZERS, tokenizer_class
 from lmtrain.errors import CheckpointError
 from lmtrain.records import (
     Count,
     FileDialect,
     Leaf,
+    OneOf,
     RecordError,
     build_record,
     describe,
@@ -88,7 +89,7 @@ Groups = Annotated[
 
 @dataclass
 class _Vocab:
-    kind: Literal["char", "word", "byte", "bpe"]
+    kind: Annotated[str, OneOf(TOKENIZERS)]
     itos: Tokens
     tokenizer: str | None = None
 

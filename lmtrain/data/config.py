@@ -1,12 +1,26 @@
 """The data section of the config and its checks: where the text comes from, how it is tokenised
-and batched. Defaults are written only here; this module imports no torch."""
+and batched. Defaults are written only here; this module imports no torch.
+
+TOKENIZER_CLASSES is the one table of tokenizer kinds: `data.tokenizer` is checked against its
+names, and lmtrain.data.tokenizers loads each class from it (its `register()` adds a row). A new
+kind is its module in lmtrain/data/tokenizers/ and one row here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
-from lmtrain.records import MAX_INT
+from lmtrain.records import MAX_INT, OneOf
+
+TOKENIZER_CLASSES: dict[str, str] = {
+    "char": "lmtrain.data.tokenizers.char:CharVocab",
+    "word": "lmtrain.data.tokenizers.word:WordVocab",
+    "byte": "lmtrain.data.tokenizers.byte:ByteVocab",
+    "bpe": "lmtrain.data.tokenizers.bpe:BpeVocab",
+}
+"""Each tokenizer kind by name, with its class as `module:Class` (imported only when a run
+builds one: the classes import torch, which reading a config does not)."""
 
 MIN_BPE_VOCAB = 260
 """A byte-level BPE vocabulary holds the specials (<pad>, <unk>, <eos>) and the 256 byte symbols
@@ -25,7 +39,7 @@ class DataConfig:
     """Validation text (file or builtin); null disables validation."""
     test: str | None = "builtin:python-docs"
     """Test text used by `lmtrain eval` when no --data is given; null for none."""
-    tokenizer: Literal["char", "word", "byte", "bpe"] = "char"
+    tokenizer: Annotated[str, OneOf(TOKENIZER_CLASSES)] = "char"
     """`char`: every Unicode character is a token. `word`: whitespace split, `<eos>` at line ends. `byte`: every UTF-8 byte. `bpe`: byte-level BPE subwords."""
     vocab_size: int | None = None
     """bpe: vocabulary size to train on the training split, specials included (at least 260); null with tokenizer_file."""
