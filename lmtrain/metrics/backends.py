@@ -1,5 +1,6 @@
 """Where logged values go besides the console and the run files: TensorBoard, and the optional
-loggers chosen by name from SINKS (Weights & Biases, MLflow).
+loggers chosen by name from SINKS (Weights & Biases, MLflow). A logger is a class with its
+`name` and pip `package`, added by `register` (a new one: its class here or in a plugin's module).
 
 TensorBoard groups tags by the text before the first "/" and orders groups and the tags within
 them by name (natural order). The groups are therefore `train` and `val` (loss and the figures
@@ -15,7 +16,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lmtrain.metrics.config import LOGGERS
 from lmtrain.metrics.files import MetricsError, write_error
@@ -90,9 +91,28 @@ def _layout(figure: str) -> dict[str, Any]:
 _FINISHED = ("completed", "time_limit")
 """results.json statuses of a run that ended as planned."""
 
+SINKS: dict[str, Any] = {}
+"""The class of each logger of LOGGERS (lmtrain/metrics/config.py), by the same name: built as
+`cls(module, run_dir, config)` from the module of its package, with `log(step, values)` and
+`finish(results)`."""
 
+S = TypeVar("S", bound=type)
+
+
+def register(cls: S) -> S:
+    """Add the logger `cls` under `cls.name`: the class to SINKS and its pip package
+    (`cls.package`, also the module imported) to LOGGERS, the names run.loggers takes."""
+    name: str = cls.name  # type: ignore[attr-defined]
+    if name in SINKS or name in LOGGERS:
+        raise ValueError(f"a logger named {name!r} is already registered")
+    LOGGERS[name], SINKS[name] = cls.package, cls  # type: ignore[attr-defined]
+    return cls
+
+
+@register
 class Wandb:
     name = "wandb"
+    package = "wandb"
 
     def __init__(self, module: Any, run_dir: Path, config: dict[str, Any]) -> None:
         self.module = module
@@ -106,8 +126,10 @@ class Wandb:
         self.module.finish(exit_code=0 if results["status"] in _FINISHED else 1)
 
 
+@register
 class Mlflow:
     name = "mlflow"
+    package = "mlflow"
 
     def __init__(self, module: Any, run_dir: Path, config: dict[str, Any]) -> None:
         self.module = module
@@ -136,12 +158,6 @@ def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-SINKS: dict[str, Any] = {sink.name: sink for sink in (Wandb, Mlflow)}
-"""The class of each logger of LOGGERS (lmtrain/metrics/config.py), by the same name: built as
-`cls(module, run_dir, config)` from the module of its package, with `log(step, values)` and
-`finish(results)`."""
 
 
 def check_loggers(names: Sequence[str]) -> list[Any]:
