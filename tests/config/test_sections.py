@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lmtrain.config import DataConfig, ModelConfig, config_from_dict, field_docs
+from lmtrain.config import DataConfig, ModelConfig, TrainConfig, config_from_dict, field_docs
 from lmtrain.data.tokenizers import TOKENIZERS
 from lmtrain.errors import ConfigError
 from lmtrain.metrics.config import LOGGERS
@@ -69,3 +69,12 @@ def test_the_tokenizer_names_of_the_data_section_are_the_registrys() -> None:
     assert names == list(TOKENIZERS) == ["char", "word", "byte", "bpe"]
     assert all(TOKENIZERS[name].kind == name for name in names)
     assert all(f"`{name}`" in field_docs(DataConfig)["tokenizer"] for name in names)
+
+
+def test_the_train_section_lives_with_training_and_imports_no_torch() -> None:
+    import lmtrain.training.config
+
+    assert TrainConfig is lmtrain.training.config.TrainConfig
+    code = "import sys, lmtrain.training.config\nprint('torch' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
