@@ -8,7 +8,8 @@
     estimate_memory   what one training step holds at least, from the config alone
 
 A new optimiser is one row in OPTIMIZERS (or one `register` call); lmtrain/training/optim.py
-builds it from its row, and no other place compares optimiser names. This module imports no
+builds it from its row, and no package but training names an optimiser (the NT-ASGD averager,
+lmtrain/training/averaging.py, is chosen by its name there). This module imports no
 torch (the optimiser's class is named by its import path), so that loading a config stays
 light. Defaults are written only here.
 """
