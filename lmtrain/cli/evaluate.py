@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated
 
 import typer
@@ -75,6 +76,7 @@ def eval_cmd(
     """
     from lmtrain.checkpoint import load_model
     from lmtrain.evaluation import check_options, evaluate_file
+    from lmtrain.metrics.console import Meter
     from lmtrain.runtime.device import resolve_device
 
     options = EvalOptions(batch_size, streams)
@@ -85,7 +87,11 @@ def eval_cmd(
     check_options(options, adapt)
     model, vocab, cfg = load_model(run, resolve_device(device, "--device"))
     origin = None if data is None else "given to --data"
-    report = evaluate_file(model, vocab, cfg.data, data, options, adapt, origin=origin)
+    # A bar on a terminal; off one, a line as each pass starts and ends (stdout stays the report).
+    meter = Meter(_err, bar=sys.stderr.isatty(), lines=True)
+    report = evaluate_file(
+        model, vocab, cfg.data, data, options, adapt, origin=origin, progress=meter.track
+    )
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:

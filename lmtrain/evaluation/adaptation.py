@@ -28,7 +28,7 @@ import torch
 
 from lmtrain.config import AdaptOptions
 from lmtrain.evaluation.reading import evaluating
-from lmtrain.evaluation.stream import EvalResult
+from lmtrain.evaluation.stream import EvalResult, Progress
 from lmtrain.models import LanguageModel, build_model, detach_state
 
 
@@ -78,10 +78,13 @@ def _cache_log_probs(
     return torch.logsumexp(log_attn, dim=1), any_visible.squeeze(1)
 
 
-def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptions) -> torch.Tensor:
+def adaptive_token_nll(
+    model: LanguageModel, ids: torch.Tensor, opts: AdaptOptions, progress: Progress | None = None
+) -> torch.Tensor:
     """Per-token NLL (len(ids) - 1,) of `ids` read as one stream with the adaptations of `opts`.
 
-    The model passed in is never changed: dynamic evaluation works on a copy.
+    The model passed in is never changed: dynamic evaluation works on a copy. `progress` hears
+    the tokens scored after each segment.
     """
     device = next(model.parameters()).device
     if opts.dynamic:
@@ -110,6 +113,8 @@ def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptio
         if opts.dynamic and device.type == "cuda"
         else contextlib.nullcontext()
     )
+    if progress is not None:
+        progress(0, n)
     # Eval mode: no dropout; gradients flow only for dynamic evaluation.
     with evaluating(model, grad=opts.dynamic), cudnn_off:
         for start in range(0, n, seg):
@@ -142,6 +147,8 @@ def adaptive_token_nll(model: LanguageModel, ids: torch.Tensor, opts: AdaptOptio
                 (nll.sum() / t).backward()
                 _dynamic_step(params, trained, mean_sq, opts)
             state = detach_state(new_state)
+            if progress is not None:
+                progress(start + t, n)
     return out
 
 
@@ -171,10 +178,11 @@ def evaluate_adaptive(
     oov: int,
     opts: AdaptOptions,
     text_bytes: int | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """The figure of `ids` read as one stream with the adaptations of `opts`; `text_bytes`:
-    UTF-8 bytes of their text, for bits per byte."""
-    nll = adaptive_token_nll(model, ids, opts)
+    UTF-8 bytes of their text, for bits per byte; `progress`: hears the tokens scored."""
+    nll = adaptive_token_nll(model, ids, opts, progress)
     return EvalResult(
         nll=float(nll.sum()), tokens=nll.numel(), kind=kind, oov=oov,
         text_tokens=ids.numel(), text_bytes=text_bytes,

@@ -29,7 +29,7 @@ from lmtrain.data.tokenizers import Encoded, Tokenizer
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluation.adaptation import evaluate_adaptive
 from lmtrain.evaluation.sentences import evaluate_sentences
-from lmtrain.evaluation.stream import EvalResult, evaluate_ids
+from lmtrain.evaluation.stream import EvalResult, Progress, evaluate_ids
 from lmtrain.models import LanguageModel
 
 SAVED_TEST = "in the run's saved config (data.test, as training read it)"
@@ -51,6 +51,7 @@ def evaluate_text(
     streams: int = 1,
     text_bytes: int | None = None,
     stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """The figure of `ids`, the whole text's tokens (line ends included).
 
@@ -59,15 +60,18 @@ def evaluate_text(
     figure). Without: stream mode, exact with `streams=1`; `streams > 1` is the opt-in
     approximation. `stop` is polled between windows or batches; a stop request raises
     EvaluationInterrupted. `text_bytes`: UTF-8 bytes of the text, for bits per byte.
+    `progress(done, total)` hears the predicted tokens done, from 0 before the first window.
     """
     if sequences is not None:
         if streams != 1:
             raise LmtrainError(STREAMS_IN_SENTENCES_MODE)
         return evaluate_sentences(
             model, sequences, kind, oov, batch_size, stop=stop,
-            text_tokens=ids.numel(), text_bytes=text_bytes,
+            text_tokens=ids.numel(), text_bytes=text_bytes, progress=progress,
         )  # fmt: skip
-    return evaluate_ids(model, ids, kind, oov, streams, stop=stop, text_bytes=text_bytes)
+    return evaluate_ids(
+        model, ids, kind, oov, streams, stop=stop, text_bytes=text_bytes, progress=progress
+    )
 
 
 def check_options(options: EvalOptions, adapt: AdaptOptions | None = None) -> None:
@@ -122,11 +126,13 @@ def evaluate_file(
     adapt: AdaptOptions | None = None,
     *,
     origin: str | None = None,
+    progress: Callable[[str], Progress] | None = None,
 ) -> EvalReport:
     """`lmtrain eval`: the text of `spec` (a file or builtin:NAME; None: the run's data.test).
 
     `origin`: where `spec` was written ("given to --data"), for the message of a missing file;
-    by default the run's data.test, or "you gave" for another path.
+    by default the run's data.test, or "you gave" for another path. `progress(label)`: the
+    progress callback of each pass (evaluate_string).
     """
     adapt = adapt if adapt is not None else AdaptOptions()
     check_options(options, adapt)
@@ -137,7 +143,7 @@ def evaluate_file(
     if spec is None:
         raise LmtrainError("no --data given and the run's config has no data.test")
     text = read_text(spec, "test", data.decode_errors, origin=origin)
-    return evaluate_string(model, vocab, data, text, spec, options, adapt)
+    return evaluate_string(model, vocab, data, text, spec, options, adapt, progress=progress)
 
 
 def evaluate_string(
@@ -148,9 +154,14 @@ def evaluate_string(
     source: str,
     options: EvalOptions,
     adapt: AdaptOptions | None = None,
+    *,
+    progress: Callable[[str], Progress] | None = None,
 ) -> EvalReport:
     """The figures of `text` (named `source` in messages), read the way the model was trained:
-    every line from a zero state in sentences mode, one stream otherwise."""
+    every line from a zero state in sentences mode, one stream otherwise.
+
+    `progress(label)` gives the progress callback of each pass: "evaluation", then "adapted
+    evaluation, ..." when `adapt` asks for one (lmtrain.metrics.Meter.track is one)."""
     adapt = adapt if adapt is not None else AdaptOptions()
     check_options(options, adapt)
     enc = vocab.encode(text)
@@ -170,8 +181,12 @@ def evaluate_string(
     result = evaluate_text(
         model, vocab.kind, enc.ids, sequences=sequences, oov=enc.oov,
         batch_size=options.batch_size, streams=options.streams, text_bytes=text_bytes,
+        progress=None if progress is None else progress("evaluation"),
     )  # fmt: skip
     adapted = None
     if adapt.dynamic or adapt.cache:
-        adapted = evaluate_adaptive(model, enc.ids, vocab.kind, enc.oov, adapt, text_bytes)
+        adapted = evaluate_adaptive(
+            model, enc.ids, vocab.kind, enc.oov, adapt, text_bytes,
+            None if progress is None else progress(f"adapted evaluation, {adapt.describe()}"),
+        )  # fmt: skip
     return EvalReport(source, result, enc, adapted, adapt.describe())

@@ -34,6 +34,11 @@ from lmtrain.models import LanguageModel, detach_state, select_rows
 _COUNT_CHUNK = 1 << 22
 
 
+Progress = Callable[[int, int], None]
+"""`progress(done, total)`: tokens predicted so far and in all, in one pass over a text; called
+with 0 done before the first window, then after each (lmtrain.metrics.Meter shows it)."""
+
+
 class EvaluationInterrupted(Exception):
     """A stop was requested (SIGINT/SIGTERM) while evaluating; no figure was computed."""
 
@@ -162,16 +167,21 @@ def stream_nll(
     streams: int = 1,
     window: int | None = None,
     stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[float, int]:
     """(total NLL, predicted tokens) of `ids` read as `streams` parallel streams.
 
     `stop` is polled before each window; when it returns True, EvaluationInterrupted is raised.
+    `progress` hears the predicted tokens done after each window.
     """
     device = next(model.parameters()).device
     if window is None:
         window = logit_window(model.vocab_size, streams)
     batches = StreamBatches(ids, streams, window)
     total = torch.zeros((), dtype=torch.float64, device=device)
+    todo, done = batches.tokens_per_epoch, 0
+    if progress is not None:
+        progress(0, todo)
     with evaluating(model):
         state = model.init_state(streams, device)
         for batch in batches.batches():
@@ -183,7 +193,10 @@ def stream_nll(
             state = detach_state(state)
             h = hidden.reshape(-1, hidden.size(-1))
             total += model.output.nll(h, batch.targets.reshape(-1).to(device)).double()
-    return float(total), batches.tokens_per_epoch
+            if progress is not None:
+                done += batch.num_tokens
+                progress(done, todo)
+    return float(total), todo
 
 
 def unigram_baseline(
@@ -221,9 +234,10 @@ def evaluate_ids(
     streams: int = 1,
     stop: Callable[[], bool] | None = None,
     text_bytes: int | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Stream-mode figure of `ids`; `text_bytes`: UTF-8 bytes of their text (for bpb)."""
-    nll, tokens = stream_nll(model, ids, streams, stop=stop)
+    nll, tokens = stream_nll(model, ids, streams, stop=stop, progress=progress)
     return EvalResult(
         nll=nll,
         tokens=tokens,

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from lmtrain.metrics.backends import SINKS, TB_DIR, TensorBoardWriter, check_loggers
+from lmtrain.metrics.console import Meter
 from lmtrain.metrics.files import (
     RESULTS_VERSION,
     MetricsError,
@@ -105,6 +106,7 @@ class RunLogger:
         self.initial_step = initial_step
         self.config_yaml = config_yaml
         self.started = time.perf_counter()
+        self.step = initial_step
         self.tokens = 0
         modules = check_loggers(loggers)
         self.metrics: MetricsFile | None = None
@@ -129,6 +131,9 @@ class RunLogger:
             leave=False,
             file=sys.stderr,
         )
+        # An evaluation has its own progress: a second bar, or lines (a log otherwise sits
+        # silent through it), or nothing under `quiet`.
+        self.meter = Meter(self.message, bar=not self.bar.disable, lines=not quiet)
         self.message(f"run directory: {self.run_dir}")
         if self.writer is not None:
             self.message(f"TensorBoard: tensorboard --logdir {self.run_dir / TB_DIR}")
@@ -199,9 +204,15 @@ class RunLogger:
 
     def advance(self, n: int = 1, tokens: int | None = None) -> None:
         """`n` more steps done; `tokens`: training tokens consumed so far."""
+        self.step += n
         self.bar.update(n)
         if tokens is not None:
             self.tokens = tokens
+
+    def evaluation_progress(self) -> Callable[[int, int], None]:
+        """The progress callback of a validation now (lmtrain.evaluation's Progress)."""
+        label = "validation" if self.meter.bar else f"step {self.step} | validation"
+        return self.meter.track(label)
 
     def evaluation(
         self, step: int, epoch: int, train_seconds: float, result: Evaluated, best: bool

@@ -19,7 +19,7 @@ def validate(s: Session, stop: StopRequest | None) -> EvalResult:
     """The validation figure, exact; under torchrun computed once on rank 0 and shared.
 
     `stop` is polled between windows, so that a signal need not wait for the end; a signal
-    raises EvaluationInterrupted on every rank.
+    raises EvaluationInterrupted on every rank. Its progress shows as the logger's.
     """
     corpus = s.corpus
     assert corpus.valid is not None
@@ -30,6 +30,7 @@ def validate(s: Session, stop: StopRequest | None) -> EvalResult:
                 s.model, corpus.vocab.kind, corpus.valid, sequences=s.valid_sequences,
                 oov=corpus.valid_oov, batch_size=s.cfg.train.batch_size,
                 text_bytes=corpus.valid_bytes, stop=stop,
+                progress=s.logger.evaluation_progress(),
             )  # fmt: skip
         except EvaluationInterrupted:
             assert stop is not None and stop.signum is not None
