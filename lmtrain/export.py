@@ -94,7 +94,7 @@ def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
     try:
         write_manifest(out, complete=False)
         card = model_card(model, vocab, cfg, progress, checkpoint)
-        sums = write_export_files(out, model, vocab, cfg, card, __version__)
+        sums = write_export_files(out, model, vocab, cfg, card, __version__, progress.step)
         write_manifest(out, complete=True, sha256=sums)
     except OSError as e:
         raise ExportError(

@@ -39,6 +39,10 @@ MANIFEST = ".lmtrain-export.json"
 """What lmtrain export wrote in the folder: the only files a later export may replace."""
 FORMAT = "lmtrain-export"
 VERSION = 1
+STEP_KEY = "step"
+"""The weights' metadata key that holds the optimiser step (a string, as safetensors wants)."""
+_HEADER_BYTES = 1 << 20
+"""Bytes read for the weights' header metadata (a tensor's name is one entry: a MiB is ample)."""
 _JSON_MAX_BYTES = 256 << 20
 """config.json and the manifest are small; vocab.json of the largest vocabulary far below."""
 
@@ -60,14 +64,18 @@ def write_export_files(
     cfg: Config,
     card: str,
     lmtrain_version: str,
+    step: int | None = None,
 ) -> dict[str, str]:
     """Write the four files of an export into `folder`, each through files.atomic_write; returns
-    the sha256 of each file load_export reads, for the manifest."""
+    the sha256 of each file load_export reads, for the manifest. `step`: the optimiser step of
+    the weights, kept in the weights' metadata (export_step reads it)."""
     from safetensors.torch import save
 
     # A shared tensor (tied weights) is stored once, under its first name; its other names are
     # recorded in the metadata, as safetensors' save_model does, and load_export ties them again.
     meta = {"format": FORMAT, "version": str(VERSION), "lmtrain_version": lmtrain_version}
+    if step is not None:
+        meta[STEP_KEY] = str(step)
     state, first = {}, {}
     for name, tensor in model.state_dict().items():
         kept = first.setdefault((tensor.data_ptr(), tensor.numel()), name)
@@ -173,6 +181,17 @@ def load_export(
     for file, digest in read.items():
         _check_sum(file, digest, sums)
     return model.to(device).eval(), vocab, cfg
+
+
+def export_step(folder: str | Path) -> int | None:
+    """The optimiser step an export's weights were saved at; None where it is not recorded (an
+    export of an older lmtrain) or not readable (load_export says what is wrong)."""
+    try:
+        header = files.read_bounded(Path(folder) / WEIGHTS, _HEADER_BYTES)[0]
+        step = int(weights_metadata(header).get(STEP_KEY, ""))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return step if step >= 0 else None
 
 
 def weights_metadata(data: bytes) -> dict[str, Any]:

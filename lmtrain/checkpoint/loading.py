@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lmtrain.checkpoint.export_format import is_export_dir, load_export
+from lmtrain.checkpoint.export_format import export_step, is_export_dir, load_export
 from lmtrain.checkpoint.format import Checkpoint
 from lmtrain.checkpoint.storage import load_checkpoint, resolve_checkpoint
 from lmtrain.config import Config, config_from_dict
@@ -23,12 +24,31 @@ def config_of(ck: Checkpoint, path: Path) -> Config:
         raise CheckpointError(f"{path}: its saved config cannot be read ({e})") from None
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A model to evaluate or sample, and where it came from (what `lmtrain eval` reports)."""
+
+    model: LanguageModel
+    vocab: Tokenizer
+    config: Config
+    path: Path
+    """The checkpoint file read (a run directory's best.pt, say), or the export folder."""
+    step: int | None
+    """The optimiser step of those weights; None for an export that does not record it."""
+
+
 def load_model(
     spec: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[LanguageModel, Tokenizer, Config]:
     """Model (in eval mode), vocabulary and config of a checkpoint, run directory or export."""
+    t = load_trained(spec, device)
+    return t.model, t.vocab, t.config
+
+
+def load_trained(spec: str | Path, device: torch.device | str = "cpu") -> Trained:
+    """load_model's model, vocabulary and config, with the file they came from and its step."""
     if is_export_dir(spec):
-        return load_export(spec, device)
+        return Trained(*load_export(spec, device), Path(spec), export_step(spec))
     path = resolve_checkpoint(spec)
     ck = load_checkpoint(path)
     cfg = config_of(ck, path)
@@ -43,4 +63,4 @@ def load_model(
         ) from None
     except LmtrainError:
         raise
-    return model.to(device).eval(), vocab, cfg
+    return Trained(model.to(device).eval(), vocab, cfg, path, ck.progress.step)

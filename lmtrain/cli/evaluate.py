@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Annotated
@@ -71,10 +72,13 @@ def eval_cmd(
 ) -> None:
     """Loss, perplexity (bits per character for character models) and OOV rate on held-out text.
 
+    The first line (and --json's checkpoint, step and split) says what was measured: the
+    checkpoint file and its step, the text and, for a built-in corpus, its split.
+
     With --dynamic-lr or --cache-size the text is also scored with that eval-time adaptation,
     and both figures are printed: plain first, then adapted, on the same checkpoint.
     """
-    from lmtrain.checkpoint import load_model
+    from lmtrain.checkpoint.loading import load_trained
     from lmtrain.evaluation import check_options, evaluate_file
     from lmtrain.metrics.console import Meter
     from lmtrain.runtime.device import resolve_device
@@ -85,13 +89,15 @@ def eval_cmd(
         cache_size, cache_theta, cache_lambda,
     )  # fmt: skip
     check_options(options, adapt)
-    model, vocab, cfg = load_model(run, resolve_device(device, "--device"))
+    trained = load_trained(run, resolve_device(device, "--device"))
     origin = None if data is None else "given to --data"
     # A bar on a terminal; off one, a line as each pass starts and ends (stdout stays the report).
     meter = Meter(_err, bar=sys.stderr.isatty(), lines=True)
     report = evaluate_file(
-        model, vocab, cfg.data, data, options, adapt, origin=origin, progress=meter.track
-    )
+        trained.model, trained.vocab, trained.config.data, data, options, adapt,
+        origin=origin, progress=meter.track,
+    )  # fmt: skip
+    report = dataclasses.replace(report, checkpoint=str(trained.path), step=trained.step)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:

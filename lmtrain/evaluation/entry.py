@@ -15,6 +15,7 @@ sentences-mode evaluation reads its sequences.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import torch
 
 from lmtrain.config import AdaptOptions, DataConfig, EvalOptions
 from lmtrain.data import read_text
-from lmtrain.data.corpus import text_utf8_bytes
+from lmtrain.data.corpus import BUILTIN_PREFIX, is_builtin, split_file_spec, text_utf8_bytes
 from lmtrain.data.coverage import check_coverage
 from lmtrain.data.sentences import split_sequences
 from lmtrain.data.tokenizers import Encoded, Tokenizer
@@ -87,7 +88,8 @@ def check_options(options: EvalOptions, adapt: AdaptOptions | None = None) -> No
 
 @dataclass(frozen=True)
 class EvalReport:
-    """What `lmtrain eval` prints: the plain figure, and the adapted one when asked for."""
+    """What `lmtrain eval` prints: what was measured, the plain figure, and the adapted one when
+    asked for."""
 
     source: str
     """The text's name: the --data spec, or "text" for a string."""
@@ -96,18 +98,38 @@ class EvalReport:
     adapted: EvalResult | None = None
     method: str = "none"
     """The adaptation, as AdaptOptions.describe() words it."""
+    split: str | None = None
+    """The split of the source that was read (train, valid, test): for a built-in corpus, whose
+    three splits carry one name, or a `FILE:SPLIT` spec; None for a whole file or a string."""
+    checkpoint: str | None = None
+    """The checkpoint file (or export folder) the model came from, when the caller knows it."""
+    step: int | None = None
+    """The optimiser step of that checkpoint, when known."""
 
     def to_dict(self) -> dict[str, object]:
+        """The report as JSON: `data` and the figures as always; `checkpoint`, `step` and
+        `split` (null where unknown) say what was measured."""
         extra = (
             {}
             if self.adapted is None
             else {"adapted": {"method": self.method, **self.adapted.to_dict()}}
         )
-        return {"data": self.source, **self.result.to_dict(), **extra}
+        measured = {"checkpoint": self.checkpoint, "step": self.step, "split": self.split}
+        return {"data": self.source, **measured, **self.result.to_dict(), **extra}
+
+    def what(self) -> str:
+        """What was measured, in words: "runs/x/checkpoints/best.pt (step 900) on
+        builtin:python-docs, test split"."""
+        model = ""
+        if self.checkpoint is not None:
+            step = f" (step {self.step:,})" if self.step is not None else ""
+            model = f"{self.checkpoint}{step} on "
+        split = f", {self.split} split" if self.split is not None else ""
+        return f"{model}{self.source}{split}"
 
     def lines(self) -> list[str]:
         r, enc = self.result, self.encoded
-        out = [f"{self.source}: {r.summary()}"]
+        out = [f"evaluated {self.what()}", f"{self.source}: {r.summary()}"]
         if r.unit.open_vocabulary:
             out.append(f"OOV rate {enc.oov_rate:.4%} ({enc.oov:,} of {enc.ids.numel():,} tokens)")
         if self.adapted is not None:
@@ -143,7 +165,16 @@ def evaluate_file(
     if spec is None:
         raise LmtrainError("no --data given and the run's config has no data.test")
     text = read_text(spec, "test", data.decode_errors, origin=origin)
-    return evaluate_string(model, vocab, data, text, spec, options, adapt, progress=progress)
+    report = evaluate_string(model, vocab, data, text, spec, options, adapt, progress=progress)
+    return dataclasses.replace(report, split=split_of(spec, "test"))
+
+
+def split_of(spec: str, role: str) -> str | None:
+    """The split `spec` reads when used as `role` (as lmtrain.data.read_text picks it): a
+    built-in corpus's named split or the role's, a `FILE:SPLIT` spec's; None for a whole file."""
+    if is_builtin(spec):
+        return spec[len(BUILTIN_PREFIX) :].partition(":")[2] or role
+    return split_file_spec(spec)[1]
 
 
 def evaluate_string(

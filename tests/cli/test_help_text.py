@@ -53,7 +53,7 @@ def test_usage_line_names_arguments_in_capitals(cli, path: tuple[str, ...], usag
 
 def test_flag_rows_end_at_their_help_text(cli) -> None:
     r = cli.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
-    row = next(line for line in r.stdout.splitlines() if "--json" in line)
+    row = next(line for line in r.stdout.splitlines() if line.startswith("│ --json"))
     assert re.search(r"--json\s+Print one JSON object\.", row), row
     assert re.search(r"\*\s+RUN\s+<path>", r.stdout)
 
