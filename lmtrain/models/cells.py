@@ -18,15 +18,15 @@ TorchScript and torch.compile; the LSTM goes further with a hand-written backwar
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmtrain.models.config import GATES, ModelConfig
+from lmtrain.models.config import CELLS, ModelConfig
 from lmtrain.models.fused_lstm import FusedLSTMFunction
-from lmtrain.models.manual_rnn import ManualRNNLayer
 from lmtrain.models.parameters import add_rnn_parameters
 from lmtrain.models.state import State
 
@@ -34,6 +34,17 @@ from lmtrain.models.state import State
 def needs_custom_stack(cfg: ModelConfig) -> bool:
     """True when the config asks for something only the hand-built stack can do."""
     return bool(cfg.custom_features())
+
+
+def layer_class(cell: str) -> type[nn.Module]:
+    """The class that runs one layer of `cell` in the hand-built stack (its `CellSpec.layer`)."""
+    module, _, name = CELLS[cell].layer.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def state_widths(cfg: ModelConfig) -> tuple[int, ...]:
+    """The width of each part of a layer's state (h, or h and c, ...), whichever stack runs it."""
+    return layer_class(cfg.cell).state_widths(cfg)  # type: ignore[attr-defined]
 
 
 def length_mask(
@@ -60,7 +71,7 @@ class RecurrentLayer(nn.Module):
         super().__init__()
         self.cell = cfg.cell
         h = cfg.hidden_size
-        g = GATES[cfg.cell] * h
+        g = CELLS[cfg.cell].gates * h
         self.hidden_size = h
         add_rnn_parameters(self, g, input_size, h)
         self.layer_norm = cfg.layer_norm
@@ -79,6 +90,11 @@ class RecurrentLayer(nn.Module):
             self.leak_logit = nn.Parameter(torch.full((h,), math.log(cfg.leak / (1 - cfg.leak))))
         else:
             self.leak_logit = None
+
+    @staticmethod
+    def state_widths(cfg: ModelConfig) -> tuple[int, ...]:
+        """(h, c) for the LSTM, (h,) for the others."""
+        return (cfg.hidden_size,) * (2 if cfg.cell == "lstm" else 1)
 
     def forward(
         self, x: torch.Tensor, state: State, mask: torch.Tensor | None
@@ -177,19 +193,14 @@ class RecurrentLayer(nn.Module):
 
 
 class CustomRecurrent(nn.Module):
-    """A stack of RecurrentLayer (or ManualRNNLayer) with locked dropout and residual links."""
+    """A stack of layers of the cell's class (`CellSpec.layer`: RecurrentLayer, ManualRNNLayer,
+    ...) with locked dropout and residual links."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        layers: list[nn.Module] = []
-        for k in range(cfg.num_layers):
-            size = cfg.embedding_dim if k == 0 else cfg.hidden_size
-            if cfg.cell == "rnn_manual":
-                layers.append(ManualRNNLayer(size, cfg.hidden_size))
-            else:
-                layers.append(RecurrentLayer(cfg, size))
-        self.layers = nn.ModuleList(layers)
+        layer = layer_class(cfg.cell)
+        self.layers = nn.ModuleList(layer(cfg, size) for size in cfg.layer_input_sizes())
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -232,7 +243,7 @@ def init_recurrent(module: nn.Module, cfg: ModelConfig) -> None:
     """
     if cfg.init == "default":
         return
-    gates = GATES[cfg.cell]
+    gates = CELLS[cfg.cell].gates
     h = cfg.hidden_size
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -250,12 +261,13 @@ def init_recurrent(module: nn.Module, cfg: ModelConfig) -> None:
 
 
 class LearnedInitialState(nn.Module):
-    """h0 (and c0 for the LSTM) as parameters, shared by every sequence."""
+    """h0 (and c0 for the LSTM: each part of the state) as parameters, shared by every sequence."""
 
-    def __init__(self, cfg: ModelConfig, parts: int) -> None:
+    def __init__(self, cfg: ModelConfig, widths: tuple[int, ...]) -> None:
         super().__init__()
-        shape = (cfg.num_layers, 1, cfg.hidden_size)
-        self.states = nn.ParameterList(nn.Parameter(torch.zeros(shape)) for _ in range(parts))
+        self.states = nn.ParameterList(
+            nn.Parameter(torch.zeros(cfg.num_layers, 1, w)) for w in widths
+        )
 
     def forward(self, batch_size: int) -> State:
         return tuple(p.expand(-1, batch_size, -1) for p in self.states)

@@ -1,23 +1,69 @@
 """The model section of the config, its checks and the sizes the memory estimate needs.
 
-The cell table (`GATES`) and the rule that picks the hand-built stack (`custom_features`) live
+The cell table (`CELLS`) and the rule that picks the hand-built stack (`custom_features`) live
 here, beside the keys they read, and lmtrain/models/cells.py builds from them; this module
 imports no torch, so that loading a config stays light. Defaults are written only here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual"]
 Init = Literal["default", "orthogonal", "identity"]
 
-GATES: dict[str, int] = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3, "rnn_manual": 1}
-"""Each cell of `Cell` by name, with the gate blocks its weight matrices stack (LSTM: i, f, g,
-o; GRU: r, z, n); a new cell is a name in `Cell`, a row here and its code in cells.py."""
-LEAKY_CELLS = ("rnn_tanh", "rnn_relu")
-"""The cells whose update model.leak can mix with the previous state."""
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One recurrent cell: where its code is, and what the config checks and counts of it."""
+
+    layer: str
+    """The class that runs one layer of it in the hand-built stack (cells.py), as
+    `module:Class`, imported when a model is built so that this table stays torch-free. The
+    class is built as `Class(model_config, input_size)`, runs `forward(x (T, B, In), state,
+    mask (T, B, 1) or None) -> (out (T, B, H), state)` over one tuple of (B, width) state
+    parts, and says the widths of those parts with `Class.state_widths(model_config)`."""
+    gates: int
+    """Gate blocks its weight matrices stack (LSTM: i, f, g, o; GRU: r, z, n)."""
+    torch: bool = False
+    """nn.RNN/LSTM/GRU runs it when no feature of the hand-built stack is asked for."""
+    recurrent: bool = True
+    """Its gates read h_{t-1} through a hidden-to-hidden matrix (weight_hh, bias_hh). False:
+    they read the inputs only, with one weight matrix and one bias per layer."""
+    takes: frozenset[str] = frozenset()
+    """The options that only some cells take (`ModelConfig.cell_options`, and model.leak)
+    which this one takes."""
+    refusals: Mapping[str, str] = field(default_factory=dict)
+    """Why it refuses an option of `ModelConfig.cell_options`, where naming the cells that take
+    it would not say enough: the end of the message after `not available with <cell>`."""
+
+
+IN_CELL = frozenset({"layer_norm", "recurrent_dropout", "init"})
+"""The options of the cells with a hidden-to-hidden matrix, which the hand-built cells
+(cells.py) apply inside the step."""
+_MANUAL = ", whose hand-written BPTT is the plain tanh RNN; use rnn_tanh for it"
+
+CELLS: dict[str, CellSpec] = {
+    "rnn_tanh": CellSpec(
+        "lmtrain.models.cells:RecurrentLayer", 1, torch=True, takes=IN_CELL | {"leak"}
+    ),
+    "rnn_relu": CellSpec(
+        "lmtrain.models.cells:RecurrentLayer", 1, torch=True, takes=IN_CELL | {"leak"}
+    ),
+    "lstm": CellSpec("lmtrain.models.cells:RecurrentLayer", 4, torch=True, takes=IN_CELL),
+    "gru": CellSpec("lmtrain.models.cells:RecurrentLayer", 3, torch=True, takes=IN_CELL),
+    "rnn_manual": CellSpec(
+        "lmtrain.models.manual_rnn:ManualRNNLayer",
+        1,
+        takes=frozenset({"init"}),
+        refusals={"layer_norm": _MANUAL, "recurrent_dropout": _MANUAL},
+    ),
+}
+"""Each cell of `Cell` by name. A new cell is its module (one layer of it, as `CellSpec.layer`
+describes) and a row here; a name added to this table at run time (a test's toy cell) builds
+and trains as the others do."""
 
 AUTO_HEAD = 2000
 """model.adaptive_softmax.auto: words in the head (the most frequent ones)."""
@@ -119,7 +165,7 @@ class ModelConfig:
     def custom_features(self) -> list[str]:
         """The settings only the hand-built stack (cells.py) runs; nn.RNN/LSTM/GRU otherwise."""
         features = (
-            ("cell=rnn_manual", self.cell == "rnn_manual"),
+            (f"cell={self.cell}", not CELLS[self.cell].torch),
             ("layer_norm", self.layer_norm),
             ("recurrent_dropout", self.recurrent_dropout > 0),
             ("locked_dropout", self.locked_dropout > 0),
@@ -218,36 +264,57 @@ class ModelConfig:
             p.append(f"model.leak: learn_leak needs a starting leak in (0, 1), got {self.leak}")
         elif not 0.0 <= self.leak < 1.0:
             p.append(f"model.leak: must be in [0, 1), got {self.leak}")
-        if (self.leak > 0 or self.learn_leak) and self.cell not in LEAKY_CELLS:
+        spec = CELLS[self.cell]
+        if (self.leak > 0 or self.learn_leak) and "leak" not in spec.takes:
             p.append(
-                f"model.leak: leaky units are for rnn_tanh and rnn_relu, not {self.cell}; "
+                f"model.leak: leaky units are for {_and(_taking('leak'))}, not {self.cell}; "
                 "set model.leak=0 and model.learn_leak=false, or change model.cell"
             )
-        if self.cell == "rnn_manual":
-            for name, on in (
-                ("layer_norm", self.layer_norm),
-                ("recurrent_dropout", self.recurrent_dropout > 0),
-            ):
-                if on:
-                    p.append(
-                        f"model.{name}: not available with rnn_manual, whose hand-written BPTT "
-                        "is the plain tanh RNN; use rnn_tanh for it"
-                    )
+        for key, on in self.cell_options().items():
+            if on and key not in spec.takes:
+                why = spec.refusals.get(key) or f"; it applies to {', '.join(_taking(key))}"
+                p.append(f"model.{key}: not available with {self.cell}{why}")
         return p
+
+    def cell_options(self) -> dict[str, bool]:
+        """Whether each option that only some cells take (their `CellSpec.takes`) is asked for;
+        model.leak has its own check above."""
+        return {
+            "layer_norm": self.layer_norm,
+            "recurrent_dropout": self.recurrent_dropout > 0,
+            "init": self.init != "default",
+        }
 
     def parameter_count(self, vocab_size: int) -> int:
         """Parameters of a model of this config with `vocab_size` entries: embedding, recurrent
         weights and biases, output layer. Layer norm, learned state and leaks (a few per unit)
         are not counted, so this is a lower bound for the memory estimate."""
-        g, e, h = GATES[self.cell], self.embedding_dim, self.hidden_size
-        # Layer 0 reads the embedding, the others the layer below; each has two bias vectors.
-        recurrent = g * h * (e + h + 2) + (self.num_layers - 1) * g * h * (2 * h + 2)
-        return vocab_size * e + recurrent + self._output_sizes(vocab_size)[0]
+        # A layer's count is affine in its input width, so the sum over the layers is taken in
+        # closed form: num_layers may be any integer the config reads (the checks bound it later).
+        base, per_input = self._layer_parameters(0), self._layer_parameters(1)
+        per_input -= base
+        recurrent = self.num_layers * base + per_input * self._sum_of_input_sizes()
+        return vocab_size * self.embedding_dim + recurrent + self._output_sizes(vocab_size)[0]
+
+    def layer_input_sizes(self) -> list[int]:
+        """The width of each recurrent layer's input: the embedding, then the layer below."""
+        return [self.embedding_dim] + [self.hidden_size] * (self.num_layers - 1)
+
+    def _sum_of_input_sizes(self) -> int:
+        """sum(layer_input_sizes()), without building the list."""
+        return self.embedding_dim + (self.num_layers - 1) * self.hidden_size
+
+    def _layer_parameters(self, input_size: int) -> int:
+        """Weights and biases of one recurrent layer reading `input_size` features."""
+        spec, h = CELLS[self.cell], self.hidden_size
+        if spec.recurrent:  # W_ih, W_hh and two bias vectors, as nn.RNN/LSTM/GRU keep them
+            return spec.gates * h * (input_size + h + 2)
+        return spec.gates * h * (input_size + 1)  # W_ih and one bias vector
 
     def floats_per_token(self, vocab_size: int) -> int:
         """Activations a training step keeps per token for the backward pass: the embedding,
         each layer's gates and state, and the logits with their gradient."""
-        layers = self.num_layers * (GATES[self.cell] + 1) * self.hidden_size
+        layers = self.num_layers * (CELLS[self.cell].gates + 1) * self.hidden_size
         return self.embedding_dim + layers + 2 * self._output_sizes(vocab_size)[1]
 
     def _output_sizes(self, vocab_size: int) -> tuple[int, int]:
@@ -262,3 +329,13 @@ class ModelConfig:
         widths = a.tail_widths(h) or [0] * len(cutoffs)
         tails = sum(widths[i] * (h + bounds[i + 1] - bounds[i]) for i in range(len(cutoffs)))
         return h * head + tails, head
+
+
+def _taking(option: str) -> list[str]:
+    """The cells that take `option`, in table order."""
+    return [name for name, spec in CELLS.items() if option in spec.takes]
+
+
+def _and(names: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -17,11 +17,20 @@ from lmtrain.models.cells import (
     embedding_dropout,
     init_recurrent,
     needs_custom_stack,
+    state_widths,
 )
 from lmtrain.models.config import ModelConfig
 from lmtrain.models.output import SoftmaxOutput
 from lmtrain.models.state import State
 from lmtrain.models.weight_drop import run_with_weight_drop
+
+TORCH_RNNS: dict[str, Callable[..., nn.RNNBase]] = {
+    "rnn_tanh": functools.partial(nn.RNN, nonlinearity="tanh"),
+    "rnn_relu": functools.partial(nn.RNN, nonlinearity="relu"),
+    "lstm": nn.LSTM,
+    "gru": nn.GRU,
+}
+"""The torch layer of each cell whose `CellSpec.torch` is true (models/config.py)."""
 
 
 class TorchRecurrent(nn.Module):
@@ -36,13 +45,13 @@ class TorchRecurrent(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.rnn = _torch_rnn(cfg)
-        self.is_lstm = cfg.cell == "lstm"
+        self.paired = len(state_widths(cfg)) == 2  # nn.LSTM takes and returns (h, c)
         self.weight_drop = cfg.weight_drop
 
     def forward(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State]:
-        hx = state if self.is_lstm else state[0]
+        hx = state if self.paired else state[0]
         rnn: Callable[..., Any] = self.rnn
         if self.training and self.weight_drop > 0:
             rnn = functools.partial(run_with_weight_drop, self.rnn, p=self.weight_drop)
@@ -52,23 +61,17 @@ class TorchRecurrent(nn.Module):
             packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
             out, new = rnn(packed, hx)
             out, _ = pad_packed_sequence(out, total_length=x.size(0))
-        return out, (tuple(new) if self.is_lstm else (new,))
+        return out, (tuple(new) if self.paired else (new,))
 
 
 def _torch_rnn(cfg: ModelConfig) -> nn.Module:
-    kwargs = dict(
+    return TORCH_RNNS[cfg.cell](
         input_size=cfg.embedding_dim,
         hidden_size=cfg.hidden_size,
         num_layers=cfg.num_layers,
         # nn.* applies this dropout between layers only, never after the last one.
         dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
     )
-    if cfg.cell == "lstm":
-        return nn.LSTM(**kwargs)
-    if cfg.cell == "gru":
-        return nn.GRU(**kwargs)
-    nonlinearity = "tanh" if cfg.cell == "rnn_tanh" else "relu"
-    return nn.RNN(nonlinearity=nonlinearity, **kwargs)
 
 
 class LanguageModel(nn.Module):
@@ -90,9 +93,9 @@ class LanguageModel(nn.Module):
         if cfg.tie_weights:
             # Press & Wolf 2017, Inan et al. 2017: one matrix for input and output embeddings.
             self.output.decoder.weight = self.embedding.weight
-        self._state_parts = 2 if cfg.cell == "lstm" else 1
+        self._state_widths = state_widths(cfg)
         self.initial_state = (
-            LearnedInitialState(cfg, self._state_parts) if cfg.learn_initial_state else None
+            LearnedInitialState(cfg, self._state_widths) if cfg.learn_initial_state else None
         )
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
@@ -100,8 +103,8 @@ class LanguageModel(nn.Module):
         if self.initial_state is not None:
             return self.initial_state(batch_size)
         device = device or self.embedding.weight.device
-        shape = (self.cfg.num_layers, batch_size, self.cfg.hidden_size)
-        return tuple(torch.zeros(shape, device=device) for _ in range(self._state_parts))
+        n = self.cfg.num_layers
+        return tuple(torch.zeros(n, batch_size, w, device=device) for w in self._state_widths)
 
     def forward(
         self, inputs: torch.Tensor, state: State, lengths: torch.Tensor | None = None

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmtrain.models.config import ModelConfig
 from lmtrain.models.parameters import add_rnn_parameters
 from lmtrain.models.state import State
 
@@ -89,9 +90,13 @@ def manual_rnn(
 class ManualRNNLayer(nn.Module):
     """One tanh RNN layer using ManualRNNFunction; parameters named as in nn.RNN."""
 
-    def __init__(self, input_size: int, hidden_size: int) -> None:
+    def __init__(self, cfg: ModelConfig, input_size: int) -> None:
         super().__init__()
-        add_rnn_parameters(self, hidden_size, input_size, hidden_size)
+        add_rnn_parameters(self, cfg.hidden_size, input_size, cfg.hidden_size)
+
+    @staticmethod
+    def state_widths(cfg: ModelConfig) -> tuple[int, ...]:
+        return (cfg.hidden_size,)
 
     def forward(
         self, x: torch.Tensor, state: State, mask: torch.Tensor | None

@@ -11,15 +11,15 @@ from lmtrain.config import config_from_dict
 from lmtrain.errors import ConfigError
 from lmtrain.models import build_model
 from lmtrain.models.cells import CustomRecurrent, needs_custom_stack
-from lmtrain.models.config import GATES, AdaptiveSoftmaxConfig, Cell, ModelConfig
+from lmtrain.models.config import CELLS, AdaptiveSoftmaxConfig, Cell, ModelConfig
 from lmtrain.models.lm import TorchRecurrent
 
 
-def test_every_cell_of_the_schema_has_a_row_in_the_gate_table() -> None:
-    assert list(get_args(Cell)) == list(GATES)
+def test_every_cell_of_the_schema_has_a_row_in_the_cell_table() -> None:
+    assert list(get_args(Cell)) == list(CELLS)
 
 
-@pytest.mark.parametrize("cell", list(GATES))
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize(
     "output",
     [
