@@ -101,6 +101,7 @@ def eval_cmd(
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:
+        typer.echo(f"evaluated {report.what()}")
         for line in report.lines():
             typer.echo(line)
 

@@ -129,7 +129,7 @@ class EvalReport:
 
     def lines(self) -> list[str]:
         r, enc = self.result, self.encoded
-        out = [f"evaluated {self.what()}", f"{self.source}: {r.summary()}"]
+        out = [f"{self.source}: {r.summary()}"]
         if r.unit.open_vocabulary:
             out.append(f"OOV rate {enc.oov_rate:.4%} ({enc.oov:,} of {enc.ids.numel():,} tokens)")
         if self.adapted is not None:
