@@ -8,9 +8,12 @@ empty one, or one whose manifest says lmtrain export wrote there, and replaces o
 from __future__ import annotations
 
 import math
+import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmtrain import __version__, files
 from lmtrain.checkpoint import (
@@ -38,8 +41,12 @@ from lmtrain.checkpoint.export_format import (
     written_files,
 )
 from lmtrain.config import Config
+from lmtrain.data.corpus import is_builtin, split_file_spec
 from lmtrain.data.tokenizers import Tokenizer
 from lmtrain.models import LanguageModel
+
+_LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")
+"""A licence identifier: what model hubs accept (mit, apache-2.0, cc-by-sa-4.0, other)."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,13 @@ def default_out(run: Path) -> Path:
     )
 
 
-def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
+def export_run(
+    run: str | Path, out: Path | None = None, license: str | None = None
+) -> ExportResult:
     """Write the export of `run` (a run directory or checkpoint) to `out` (default RUN/export).
+
+    `license`: the licence identifier the card's header gives (as model hubs name them: mit,
+    apache-2.0, cc-by-sa-4.0, ...); None: the card says none was given.
 
     `out` may be absent, empty, or a folder lmtrain exported to before (its manifest lists the
     files export wrote); anything else is refused. Only the export's own files are written,
@@ -72,6 +84,11 @@ def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
     user's other files in `out` are never touched and a half-written export is never loaded.
     """
     run = Path(run)
+    if license is not None and not _LICENSE.fullmatch(license):
+        raise ExportError(
+            f"--license {license!r}: expected a licence identifier such as mit, apache-2.0 or "
+            "cc-by-sa-4.0 (letters, digits, '.', '-' and '+')"
+        )
     if is_export_dir(run):
         # An export has no checkpoint to export from; without this the user would be told that
         # the folder has no checkpoints/ and asked whether it is a run directory.
@@ -93,8 +110,10 @@ def export_run(run: str | Path, out: Path | None = None) -> ExportResult:
         raise ExportError(f"{out}: cannot create the export ({e.strerror or e})") from None
     try:
         write_manifest(out, complete=False)
-        card = model_card(model, vocab, cfg, progress, checkpoint)
-        sums = write_export_files(out, model, vocab, cfg, card, __version__, progress.step)
+        card = model_card(model, vocab, cfg, progress, checkpoint, license)
+        sums = write_export_files(
+            out, model, vocab, shareable_config(cfg), card, __version__, progress.step
+        )
         write_manifest(out, complete=True, sha256=sums)
     except OSError as e:
         raise ExportError(
@@ -143,10 +162,144 @@ def _marked(weights: Path) -> bool:
         return False
 
 
+PATH_KEYS = (
+    ("data", "train"),
+    ("data", "valid"),
+    ("data", "test"),
+    ("data", "tokenizer_file"),
+    ("data", "cache_dir"),
+    ("model", "pretrained_embeddings"),
+    ("run", "dir"),
+)
+"""The config keys that hold paths of the machine that trained, rewritten by shareable_config."""
+
+
+def shareable_config(cfg: Config) -> dict[str, Any]:
+    """The resolved config as config.json holds it: every path key in a form that names no
+    folder of this machine (portable_path); every other key as it is."""
+    out = cfg.to_dict()
+    for section, key in PATH_KEYS:
+        value = out.get(section, {}).get(key)
+        if isinstance(value, str):
+            out[section][key] = portable_path(value)
+    return out
+
+
+def portable_path(spec: str) -> str:
+    """`spec` without this machine's folders: an absolute path inside $LMTRAIN_DATA becomes
+    `${LMTRAIN_DATA}/...` (as the recipes write it), one inside the home folder `~/...`, any
+    other absolute path its file name alone. A built-in corpus, a relative path, `${VAR}` and
+    `~` forms, and a `:SPLIT` suffix stay as they are."""
+    if is_builtin(spec) or spec == "auto":
+        return spec
+    path, split = split_file_spec(spec)
+    if not Path(path).is_absolute():
+        return spec
+    tail = f":{split}" if split is not None else ""
+    target = Path(os.path.normpath(path))
+    for prefix, root in (("${LMTRAIN_DATA}", os.environ.get("LMTRAIN_DATA")), ("~", "~")):
+        if not root:
+            continue
+        try:
+            base = Path(os.path.normpath(Path(root).expanduser().resolve()))
+            inside = target.relative_to(base)
+        except (ValueError, RuntimeError, OSError):
+            continue
+        if inside.parts:
+            return f"{prefix}/{inside.as_posix()}{tail}"
+    return f"{target.name or path}{tail}"
+
+
+LIBRARY = "lmtrain"
+
+
+def card_metadata(
+    vocab: Tokenizer, cfg: Config, progress: Progress, license: str | None = None
+) -> dict[str, Any]:
+    """The model card's metadata header, as model hubs read it: library, licence (when given),
+    tags, pipeline, and the best validation figures as metrics and an evaluation result."""
+    name = Path(cfg.run.dir).name or LIBRARY
+    tags = [LIBRARY, "pytorch", "safetensors", "rnn", cfg.model.cell, f"{vocab.kind}-level"]
+    meta: dict[str, Any] = {
+        "library_name": LIBRARY,
+        **({"license": license} if license else {}),
+        "tags": list(dict.fromkeys(tags)),
+        "pipeline_tag": "text-generation",
+        "model_name": name,
+    }
+    figures = _best_figures(vocab, progress)
+    if figures:
+        meta["metrics"] = list(figures)
+        valid = cfg.data.valid or ""
+        meta["eval"] = {
+            "dataset": _dataset_name(valid),
+            "split": "validation",
+            "figures": figures,
+        }
+    return meta
+
+
+def _best_figures(vocab: Tokenizer, progress: Progress) -> dict[str, float]:
+    if not math.isfinite(progress.best_val_loss):
+        return {}
+    loss = progress.best_val_loss
+    figures = {"perplexity": math.exp(min(loss, 700.0))}
+    if vocab.unit == "char":
+        figures["bpc"] = loss / math.log(2)
+    figures["loss"] = loss
+    return figures
+
+
+def _dataset_name(spec: str) -> str:
+    """A short name of the data a spec reads: the built-in corpus's, or the file's folder."""
+    if is_builtin(spec):
+        return spec.removeprefix("builtin:").partition(":")[0]
+    path = Path(split_file_spec(spec)[0])
+    return path.parent.name or path.stem or "text"
+
+
+def card_header(meta: dict[str, Any]) -> str:
+    """The YAML block between `---` lines that opens the card. huggingface_hub's ModelCardData
+    writes it when the package is there (it comes with `tokenizers`), with the figures as its
+    `model-index`; without it, the same keys are written with PyYAML and the figures as
+    `metrics` only."""
+    plain = {k: v for k, v in meta.items() if k != "eval"}
+    try:
+        body = _hub_yaml(plain, meta.get("eval"))
+    except (ImportError, ValueError):  # not installed, or it refused these values
+        import yaml
+
+        body = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
+    return f"---\n{body.strip()}\n---\n"
+
+
+def _hub_yaml(plain: dict[str, Any], evaluated: dict[str, Any] | None) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    results = [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=evaluated["dataset"],
+            dataset_name=evaluated["dataset"],
+            dataset_split=evaluated["split"],
+            metric_type=metric,
+            metric_value=round(value, 4),
+        )
+        for metric, value in (evaluated or {}).get("figures", {}).items()
+    ]
+    return ModelCardData(**plain, eval_results=results or None).to_yaml()
+
+
 def model_card(
-    model: LanguageModel, vocab: Tokenizer, cfg: Config, progress: Progress, checkpoint: Path
+    model: LanguageModel,
+    vocab: Tokenizer,
+    cfg: Config,
+    progress: Progress,
+    checkpoint: Path,
+    license: str | None = None,
 ) -> str:
-    """A short README.md: what the model is, what it was trained on, how well it did."""
+    """A short README.md, opening with a metadata header model hubs read: what the model is,
+    what it was trained on, how well it did. No path of this machine appears in it."""
     m, d = cfg.model, cfg.data
     n_params = sum(p.numel() for p in model.parameters())
     unit = f"nats/{vocab.unit}"
@@ -157,18 +310,29 @@ def model_card(
             metric += f", {loss / math.log(2):.4f} bits/char"
     else:
         metric = "no validation figure (the run had no data.valid or never evaluated)"
+    # The checkpoint as the run directory names it (checkpoints/best.pt), never its full path.
+    source = (
+        f"{CHECKPOINT_DIR}/{checkpoint.name}"
+        if checkpoint.parent.name == CHECKPOINT_DIR
+        else checkpoint.name
+    )
+    licence = (
+        f"Licence: {license}." if license else "No licence was given (lmtrain export --license)."
+    )
     lines = [
+        card_header(card_metadata(vocab, cfg, progress, license)),
         f"# {Path(cfg.run.dir).name}: {m.cell} {vocab.kind}-level language model",
         "",
         f"A {m.num_layers}x{m.hidden_size} {m.cell} {vocab.kind}-level language model "
         f"({n_params:,} parameters, vocabulary of {len(vocab):,} {vocab.kind}s), trained with "
-        f"lmtrain {__version__} and exported from `{checkpoint}`.",
+        f"lmtrain {__version__} and exported from its `{source}` at step {progress.step:,}. "
+        f"{licence}",
         "",
         "## Data",
         "",
-        f"- train: `{d.train}`",
-        f"- valid: `{d.valid}`",
-        f"- test: `{d.test}`",
+        f"- train: `{portable_path(d.train)}`",
+        f"- valid: `{portable_path(d.valid) if d.valid is not None else None}`",
+        f"- test: `{portable_path(d.test) if d.test is not None else None}`",
         f"- tokenizer: {d.tokenizer}, mode: {d.mode}",
         "",
         "## Training and metrics",
@@ -178,8 +342,9 @@ def model_card(
         f"{_duration(progress.train_seconds)} of training",
         "",
         "To train it again (config.json is the full resolved config, and JSON is valid YAML; "
-        "its run.dir is the original run's, which already holds this run, so name a new one; "
-        "data paths are as the original run read them):",
+        "its run.dir is the original run's, so name a new one; a data path is written as "
+        "`${LMTRAIN_DATA}/...` or `~/...`, or by its file name alone when it lay elsewhere: "
+        "point them at your copy of the data):",
         "",
         f"    lmtrain fit config.json run.dir={shlex.quote(retrain_dir(cfg))}",
         "",
@@ -222,5 +387,9 @@ __all__ = [
     "is_export_dir",
     "load_export",
     "model_card",
+    "card_header",
+    "card_metadata",
+    "portable_path",
     "retrain_dir",
+    "shareable_config",
 ]

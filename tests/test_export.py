@@ -16,7 +16,13 @@ from lmtrain.checkpoint import load_model
 from lmtrain.config import load_config
 from lmtrain.errors import LmtrainError
 from lmtrain.evaluation.scoring import score_texts
-from lmtrain.export import export_run, is_export_dir, load_export
+from lmtrain.export import (
+    export_run,
+    is_export_dir,
+    load_export,
+    portable_path,
+    shareable_config,
+)
 from lmtrain.training import fit
 
 SENTENCES = ["the cat sat on the mat .", "the log sat on the dog ."]
@@ -64,7 +70,7 @@ def test_export_writes_the_four_files_and_loads_the_same_model(
     model, vocab, cfg = load_export(out)
     assert model.output.decoder.weight is model.embedding.weight
     ref, ref_vocab, ref_cfg = load_model(tied_run)
-    assert cfg == ref_cfg and vocab.itos == ref_vocab.itos
+    assert cfg.to_dict() == shareable_config(ref_cfg) and vocab.itos == ref_vocab.itos
     ref_state = ref.state_dict()
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, ref_state[name]), name
@@ -77,8 +83,10 @@ def test_config_json_is_the_resolved_config_and_a_valid_config_file(tied_run: Pa
     out = export_run(tied_run).out
     assert out == tied_run / "export"
     saved = load_model(tied_run)[2]
-    assert json.loads((out / "config.json").read_text()) == saved.to_dict()
-    assert load_config(out / "config.json") == saved  # JSON is YAML: `lmtrain fit config.json`
+    # The resolved config, with its paths in a form that names no folder of this machine.
+    assert json.loads((out / "config.json").read_text()) == shareable_config(saved)
+    # JSON is YAML: `lmtrain fit config.json`
+    assert load_config(out / "config.json").to_dict() == shareable_config(saved)
     vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
     assert vocab["kind"] == "word" and vocab["itos"][:2] == ["<pad>", "<unk>"]
 
@@ -92,7 +100,7 @@ def test_model_card_states_data_metrics_and_command(tied_run: Path, tmp_path: Pa
     assert f"best validation loss {progress.best_val_loss:.4f} nats/token" in card
     assert f"{progress.step:,} optimiser steps, {progress.tokens:,} training tokens" in card
     cfg = load_model(tied_run)[2]
-    assert f"- train: `{cfg.data.train}`" in card
+    assert f"- train: `{portable_path(cfg.data.train)}`" in card
     assert "    lmtrain fit config.json" in card
 
 
@@ -192,8 +200,10 @@ def test_eval_sample_score_and_load_accept_an_export(tied_run: Path, tmp_path: P
     import lmtrain
 
     out = export_run(tied_run, tmp_path / "cli").out
+    # The export names no folder of this machine, so its data.test is given as --data.
+    test = load_model(tied_run)[2].data.test
     for args in (
-        ("eval", "--json"),
+        ("eval", "--json", "--data", test),
         ("sample", "--prompt", "the cat", "--max-tokens", "8", "--seed", "4"),
         ("score", *SENTENCES, "--json"),
     ):
@@ -295,7 +305,7 @@ def test_an_interrupted_export_is_refused_on_load_and_finished_by_the_next(
     with pytest.raises(LmtrainError, match="interrupted while it was written"):
         load_export(out)
     assert invoke(cli, "export", tied_run, "--out", out).exit_code == 0
-    assert load_export(out)[2] == load_model(tied_run)[2]
+    assert load_export(out)[2].to_dict() == shareable_config(load_model(tied_run)[2])
 
 
 def test_an_export_without_a_manifest_is_replaced_but_a_file_of_the_users_is_not(

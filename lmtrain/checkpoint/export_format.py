@@ -61,14 +61,15 @@ def write_export_files(
     folder: Path,
     model: LanguageModel,
     vocab: Tokenizer,
-    cfg: Config,
+    config: dict[str, Any],
     card: str,
     lmtrain_version: str,
     step: int | None = None,
 ) -> dict[str, str]:
     """Write the four files of an export into `folder`, each through files.atomic_write; returns
-    the sha256 of each file load_export reads, for the manifest. `step`: the optimiser step of
-    the weights, kept in the weights' metadata (export_step reads it)."""
+    the sha256 of each file load_export reads, for the manifest. `config`: config.json's
+    content (a Config's to_dict, its paths made shareable by the caller); `step`: the
+    optimiser step of the weights, kept in the weights' metadata (export_step reads it)."""
     from safetensors.torch import save
 
     # A shared tensor (tied weights) is stored once, under its first name; its other names are
@@ -84,7 +85,7 @@ def write_export_files(
         else:
             meta[name] = kept
     written = {
-        CONFIG: _json_bytes(cfg.to_dict(), indent=2, ensure_ascii=True),
+        CONFIG: _json_bytes(config, indent=2, ensure_ascii=True),
         WEIGHTS: save(state, metadata=meta),
         VOCAB: _json_bytes(vocab.to_dict(), indent=None, ensure_ascii=False),
     }

@@ -165,14 +165,23 @@ def export_cmd(
             help="Folder to write; default RUN/export. Only a previous export is replaced."
         ),
     ] = None,
+    license: Annotated[
+        str | None,
+        typer.Option(
+            help="Licence identifier for the model card's header (mit, apache-2.0, "
+            "cc-by-sa-4.0, ...); default: none stated."
+        ),
+    ] = None,
 ) -> None:
     """Write the model as safetensors weights, config.json, vocab.json and a README model card.
 
-    Loading an export (lmtrain eval/sample/score EXPORT, lmtrain.load) never unpickles anything.
+    The card opens with the metadata header model hubs read (library, licence, tags, metrics);
+    neither it nor config.json names a folder of this machine. Loading an export (lmtrain
+    eval/sample/score EXPORT, lmtrain.load) never unpickles anything.
     """
     from lmtrain.export import FILES, export_run
 
-    result = export_run(run, out)
+    result = export_run(run, out, license)
     typer.echo(
         f"exported {result.checkpoint} ({result.parameters:,} parameters) to {result.out}: "
         + ", ".join(FILES)

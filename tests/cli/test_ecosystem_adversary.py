@@ -139,8 +139,9 @@ def test_an_export_is_identical_to_its_run_in_eval_sample_and_score(
 ) -> None:
     out = tmp_path / "exp"
     assert invoke(cli, "export", run, "--out", out).exit_code == 0
+    # The export names no folder of this machine, so the run's data.test is given as --data.
     for args in (
-        ("eval", "--json"),
+        ("eval", "--json", "--data", str(run.parent / "test.txt")),
         ("sample", "--prompt", "the", "--seed", "3", "--max-tokens", "12", "--num-samples", "2"),
         ("score", "the cat sat on the mat .", "a dog", "--json"),
     ):

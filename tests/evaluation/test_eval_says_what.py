@@ -74,11 +74,13 @@ def test_an_export_is_named_with_the_step_it_was_exported_at(cli, run, tmp_path)
     out = tmp_path / "exp"
     assert invoke(cli, "export", run, "--out", out).exit_code == 0
     step = load_checkpoint(run / "checkpoints" / "best.pt").progress.step
-    r = invoke(cli, "eval", out, "--json")
+    test = str(run.parent / "test.txt")  # an export names no folder of this machine
+    r = invoke(cli, "eval", out, "--data", test, "--json")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert (report["checkpoint"], report["step"]) == (str(out), step)
-    assert invoke(cli, "eval", out).stdout.startswith(f"evaluated {out} (step {step}) on ")
+    text = invoke(cli, "eval", out, "--data", test).stdout
+    assert text.startswith(f"evaluated {out} (step {step}) on {test}\n")
 
 
 def test_an_export_without_a_recorded_step_says_nothing_false(run, tmp_path) -> None:
