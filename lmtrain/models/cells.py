@@ -194,14 +194,17 @@ class RecurrentLayer(nn.Module):
 
 class CustomRecurrent(nn.Module):
     """A stack of layers of the cell's class (`CellSpec.layer`: RecurrentLayer, ManualRNNLayer,
-    ...) with locked dropout and residual links."""
+    QRNNLayer, ...) with locked dropout, residual links, pre-norm and dense links."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         layer = layer_class(cfg.cell)
-        self.layers = nn.ModuleList(layer(cfg, size) for size in cfg.layer_input_sizes())
+        sizes = cfg.layer_input_sizes()
+        self.layers = nn.ModuleList(layer(cfg, size) for size in sizes)
         self.dropout = nn.Dropout(cfg.dropout)
+        # Only with model.pre_norm, so that every other model keeps its parameter names.
+        self.norms = nn.ModuleList(nn.LayerNorm(n) for n in sizes) if cfg.pre_norm else None
 
     def forward(
         self, x: torch.Tensor, state: State, lengths: torch.Tensor | None = None
@@ -209,6 +212,7 @@ class CustomRecurrent(nn.Module):
         mask = length_mask(lengths, x.size(0), x.device)
         locked = self.training and self.cfg.locked_dropout > 0
         finals: list[State] = []
+        below = x[:, :, :0]  # with model.dense: the features every layer below was given
         for k, layer in enumerate(self.layers):
             if k > 0:
                 x = self.dropout(x)  # between layers only, as nn.* does with `dropout`
@@ -216,7 +220,14 @@ class CustomRecurrent(nn.Module):
                 # Gal & Ghahramani 2016, Merity et al. 2018: the same units dropped at every
                 # step of the window (one mask per forward, as for recurrent dropout above).
                 x = x * sequence_mask(x[:1], self.cfg.locked_dropout)
-            out, final = layer(x, tuple(s[k] for s in state), mask)
+            if self.cfg.dense:
+                # Bradbury et al. 2017 (after Huang et al. 2016's DenseNet): each layer reads
+                # the embedding and the output of every layer below, each dropped once above.
+                x = below = torch.cat([below, x], dim=-1)
+            # Pre-norm (as in the residual blocks of deep stacks): the layer reads LN(x), while
+            # the residual path below carries x itself.
+            inp = x if self.norms is None else self.norms[k](x)
+            out, final = layer(inp, tuple(s[k] for s in state), mask)
             if self.cfg.residual and out.shape == x.shape:
                 # He et al. 2016 / Wu et al. 2016: the identity path lets gradients reach lower
                 # layers undiminished.

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual"]
+Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual", "qrnn", "mingru", "minlstm"]
 Init = Literal["default", "orthogonal", "identity"]
 
 
@@ -44,6 +44,13 @@ IN_CELL = frozenset({"layer_norm", "recurrent_dropout", "init"})
 """The options of the cells with a hidden-to-hidden matrix, which the hand-built cells
 (cells.py) apply inside the step."""
 _MANUAL = ", whose hand-written BPTT is the plain tanh RNN; use rnn_tanh for it"
+_INPUTS_ONLY = {
+    "layer_norm": ", whose gates read the inputs only; model.pre_norm normalises each layer's "
+    "input instead"
+}
+QRNN_WINDOW = 2
+"""model.qrnn_window's default: the width of the QRNN's convolution in Bradbury et al.'s
+language models."""
 
 CELLS: dict[str, CellSpec] = {
     "rnn_tanh": CellSpec(
@@ -59,6 +66,19 @@ CELLS: dict[str, CellSpec] = {
         1,
         takes=frozenset({"init"}),
         refusals={"layer_norm": _MANUAL, "recurrent_dropout": _MANUAL},
+    ),
+    "qrnn": CellSpec(
+        "lmtrain.models.qrnn:QRNNLayer",
+        3,
+        recurrent=False,
+        takes=frozenset({"qrnn_window", "zoneout"}),
+        refusals=_INPUTS_ONLY,
+    ),
+    "mingru": CellSpec(
+        "lmtrain.models.minrnn:MinGRULayer", 2, recurrent=False, refusals=_INPUTS_ONLY
+    ),
+    "minlstm": CellSpec(
+        "lmtrain.models.minrnn:MinLSTMLayer", 3, recurrent=False, refusals=_INPUTS_ONLY
     ),
 }
 """Each cell of `Cell` by name. A new cell is its module (one layer of it, as `CellSpec.layer`
@@ -120,7 +140,7 @@ class AdaptiveSoftmaxConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     cell: Cell = "lstm"
-    """Recurrent cell: rnn_tanh, rnn_relu, lstm, gru, or rnn_manual (tanh RNN, hand-written BPTT)."""
+    """Recurrent cell: rnn_tanh, rnn_relu, lstm, gru, rnn_manual (tanh RNN, hand-written BPTT), or qrnn, mingru, minlstm (gates from the inputs only, trained in parallel over time)."""
     embedding_dim: int = 128
     """Size of the token embedding."""
     hidden_size: int = 256
@@ -151,10 +171,18 @@ class ModelConfig:
     """Scale of the identity or orthogonal recurrent init, in (0, 1]; an IRNN on a stream trains at 0.5 (1 never forgets, so its carried state grows)."""
     residual: bool = False
     """Add each recurrent layer's input to its output where their sizes match."""
+    pre_norm: bool = False
+    """Layer-normalise each recurrent layer's input before the layer reads it (with residual: x + layer(LN(x)), the pre-norm residual block of deep stacks)."""
+    dense: bool = False
+    """Feed each recurrent layer the embedding and the outputs of every layer below it, concatenated (the densely connected QRNN stack of Bradbury et al. 2017); not with residual."""
     learn_initial_state: bool = False
     """Learn h0 (and c0) as parameters, used at the start of every sequence."""
     weight_drop: float = 0.0
-    """DropConnect probability on the hidden-to-hidden weights (AWD-LSTM weight drop; 0 = off)."""
+    """DropConnect probability on the hidden-to-hidden weights (AWD-LSTM weight drop; qrnn, mingru and minlstm, which have none, on their input weights; 0 = off)."""
+    qrnn_window: int = QRNN_WINDOW
+    """qrnn: the inputs each step's gates read, 1 (x_t) or 2 (x_t and x_{t-1}, a masked convolution of width 2)."""
+    zoneout: float = 0.0
+    """qrnn: zoneout on the forget gate, each unit keeping its state at a step with this probability in training (Bradbury et al. 2017; 0 = off)."""
     pretrained_embeddings: str | None = None
     """Word vectors file (GloVe text, word2vec text or binary) to initialise the embedding; null = none."""
     pretrained_format: Literal["auto", "glove", "word2vec_text", "word2vec_binary"] = "auto"
@@ -171,6 +199,8 @@ class ModelConfig:
             ("locked_dropout", self.locked_dropout > 0),
             ("leak", self.leak > 0 or self.learn_leak),
             ("residual", self.residual),
+            ("pre_norm", self.pre_norm),
+            ("dense", self.dense),
         )
         return [key for key, on in features if on]
 
@@ -199,7 +229,9 @@ class ModelConfig:
             "weight_drop",
             f"must be in [0, 1), got {self.weight_drop}",
         )
-        if self.weight_drop > 0 and (custom := self.custom_features()):
+        # The cells without hidden-to-hidden weights drop their input weights, in any stack.
+        recurrent = CELLS[self.cell].recurrent
+        if self.weight_drop > 0 and recurrent and (custom := self.custom_features()):
             p.append(
                 "model.weight_drop: applies to the nn.RNN/LSTM/GRU layers only, and model."
                 + ", model.".join(custom)
@@ -252,7 +284,7 @@ class ModelConfig:
     def _recurrent_problems(self) -> list[str]:
         """The recurrent toolbox (cells.py): ranges and which cells take what."""
         p: list[str] = []
-        for name in ("recurrent_dropout", "locked_dropout", "embedding_dropout"):
+        for name in ("recurrent_dropout", "locked_dropout", "embedding_dropout", "zoneout"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 p.append(f"model.{name}: must be in [0, 1), got {v}")
@@ -270,10 +302,20 @@ class ModelConfig:
                 f"model.leak: leaky units are for {_and(_taking('leak'))}, not {self.cell}; "
                 "set model.leak=0 and model.learn_leak=false, or change model.cell"
             )
+        if self.qrnn_window not in (1, 2):
+            p.append(
+                "model.qrnn_window: must be 1 (x_t) or 2 (x_t and x_{t-1}), the width of the "
+                f"QRNN's convolution over the inputs; got {self.qrnn_window}"
+            )
         for key, on in self.cell_options().items():
             if on and key not in spec.takes:
                 why = spec.refusals.get(key) or f"; it applies to {', '.join(_taking(key))}"
                 p.append(f"model.{key}: not available with {self.cell}{why}")
+        if self.dense and self.residual:
+            p.append(
+                "model.dense: a dense stack concatenates each layer's input to its output and "
+                "model.residual adds them; set one of them to false"
+            )
         return p
 
     def cell_options(self) -> dict[str, bool]:
@@ -283,6 +325,8 @@ class ModelConfig:
             "layer_norm": self.layer_norm,
             "recurrent_dropout": self.recurrent_dropout > 0,
             "init": self.init != "default",
+            "qrnn_window": self.qrnn_window != QRNN_WINDOW,
+            "zoneout": self.zoneout > 0,
         }
 
     def parameter_count(self, vocab_size: int) -> int:
@@ -297,19 +341,28 @@ class ModelConfig:
         return vocab_size * self.embedding_dim + recurrent + self._output_sizes(vocab_size)[0]
 
     def layer_input_sizes(self) -> list[int]:
-        """The width of each recurrent layer's input: the embedding, then the layer below."""
-        return [self.embedding_dim] + [self.hidden_size] * (self.num_layers - 1)
+        """The width of each recurrent layer's input: the embedding, then the layer below (with
+        model.dense, the embedding and every layer below)."""
+        e, h = self.embedding_dim, self.hidden_size
+        if self.dense:
+            return [e + k * h for k in range(self.num_layers)]
+        return [e] + [h] * (self.num_layers - 1)
 
     def _sum_of_input_sizes(self) -> int:
         """sum(layer_input_sizes()), without building the list."""
-        return self.embedding_dim + (self.num_layers - 1) * self.hidden_size
+        n, e, h = self.num_layers, self.embedding_dim, self.hidden_size
+        if self.dense:
+            return n * e + h * n * (n - 1) // 2
+        return e + (n - 1) * h
 
     def _layer_parameters(self, input_size: int) -> int:
         """Weights and biases of one recurrent layer reading `input_size` features."""
         spec, h = CELLS[self.cell], self.hidden_size
         if spec.recurrent:  # W_ih, W_hh and two bias vectors, as nn.RNN/LSTM/GRU keep them
             return spec.gates * h * (input_size + h + 2)
-        return spec.gates * h * (input_size + 1)  # W_ih and one bias vector
+        # W_ih over each input the step reads (x_t, or x_t and x_{t-1}) and one bias vector
+        taps = self.qrnn_window if "qrnn_window" in spec.takes else 1
+        return spec.gates * h * (taps * input_size + 1)
 
     def floats_per_token(self, vocab_size: int) -> int:
         """Activations a training step keeps per token for the backward pass: the embedding,
