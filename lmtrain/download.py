@@ -133,6 +133,18 @@ CORPORA: dict[str, Source] = {
 }
 
 Opener = Callable[[str], BinaryIO]
+Progress = Callable[[int, int], None]
+"""`progress(done, total)`: bytes read so far and in all, from 0 (lmtrain.metrics' Meter)."""
+
+
+def _content_length(response: BinaryIO) -> int | None:
+    """The size the server announces, when it does (an http response's Content-Length)."""
+    headers = getattr(response, "headers", None)
+    try:
+        value = int(headers.get("Content-Length")) if headers is not None else 0
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
 
 
 def _open_url(url: str) -> BinaryIO:
@@ -157,20 +169,51 @@ def download(
     dest: Path | None = None,
     echo: Callable[[str], None] = print,
     opener: Opener = _open_url,
+    progress: Callable[[str], Progress] | None = None,
 ) -> Path:
     """Fetch corpus `name` into DEST/NAME/ and verify every file; returns that directory.
 
     Files already present with the right checksum are kept without downloading them again.
+    `progress(file name)`: the progress callback of each file's bytes (metrics' Meter.track).
+    A failed download leaves no folder it created and nothing in it (a rerun starts clean).
     """
     name = corpus_name(name, echo)
     source = CORPORA[name]
     base = os.environ.get(source.mirror_env) or source.base_url
     # A `~` the shell did not expand (quoted, or from a script) means home, not a folder "~".
     directory = (Path(dest).expanduser() if dest is not None else default_dest()) / name
+    created = [p for p in (directory, *directory.parents) if not (p.exists() or p.is_symlink())]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        _remove_empty(created)
         raise DownloadError(f"{directory}: cannot create it ({e.strerror or e})") from None
+    try:
+        _fetch_all(name, source, base, directory, echo, opener, progress)
+    except BaseException:
+        _remove_empty(created)  # offline, say: no empty folder left behind
+        raise
+    return directory
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of `folders` (innermost first) that is empty; anything in one keeps it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or not ours to remove): its parents are not empty either
+
+
+def _fetch_all(
+    name: str,
+    source: Source,
+    base: str,
+    directory: Path,
+    echo: Callable[[str], None],
+    opener: Opener,
+    progress: Callable[[str], Progress] | None,
+) -> None:
     for tmp in files.sweep_temps(directory):
         echo(f"removed  {tmp} (an unfinished download of an interrupted run)")
     for filename, want in source.files:
@@ -180,13 +223,18 @@ def download(
             continue
         url = f"{base.rstrip('/')}/{filename}"
         echo(f"fetching {url}")
-        _fetch_verified(url, target, want, opener)
+        _fetch_verified(url, target, want, opener, _track(progress, filename))
         echo(f"ok       {target}")
     if source.archive is not None:
+        archive = source.archive
         _fetch_archive(
-            f"{base.rstrip('/')}/{source.archive.name}", directory, source.archive, echo, opener
-        )
-    return directory
+            f"{base.rstrip('/')}/{archive.name}", directory, archive, echo, opener,
+            _track(progress, archive.name),
+        )  # fmt: skip
+
+
+def _track(progress: Callable[[str], Progress] | None, name: str) -> Progress | None:
+    return None if progress is None else progress(name)
 
 
 def _stamp(directory: Path, archive: Archive) -> Path:
@@ -195,7 +243,12 @@ def _stamp(directory: Path, archive: Archive) -> Path:
 
 
 def _fetch_archive(
-    url: str, directory: Path, archive: Archive, echo: Callable[[str], None], opener: Opener
+    url: str,
+    directory: Path,
+    archive: Archive,
+    echo: Callable[[str], None],
+    opener: Opener,
+    progress: Progress | None = None,
 ) -> None:
     stamp = _stamp(directory, archive)
     parts = [directory / p.name for p in archive.parts]
@@ -205,7 +258,7 @@ def _fetch_archive(
     zipped = directory / archive.name
     if not (zipped.is_file() and sha256_of(zipped) == archive.sha256):
         echo(f"fetching {url} ({archive.size / 1e6:,.0f} MB)")
-        _fetch_verified(url, zipped, archive.sha256, opener)
+        _fetch_verified(url, zipped, archive.sha256, opener, progress, archive.size)
     stamp.unlink(missing_ok=True)
     try:
         with files.open_regular(zipped) as f, zipfile.ZipFile(f) as z:
@@ -272,17 +325,33 @@ def corpus_name(name: str, echo: Callable[[str], None] = print) -> str:
     return recipe.data
 
 
-def _fetch_verified(url: str, target: Path, want: str, opener: Opener) -> None:
+def _fetch_verified(
+    url: str,
+    target: Path,
+    want: str,
+    opener: Opener,
+    progress: Progress | None = None,
+    size: int | None = None,
+) -> None:
+    """`url` into `target`, moved into place only when its sha256 is `want`. `progress` hears
+    the bytes read, out of `size` (else the response's Content-Length; unknown: no progress)."""
     h = hashlib.sha256()
     with files.atomic_write(target) as out:
         try:
             with opener(url) as response:
+                total = size or _content_length(response)
+                done = 0
+                if progress is not None and total:
+                    progress(0, total)
                 for block in iter(lambda: response.read(1 << 20), b""):
                     h.update(block)
                     try:
                         out.write(block)
                     except OSError as e:  # the disk, not the connection: said as such
                         raise files.WriteError(target, e) from None
+                    done += len(block)
+                    if progress is not None and total:
+                        progress(min(done, total), total)
         except files.WriteError:
             raise
         except (urllib.error.URLError, OSError, ValueError) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -139,14 +140,18 @@ def download_cmd(
     """Fetch a corpus of the recipes from a pinned commit and check its sha256.
 
     A file is moved into place only when its checksum matches; a mismatch deletes it, exit 2.
+    A failed download (offline, say) leaves no folder it created.
 
     Files already present and correct are kept. Mirrors: WIKITEXT2_URL, TINYSHAKESPEARE_URL,
     WIKITEXT103_URL, WIKITEXT103_RAW_URL, ENWIK8_URL.
     """
     from lmtrain.download import default_dest, download
+    from lmtrain.metrics.console import MEGABYTES, Meter
 
     root = dest.expanduser() if dest is not None else default_dest()
-    download(corpus, root, echo=_err)
+    # A bar on a terminal; off one, a line as each file starts, every 30 s, and as it ends.
+    meter = Meter(_err, bar=sys.stderr.isatty(), lines=True, unit=MEGABYTES)
+    download(corpus, root, echo=_err, progress=meter.track)
     typer.echo(f"done: export LMTRAIN_DATA={root.resolve()}")
 
 
