@@ -1,18 +1,43 @@
-"""The lock on RUN/.lmtrain/lock: one process at a time trains in a run directory."""
+"""The lock on RUN/.lmtrain/lock: one process at a time trains in a run directory.
+
+POSIX only (Linux, macOS, WSL): the lock is flock(2) on a descriptor lmtrain opens itself, which
+is what its guarantees rest on: the kernel drops it however the holder dies; the holder's pid,
+host and start time, written in the file, name it in a refusal and tell a stale file from a live
+holder; a symbolic link or a non-regular file in its place is refused; a file replaced while
+waiting is locked again. A portable lock (the `filelock` package) opens the path itself and, on
+Windows, locks the file's first byte, which the refused process then cannot read: the holder
+could no longer be named, so it is not used. Where there is no fcntl (native Windows), training
+stops with a clear error; eval, sample, score and export take no lock and work everywhere.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import socket
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
 from lmtrain.rundir.layout import RunDirectoryError, Warn, now
+
+try:
+    import fcntl
+except ImportError:  # native Windows: no flock
+    fcntl = None  # type: ignore[assignment]
+
+
+def no_locking(run_path: Path) -> RunDirectoryError:
+    """The error of a platform without POSIX file locking."""
+    return RunDirectoryError(
+        f"run directory {run_path}: lmtrain fit needs POSIX file locking (fcntl.flock), which "
+        f"this platform ({sys.platform}) does not have, to make sure that one process at a time "
+        "trains in a run directory. Train under Linux, macOS or WSL; eval, sample, score and "
+        "export take no lock and work here."
+    )
 
 
 class RunLock:
@@ -29,6 +54,8 @@ class RunLock:
 
     @classmethod
     def acquire(cls, path: Path, run_path: Path, warn: Warn) -> RunLock:
+        if fcntl is None:
+            raise no_locking(run_path)
         for _ in range(5):
             try:
                 # O_NOFOLLOW: the lock file is truncated and rewritten, so a symlink planted in
