@@ -6,8 +6,9 @@ host and start time, written in the file, name it in a refusal and tell a stale 
 holder; a symbolic link or a non-regular file in its place is refused; a file replaced while
 waiting is locked again. A portable lock (the `filelock` package) opens the path itself and, on
 Windows, locks the file's first byte, which the refused process then cannot read: the holder
-could no longer be named, so it is not used. Where there is no fcntl (native Windows), training
-stops with a clear error; eval, sample, score and export take no lock and work everywhere.
+could no longer be named, so it is not used. Where there is no fcntl (native Windows, which
+lmtrain does not support: its file reads rely on O_NONBLOCK as well), fit stops with a clear
+error instead of an ImportError.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def no_locking(run_path: Path) -> RunDirectoryError:
     return RunDirectoryError(
         f"run directory {run_path}: lmtrain fit needs POSIX file locking (fcntl.flock), which "
         f"this platform ({sys.platform}) does not have, to make sure that one process at a time "
-        "trains in a run directory. Train under Linux, macOS or WSL; eval, sample, score and "
-        "export take no lock and work here."
+        "trains in a run directory. lmtrain runs on Linux, macOS and WSL (Windows Subsystem "
+        "for Linux); run it there."
     )
 
 

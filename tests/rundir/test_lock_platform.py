@@ -1,4 +1,4 @@
-"""The run lock is POSIX file locking; where there is none, fit says so and the readers still work."""
+"""The run lock is POSIX file locking; where there is none, fit says so instead of an ImportError."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_fit_without_fcntl_stops_with_the_platforms_it_needs(cli, tmp_path, monk
     assert r.exit_code == 2, r.output
     message = " ".join(r.stderr.split())
     assert "lmtrain fit needs POSIX file locking (fcntl.flock)" in message
-    assert "Train under Linux, macOS or WSL" in message and "Traceback" not in r.output
+    assert "lmtrain runs on Linux, macOS and WSL" in message and "Traceback" not in r.output
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
