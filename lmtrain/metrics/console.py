@@ -131,7 +131,8 @@ class Meter:
                 return
             now = time.perf_counter()
             rate = done / max(now - started, 1e-9)
-            speed = f"{u.amount(rate)} {u.name}/s"
+            # "per second", not "/s": a training progress line is the one that reads "tokens/s".
+            speed = f"{u.amount(rate)} {u.name} per second"
             if done >= total:
                 self.echo(f"{label}: done in {_seconds(now - started)} ({speed})")
             elif now - shown >= self.every:

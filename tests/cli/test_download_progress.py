@@ -49,7 +49,7 @@ def test_off_a_terminal_an_archive_gets_a_line_as_it_starts_and_ends(cli, tmp_pa
     lines = r.stderr.splitlines()
     size = archive.archive.size / 1e6
     start = lines.index(f"c.zip: {size:,.1f} MB to fetch")
-    assert re.fullmatch(r"c\.zip: done in \d+\.\ds \([\d,.]+ MB/s\)", lines[start + 1])
+    assert re.fullmatch(r"c\.zip: done in \d+\.\ds \([\d,.]+ MB per second\)", lines[start + 1])
 
 
 def test_the_progress_hears_every_byte_once_from_zero(tmp_path, archive) -> None:

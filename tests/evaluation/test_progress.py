@@ -36,7 +36,8 @@ def test_fit_off_a_terminal_says_when_each_validation_starts_and_ends(cli, tmp_p
         start = lines.index(next(x for x in lines if x.startswith(f"step {step} | validation: ")))
         assert re.fullmatch(rf"step {step} \| validation: [\d,]+ tokens to read", lines[start])
         assert re.fullmatch(
-            rf"step {step} \| validation: done in \d+\.\ds \([\d,]+ tokens/s\)", lines[start + 1]
+            rf"step {step} \| validation: done in \d+\.\ds \([\d,]+ tokens per second\)",
+            lines[start + 1],
         )
         assert lines[start + 2].startswith(f"step {step} | epoch 1 | ")  # then its figures
         assert "val loss" in lines[start + 2]
@@ -60,7 +61,7 @@ def test_eval_off_a_terminal_says_when_it_starts_and_ends_and_stdout_stays_json(
     report = json.loads(r.stdout)  # nothing but the report on stdout
     err = r.stderr.splitlines()
     assert err[0] == f"evaluation: {report['tokens']:,} tokens to read"
-    assert re.fullmatch(r"evaluation: done in \d+\.\ds \([\d,]+ tokens/s\)", err[1])
+    assert re.fullmatch(r"evaluation: done in \d+\.\ds \([\d,]+ tokens per second\)", err[1])
 
 
 def test_eval_with_adaptation_shows_both_passes(cli, run) -> None:
@@ -103,7 +104,7 @@ def test_meter_lines_every_interval_and_an_end_line() -> None:
         progress(done, 1000)
     assert said[0] == "validation: 1,000 tokens to read"
     assert re.fullmatch(
-        r"validation: 500/1,000 tokens \(50%\) \| [\d,]+ tokens/s \| .+ left", said[1]
+        r"validation: 500/1,000 tokens \(50%\) \| [\d,]+ tokens per second \| .+ left", said[1]
     )
     assert said[2].startswith("validation: done in ")
     assert len(said) == 3
@@ -132,3 +133,16 @@ def test_meter_quiet_says_nothing() -> None:
     for done in (0, 5, 10):
         progress(done, 10)
     assert said == []
+
+
+def test_validation_lines_are_not_read_as_training_progress_lines(cli, tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    cfg = tiny_config(
+        tmp_path, write_tiny_files(tmp_path), "train.max_steps=4", "train.log_every=2",
+        "train.eval_every=2",
+    )  # fmt: skip
+    config.write_text(cfg.to_yaml(), encoding="utf-8")
+    r = invoke(cli, "fit", config)
+    assert r.exit_code == 0, r.output
+    progress = [x for x in r.stderr.splitlines() if x.startswith("step ") and "tokens/s" in x]
+    assert [x.split(" | ")[0] for x in progress] == ["step 2/4", "step 4/4"]
