@@ -12,6 +12,7 @@ through: every destination of a figure is decided here, in one place.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from lmtrain.metrics.backends import SINKS, TB_DIR, TensorBoardWriter, check_loggers
+from lmtrain.metrics.backends import SINKS, TB_DIR, TensorBoardWriter, check_loggers, flat
 from lmtrain.metrics.console import Meter
 from lmtrain.metrics.files import (
     RESULTS_VERSION,
@@ -291,7 +292,7 @@ class RunLogger:
         if self.metrics is not None:
             write_results(self.run_dir, results)
         if self.writer is not None and results["best_val"] is not None:
-            self.writer.hparams(results, _yaml_dict(self.config_yaml))
+            self.writer.hparams(results, hyperparameters(_yaml_dict(self.config_yaml)))
         for sink in self.sinks:
             try:
                 sink.finish(results)
@@ -317,6 +318,36 @@ class RunLogger:
         except MetricsError:
             if not failed:
                 raise
+
+
+NOT_HYPERPARAMETERS = (
+    "data.train", "data.valid", "data.test", "data.tokenizer_file", "data.cache_dir",
+    "data.decode_errors", "model.pretrained_embeddings", "model.pretrained_format",
+    "train.device", "train.precision", "train.dist_timeout", "train.log_every",
+    "train.max_nonfinite_steps", "train.num_threads", "run.",
+)  # fmt: skip
+"""Config keys (a trailing "." names a whole section) that say where files are and how the
+machine runs, not what was trained: TensorBoard's HParams table leaves them out, so that its
+columns compare runs by what makes them differ."""
+
+
+def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """The HParams table of a run: its config's hyperparameters by dotted key, each value as the
+    table shows it well: numbers as they are, booleans as "true"/"false" (the plugin would
+    show 1.0000 / 0.0000), None as "null", lists as JSON."""
+
+    def readable(value: Any) -> Any:
+        if isinstance(value, bool) or value is None:
+            return json.dumps(value)
+        if isinstance(value, (int, float, str)):
+            return value
+        return json.dumps(value)
+
+    return {
+        key: readable(value)
+        for key, value in flat(config).items()
+        if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_HYPERPARAMETERS)
+    }
 
 
 def _yaml_dict(text: str) -> dict[str, Any]:
