@@ -3,10 +3,11 @@ loggers chosen by name from SINKS (Weights & Biases, MLflow). A logger is a clas
 `name` and pip `package`, added by `register` (a new one: its class here or in a plugin's module).
 
 TensorBoard groups tags by the text before the first "/" and orders groups and the tags within
-them by name (natural order). The groups are therefore `train` and `val` (loss and the figures
-the evaluation gives: ppl, bpc for character models, bpb), which open first, then `watch` (lr,
-grad_norm, grad_norm_max, tokens_per_sec); `train/nonfinite_steps` appears when a step was
-skipped.
+them by name (natural order). The groups are therefore `best` (the best validation figures, one
+point each, written at the end), `train` and `val` (loss and the figures the evaluation gives:
+ppl, bpc for character models, bpb), then `watch` (lr, grad_norm, grad_norm_max,
+tokens_per_sec); `train/nonfinite_steps` appears when a step was skipped. The one-point charts
+have their own group so that `val` opens on its curves.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class TensorBoardWriter:
         from torch.utils.tensorboard.summary import hparams
 
         best = results["best_val"]
-        metrics = {f"val/best_{k}": float(v) for k, v in best.items() if k != "step"}
+        metrics = {f"best/{k}": float(v) for k, v in best.items() if k != "step"}
         params = {
             k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
             for k, v in flat(config).items()

@@ -304,8 +304,7 @@ def test_tensorboard_tags_layout_and_hparams(tmp_path: Path, tiny_files) -> None
     acc = EventAccumulator(str(tb), size_guidance={"tensors": 0}).Reload()
     assert set(acc.Tags()["scalars"]) == {
         "train/loss", "train/ppl", "train/bpc",
-        "val/loss", "val/ppl", "val/bpc", "val/bpb", "val/best_loss", "val/best_ppl",
-        "val/best_bpc",
+        "val/loss", "val/ppl", "val/bpc", "val/bpb", "best/loss", "best/ppl", "best/bpc",
         "watch/lr", "watch/grad_norm", "watch/grad_norm_max", "watch/tokens_per_sec",
     }  # fmt: skip
     assert [e.step for e in acc.Scalars("train/bpc")] == [2, 4, 6]
@@ -315,7 +314,7 @@ def test_tensorboard_tags_layout_and_hparams(tmp_path: Path, tiny_files) -> None
         [r["grad_norm_max"] for r in records if r["type"] == "train"], rel=1e-6
     )
     best = min(r["loss"] for r in records if r["type"] == "eval")
-    assert acc.Scalars("val/best_loss")[0].value == pytest.approx(best, rel=1e-6)
+    assert acc.Scalars("best/loss")[0].value == pytest.approx(best, rel=1e-6)
     tensors = set(acc.Tags()["tensors"])
     assert "custom_scalars__config__" in tensors
     layout = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
@@ -324,7 +323,7 @@ def test_tensorboard_tags_layout_and_hparams(tmp_path: Path, tiny_files) -> None
     assert set(hparams) == {
         "_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info",
     }  # fmt: skip
-    assert b"val/best_bpc" in hparams["_hparams_/experiment"]
+    assert b"best/bpc" in hparams["_hparams_/experiment"]
     assert b"model.hidden_size" in hparams["_hparams_/session_start_info"]
 
 

@@ -48,4 +48,4 @@ def test_the_table_keeps_the_best_figures_it_is_read_against(tmp_path: Path, tin
     cfg = tiny_config(tmp_path, tiny_files, "train.max_steps=4", "run.tensorboard=true")
     fit(cfg, quiet=True)
     acc = EventAccumulator(str(Path(cfg.run.dir) / "tb")).Reload()
-    assert b"val/best_loss" in acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+    assert b"best/loss" in acc.PluginTagToContent("hparams")["_hparams_/experiment"]
