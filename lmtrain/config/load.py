@@ -10,6 +10,8 @@ ConfigError.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ def config_from_dict(
     for name, value in raw.items():
         if name in type_hints(Config) and value is None:
             raw[name] = {}  # an empty section (`train:` with nothing under it) means defaults
-    apply_overrides(raw, overrides or [], problems)
+    apply_overrides(raw, overrides or [], problems, _typed_as_text)
     cfg = build_dataclass(Config, raw, "", problems)
     if expand_paths:
         cfg = _expand_run_dir(cfg, problems)
@@ -71,6 +73,29 @@ def config_from_dict(
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def _typed_as_text(key: str, text: str, value: Any) -> bool:
+    """Whether an override means the text typed rather than `value`, YAML's reading of it: the
+    key is a text field (of type str, or str | None) and the text is not a quoted YAML string.
+    YAML would read `run.sample_prompt=ROMEO:` as the mapping {'ROMEO': None}, `=123` as 123,
+    `=true` as True and `=The ` as 'The', none of which a field that takes only text can mean;
+    a quoted string ("The ") keeps its quotes' meaning, and null its own where the field takes
+    it. Fields of other types keep the YAML reading (0.5, true, [wandb])."""
+    hint: Any = Config
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(hint):
+            return False
+        hint = type_hints(hint).get(part)  # type: ignore[arg-type]
+    nullable = typing.get_origin(hint) in (typing.Union, types.UnionType) and set(
+        typing.get_args(hint)
+    ) == {str, type(None)}
+    if hint is not str and not nullable:
+        return False
+    if value is None and nullable:
+        return False
+    quoted = isinstance(value, str) and text.lstrip().startswith(("'", '"'))
+    return not quoted
 
 
 def _expand_run_dir(cfg: Config, problems: list[str]) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -108,8 +109,18 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError([f"not valid YAML: {e}"], source) from None
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[str]) -> None:
-    """Apply `a.b=value` overrides (value parsed as YAML) to the nested dict `raw` in place."""
+def apply_overrides(
+    raw: dict[str, Any],
+    overrides: list[str],
+    problems: list[str],
+    typed_as_text: Callable[[str, str, Any], bool] = lambda key, text, value: False,
+) -> None:
+    """Apply `a.b=value` overrides (value parsed as YAML) to the nested dict `raw` in place.
+
+    `typed_as_text(key, text, value)`: whether the override of `key` means the `text` typed
+    rather than `value`, YAML's reading of it (a text field given `ROMEO:`, which YAML reads as
+    the mapping {ROMEO: None}, or `123`, `true`, `[a]`).
+    """
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -123,6 +134,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[st
             continue
         except (yaml.YAMLError, RecursionError, ValueError):
             value = text  # not YAML: take it as a plain string, the schema decides
+        if typed_as_text(key, text, value):
+            value = text
         *parents, leaf = key.split(".")
         node = raw
         for i, part in enumerate(parents):
