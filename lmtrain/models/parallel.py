@@ -58,14 +58,16 @@ def masked_scan(
     """h_t = a_t h_{t-1} + b_t, (T, B, H), with the identity update where `mask` (T, B, 1) is
     False: a padded step leaves the state as it was."""
     if mask is not None:
-        a = torch.where(mask, a, 1.0)
-        b = torch.where(mask, b, 0.0)
+        # with the mask as numbers: a select by a boolean mask costs several times as much
+        m = mask.to(a.dtype)
+        a = a * m + (1 - m)
+        b = b * m
     return linear_scan(a, b, h0.to(a.dtype))
 
 
 def zero_padding(out: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The output with 0 at padded steps."""
-    return out if mask is None else out * mask
+    return out if mask is None else out * mask.to(out.dtype)
 
 
 def last_real(x: torch.Tensor, mask: torch.Tensor | None, before: torch.Tensor) -> torch.Tensor:

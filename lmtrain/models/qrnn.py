@@ -72,13 +72,15 @@ class QRNNLayer(nn.Module):
             taps = torch.cat([x, previous], dim=-1)  # (T, B, 2 In)
         gates = project(taps, self.weight_ih, self.bias_ih, self.weight_drop, self.training)
         z, f, o = gates.chunk(3, dim=-1)  # (T, B, H) each
-        keep_new = torch.sigmoid(-f)  # 1 - f_t, written so that it keeps its digits near f = 1
+        f = torch.sigmoid(f)
+        keep_new = 1 - f  # the share of z_t in c_t
         if self.zoneout > 0:
             if self.training:
                 keep_new = keep_new * torch.empty_like(keep_new).bernoulli_(1 - self.zoneout)
             else:
                 keep_new = keep_new * (1 - self.zoneout)
-        c = masked_scan(1 - keep_new, keep_new * torch.tanh(z), state[0], mask)
+            f = 1 - keep_new
+        c = masked_scan(f, keep_new * torch.tanh(z), state[0], mask)
         out = zero_padding(torch.sigmoid(o) * c, mask)
         if self.window == 1:
             return out, (c[-1],)
