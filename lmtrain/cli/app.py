@@ -193,6 +193,15 @@ def _config_overrides(ctx: typer.Context, config: str, tokens: list[str]) -> lis
     return result
 
 
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for torch's kernels (as fit's train.num_threads); default: torch's "
+        "own choice.",
+        show_default=False,
+    ),
+]
+
 RunArg = Annotated[
     Path,
     typer.Argument(help="Run directory, checkpoint file or export folder.", show_default=False),

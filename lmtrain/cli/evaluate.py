@@ -11,6 +11,7 @@ import typer
 
 from lmtrain.cli.app import (
     RunArg,
+    ThreadsOption,
     _err,
     _user_errors,
     app,
@@ -21,8 +22,8 @@ from lmtrain.config import (
     EvalOptions,
     SampleOptions,
     ScoreOptions,
+    require_valid,
 )
-from lmtrain.errors import LmtrainError
 
 # Every default below is read from the option classes (lmtrain/config/commands.py), where it is
 # written once; the help texts here are the command line's wording.
@@ -47,6 +48,7 @@ def eval_cmd(
         ),
     ] = EvalOptions.streams,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = DeviceOptions.device,
+    threads: ThreadsOption = DeviceOptions.threads,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     dynamic_lr: Annotated[
         float, typer.Option(help="Dynamic evaluation step size (Krause et al. 2018); 0 = off.")
@@ -82,6 +84,7 @@ def eval_cmd(
     from lmtrain.evaluation import check_options, evaluate_file
     from lmtrain.metrics.console import Meter
     from lmtrain.runtime.device import resolve_device
+    from lmtrain.runtime.threads import command_threads
 
     options = EvalOptions(batch_size, streams)
     adapt = AdaptOptions(
@@ -89,6 +92,8 @@ def eval_cmd(
         cache_size, cache_theta, cache_lambda,
     )  # fmt: skip
     check_options(options, adapt)
+    require_valid(DeviceOptions(device, threads))
+    command_threads(threads)
     trained = load_trained(run, resolve_device(device, "--device"))
     origin = None if data is None else "given to --data"
     # A bar on a terminal; off one, a line as each pass starts and ends (stdout stays the report).
@@ -127,15 +132,17 @@ def score(
         int, typer.Option(help="Sentences scored together; never changes the result.")
     ] = ScoreOptions.batch_size,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = DeviceOptions.device,
+    threads: ThreadsOption = DeviceOptions.threads,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False,
 ) -> None:
     """Log-probability (natural log and log2), token count and perplexity of each sentence."""
     from lmtrain.checkpoint import load_model
     from lmtrain.evaluation import score_texts, texts_to_score, unknown_warning
     from lmtrain.runtime.device import resolve_device
+    from lmtrain.runtime.threads import command_threads
 
-    if problems := ScoreOptions(batch_size).problems():
-        raise LmtrainError("; ".join(problems))
+    require_valid(ScoreOptions(batch_size), DeviceOptions(device, threads))
+    command_threads(threads)
     texts = texts_to_score(sentences or [], file)
     model, vocab, _ = load_model(run, resolve_device(device, "--device"))
     scores = score_texts(model, vocab, texts, batch_size)
@@ -178,15 +185,17 @@ def sample(
         int, typer.Option(help="Independent samples.")
     ] = SampleOptions.num_samples,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = DeviceOptions.device,
+    threads: ThreadsOption = DeviceOptions.threads,
 ) -> None:
     """Generate text from a trained model."""
     from lmtrain.checkpoint import load_model
     from lmtrain.runtime.device import resolve_device
+    from lmtrain.runtime.threads import command_threads
     from lmtrain.sample import generate
 
     opts = SampleOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed)
-    if problems := opts.problems():
-        raise LmtrainError("; ".join(problems))
+    require_valid(opts, DeviceOptions(device, threads))
+    command_threads(threads)
     model, vocab, _ = load_model(run, resolve_device(device, "--device"))
     result = generate(model, vocab, prompt, opts)
     for w in result.warnings:

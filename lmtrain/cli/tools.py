@@ -11,12 +11,19 @@ import typer
 from lmtrain import catalog
 from lmtrain.cli.app import (
     OverridesArg,
+    ThreadsOption,
     Typer,
     _err,
     _user_errors,
     app,
 )
-from lmtrain.config import GradientFlowOptions, PlotOptions, field_docs, require_valid
+from lmtrain.config import (
+    DeviceOptions,
+    GradientFlowOptions,
+    PlotOptions,
+    field_docs,
+    require_valid,
+)
 
 diagnose_app = Typer(no_args_is_help=True, help="Diagnostics of a model or config.")
 app.add_typer(diagnose_app, name="diagnose")
@@ -38,14 +45,17 @@ def gradient_flow_cmd(
     steps: Annotated[int, typer.Option(help=_FLOW_DOCS["steps"])] = _FLOW.steps,
     batch: Annotated[int, typer.Option(help=_FLOW_DOCS["batch"])] = _FLOW.batch,
     tensorboard: Annotated[Path | None, typer.Option(help=_FLOW_DOCS["tensorboard"])] = None,
+    threads: ThreadsOption = DeviceOptions.threads,
 ) -> None:
     """Norm of dL_T/dh_t against T - t: a PNG, plus TensorBoard scalars and the figure."""
     from lmtrain import diagnose, plot
+    from lmtrain.runtime.threads import command_threads
 
     options = GradientFlowOptions(
         cell or [], str(out), steps, batch, None if tensorboard is None else str(tensorboard)
     )
-    require_valid(options)
+    require_valid(options, DeviceOptions(threads=threads))
+    command_threads(threads)
     plot.require_matplotlib()  # before the measurement, which can take a while
     curves = diagnose.curves_for(target, overrides or [], options)
     figure = plot.gradient_flow_figure(curves, diagnose.title(options))

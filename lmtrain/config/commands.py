@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 from lmtrain.errors import LmtrainError
 from lmtrain.records import MAX_INT, show_value
-from lmtrain.training.config import FLOAT32_MAX, MAX_SEED
+from lmtrain.training.config import FLOAT32_MAX, MAX_SEED, MAX_THREADS
 
 # Bounds on what one sample call may generate: the ids are held in one (max_tokens, num_samples)
 # tensor and every text is decoded in memory, so a typo such as --max-tokens 2000000000 is
@@ -57,10 +57,22 @@ def require_valid(*options: _Checked) -> None:
 
 @dataclass(frozen=True)
 class DeviceOptions:
-    """Where `lmtrain eval`, `lmtrain score` and `lmtrain sample` run the model."""
+    """Where `lmtrain eval`, `score` and `sample` run the model, on how many threads (diagnose too)."""
 
     device: str = "cpu"
     """cpu, cuda, cuda:N or auto."""
+    threads: int | None = None
+    """CPU threads for torch's kernels, as fit's train.num_threads; null = torch's own choice."""
+
+    def problems(self) -> list[str]:
+        """The problem of --threads, in train.num_threads' bounds and words, or none."""
+        n = self.threads
+        if isinstance(n, int) and not isinstance(n, bool) and n > MAX_THREADS:
+            return [
+                f"--threads must be at most {MAX_THREADS} (torch would try to start that many "
+                f"threads), got {n}"
+            ]
+        return [] if n is None else _count("--threads", n, 1)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,15 @@ def configure_threads(num_threads: int | None) -> int:
     return n
 
 
+def command_threads(num_threads: int | None) -> int:
+    """The --threads of a command that reads a model (eval, score, sample, diagnose): torch's
+    intra-op threads set to `num_threads`; None leaves torch's own choice, as these commands
+    always have. Returns the number in use."""
+    if num_threads is None:
+        return torch.get_num_threads()
+    return configure_threads(num_threads)
+
+
 def describe_machine() -> str:
     """CPU model, cores, torch version and threads: the label benchmark figures carry."""
     cpu = platform.processor() or platform.machine()
