@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-Cell = Literal["rnn_tanh", "rnn_relu", "lstm", "gru", "rnn_manual", "qrnn", "mingru", "minlstm"]
+from lmtrain.records import OneOf
+
 Init = Literal["default", "orthogonal", "identity"]
 
 
@@ -81,9 +82,18 @@ CELLS: dict[str, CellSpec] = {
         "lmtrain.models.minrnn:MinLSTMLayer", 3, recurrent=False, refusals=_INPUTS_ONLY
     ),
 }
-"""Each cell of `Cell` by name. A new cell is its module (one layer of it, as `CellSpec.layer`
-describes) and a row here; a name added to this table at run time (a test's toy cell) builds
-and trains as the others do."""
+"""Every cell by name: the values model.cell takes. A new cell is its module (one layer of it,
+as `CellSpec.layer` describes) and a row here, or a `register` call from its own module."""
+
+Cell = Annotated[str, OneOf(CELLS)]
+
+
+def register(name: str, spec: CellSpec) -> CellSpec:
+    """Add a cell to CELLS under `name`, which model.cell then accepts and build_model builds."""
+    if name in CELLS:
+        raise ValueError(f"a cell named {name!r} is already registered")
+    CELLS[name] = spec
+    return spec
 
 AUTO_HEAD = 2000
 """model.adaptive_softmax.auto: words in the head (the most frequent ones)."""

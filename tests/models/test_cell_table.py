@@ -3,15 +3,20 @@ added to the table from one module builds, counts its parameters, carries its st
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_config
+from lmtrain.checkpoint import load_model
 from lmtrain.models import build_model
 from lmtrain.models.cells import CustomRecurrent, layer_class
-from lmtrain.models.config import CELLS, CellSpec, ModelConfig
+from lmtrain.models.config import CELLS, CellSpec, ModelConfig, register
 from lmtrain.models.lm import TORCH_RNNS
 from lmtrain.models.state import State
+from lmtrain.training import fit
 
 
 def test_the_cells_nn_runs_are_the_torch_table() -> None:
@@ -52,9 +57,25 @@ class ToyLayer(nn.Module):
 
 
 @pytest.fixture
-def toy(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setitem(CELLS, "toy", CellSpec(f"{__name__}:ToyLayer", gates=1, recurrent=False))
+def toy(request: pytest.FixtureRequest) -> str:
+    register("toy", CellSpec(f"{__name__}:ToyLayer", gates=1, recurrent=False))
+    request.addfinalizer(lambda: CELLS.pop("toy"))
     return "toy"
+
+
+def test_a_name_is_registered_once(toy: str) -> None:
+    with pytest.raises(ValueError, match="a cell named 'toy' is already registered"):
+        register(toy, CELLS["lstm"])
+
+
+def test_a_registered_cell_is_a_config_value_fit_trains_and_a_checkpoint_reads(
+    toy: str, tiny_files, tmp_path: Path
+) -> None:
+    cfg = tiny_config(tmp_path, tiny_files, f"model.cell={toy}", "train.max_steps=6")
+    result = fit(cfg, quiet=True)
+    assert result.progress.step == 6
+    model, _, saved = load_model(tmp_path / "run")
+    assert saved.model.cell == toy and isinstance(model.rnn.layers[0], ToyLayer)
 
 
 def test_a_cell_added_to_the_table_builds_counts_and_trains(toy: str) -> None:

@@ -3,8 +3,6 @@ model that models/ builds agrees with each of them."""
 
 from __future__ import annotations
 
-from typing import get_args
-
 import pytest
 
 from lmtrain.config import config_from_dict
@@ -13,10 +11,19 @@ from lmtrain.models import build_model
 from lmtrain.models.cells import CustomRecurrent, needs_custom_stack
 from lmtrain.models.config import CELLS, AdaptiveSoftmaxConfig, Cell, ModelConfig
 from lmtrain.models.lm import TorchRecurrent
+from lmtrain.records import choices
 
 
-def test_every_cell_of_the_schema_has_a_row_in_the_cell_table() -> None:
-    assert list(get_args(Cell)) == list(CELLS)
+def test_the_schema_takes_exactly_the_cells_of_the_cell_table() -> None:
+    assert choices(Cell) == tuple(CELLS)
+    for cell in CELLS:
+        assert config_from_dict({}, [f"model.cell={cell}"]).model.cell == cell
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({}, ["model.cell=lsmt"])
+    names = ", ".join(repr(c) for c in CELLS)
+    assert e.value.problems == [
+        f"model.cell: expected one of {names}, got 'lsmt'; did you mean 'lstm'?"
+    ]
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
