@@ -5,9 +5,11 @@
     forward(x (T, B, E), state, lengths or None) -> (out (T, B, H), state),
 
 and is chosen only when a feature that nn.RNN/LSTM/GRU cannot express is asked for
-(`needs_custom_stack`): layer norm, recurrent dropout, locked dropout, leaky units, residual
-connections, or the hand-written BPTT cell. With no feature on it computes exactly what nn.* does,
-with the same parameter names, shapes, gate order and default initialisation.
+(`needs_custom_stack`): layer norm, recurrent dropout, locked dropout, leaky units, residual,
+pre-norm or dense links, or a cell torch has no layer for (the hand-written BPTT cell, and qrnn,
+mingru and minlstm of qrnn.py and minrnn.py). It stacks layers of the class the cell's row of
+CELLS names. With no feature on it computes exactly what nn.* does, with the same parameter
+names, shapes, gate order and default initialisation.
 
 Speed: the input projection W_ih x_t (and its layer norm) does not depend on the recurrence, so
 it is computed for all T steps in one matmul; each step then does one (B, H) x (H, G*H) matmul

@@ -1,4 +1,5 @@
-"""Embedding -> stacked nn.RNN / nn.LSTM / nn.GRU -> dropout -> output layer."""
+"""Embedding -> stacked nn.RNN / nn.LSTM / nn.GRU (or the hand-built stack of cells.py) -> dropout
+-> output layer."""
 
 from __future__ import annotations
 

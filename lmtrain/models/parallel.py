@@ -5,7 +5,8 @@ elementwise gates, and the linear recurrence h_t = a_t h_{t-1} + b_t run by scan
 
 - the input projection, named weight_ih / bias_ih as the other cells' input weights, built and
   initialised as nn.Linear (uniform in +-1/sqrt(fan_in)), with model.weight_drop as DropConnect
-  on it (Merity et al. 2018 drop the QRNN's input weights so: it has no hidden-to-hidden ones);
+  on it, as AWD-LSTM's QRNN language models drop the QRNN's input weights (it has no
+  hidden-to-hidden ones);
 - the precision rule: under bf16/fp16 autocast the matmul runs in that precision and everything
   after it (gates, scan, state) in fp32, where a product of hundreds of gates keeps its digits;
 - padding: at a step past a row's length the update is the identity (a_t = 1, b_t = 0), so the

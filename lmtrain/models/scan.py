@@ -49,7 +49,7 @@ def linear_scan(
     """a, b (T, B, H) and h0 (B, H) -> h (T, B, H) with h_t = a_t * h_{t-1} + b_t.
 
     Differentiable in a, b and h0; every tensor in one dtype (the layers run it in fp32 under
-    autocast, see minrnn.py).
+    autocast, see parallel.py).
     """
     out = LinearScan.apply(a, b, h0, method or default_method(a.device))
     return out  # type: ignore[no-any-return]
