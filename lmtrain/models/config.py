@@ -95,6 +95,7 @@ def register(name: str, spec: CellSpec) -> CellSpec:
     CELLS[name] = spec
     return spec
 
+
 AUTO_HEAD = 2000
 """model.adaptive_softmax.auto: words in the head (the most frequent ones)."""
 AUTO_GROWTH = 5
