@@ -9,7 +9,7 @@ the two run files.
     logger.py    RunLogger, the one object the training loop logs through
 """
 
-from lmtrain.metrics.backends import SINKS, TB_DIR, check_loggers
+from lmtrain.metrics.backends import SINKS, TB_DIR, TrackerHome, check_loggers
 from lmtrain.metrics.config import LOGGERS
 from lmtrain.metrics.console import console, silence
 from lmtrain.metrics.files import (
@@ -35,6 +35,7 @@ __all__ = [
     "MetricsFile",
     "SINKS",
     "RunLogger",
+    "TrackerHome",
     "TrainPoint",
     "check_loggers",
     "config_sha256",

@@ -22,7 +22,15 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from lmtrain.metrics.backends import SINKS, TB_DIR, TensorBoardWriter, check_loggers, flat
+from lmtrain.metrics.backends import (
+    SINKS,
+    TB_DIR,
+    TensorBoardWriter,
+    TrackerHome,
+    check_loggers,
+    flat,
+    start_error,
+)
 from lmtrain.metrics.console import Meter
 from lmtrain.metrics.files import (
     RESULTS_VERSION,
@@ -81,7 +89,11 @@ class RunLogger:
     Progress is a tqdm bar on stderr when stderr is a terminal, otherwise a plain line to `echo`
     every logged window; `quiet` drops both. Every other line (`message`: the run directory,
     evaluations, warnings) goes to `echo` in any case. `write_files` (rank 0 of a real run)
-    writes metrics.jsonl and results.json.
+    writes metrics.jsonl and results.json. `trackers`: what the run directory keeps for the
+    optional loggers (None without one: nothing is claimed, kept or continued).
+
+    A logger that fails to start raises MetricsError (one paragraph) after every output already
+    opened is closed and every tracker already started is finished.
     """
 
     def __init__(
@@ -98,6 +110,7 @@ class RunLogger:
         write_files: bool = False,
         config_yaml: str = "",
         loggers: Sequence[str] = (),
+        trackers: TrackerHome | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.echo = echo
@@ -112,16 +125,19 @@ class RunLogger:
         modules = check_loggers(loggers)
         self.metrics: MetricsFile | None = None
         self.evals: list[dict[str, Any]] = []
-        if write_files:
-            self.metrics = MetricsFile(self.run_dir, purge_step - 1 if purge_step else None)
-            self.evals = [r for r in self.metrics.kept if r["type"] == "eval"]
         self.writer: TensorBoardWriter | None = None
-        if tensorboard:
-            self.writer = TensorBoardWriter(self.run_dir, purge_step, unit.headline)
-        self.sinks: list[Any] = [
-            SINKS[name](module, self.run_dir, _yaml_dict(config_yaml))
-            for name, module in zip(loggers, modules, strict=True)
-        ]
+        self.sinks: list[Any] = []
+        try:
+            if write_files:
+                self.metrics = MetricsFile(self.run_dir, purge_step - 1 if purge_step else None)
+                self.evals = [r for r in self.metrics.kept if r["type"] == "eval"]
+            if tensorboard:
+                self.writer = TensorBoardWriter(self.run_dir, purge_step, unit.headline)
+            for name, module in zip(loggers, modules, strict=True):
+                self._start(name, module, _yaml_dict(config_yaml), trackers)
+        except BaseException:
+            self._close_outputs(failed=True)  # nothing is left half-started
+            raise
         # The bar goes to stderr, so it is drawn whenever stderr is a terminal.
         self.bar = tqdm(
             total=total_steps,
@@ -138,6 +154,28 @@ class RunLogger:
         self.message(f"run directory: {self.run_dir}")
         if self.writer is not None:
             self.message(f"TensorBoard: tensorboard --logdir {self.run_dir / TB_DIR}")
+
+    def _start(
+        self, name: str, module: Any, config: dict[str, Any], trackers: TrackerHome | None
+    ) -> None:
+        """Start optional logger `name` (continuing its tracking run when one is kept) and keep
+        its run id."""
+        cls = SINKS[name]
+        folder = getattr(cls, "folder", None)
+        if trackers is not None and folder is not None:
+            trackers.claim(folder)  # the name first: a crash never leaves an unlisted folder
+        resume_id = None if trackers is None else trackers.run_ids.get(name)
+        try:
+            if resume_id is None:
+                sink = cls(module, self.run_dir, config)
+            else:
+                sink = cls(module, self.run_dir, config, resume_id=resume_id)
+        except Exception as e:  # the tracker's own error, whatever its type
+            raise start_error(name, getattr(cls, "fix", "its settings"), e, resume_id) from None
+        self.sinks.append(sink)
+        run_id = getattr(sink, "run_id", None)
+        if trackers is not None and run_id and run_id != resume_id:
+            trackers.keep(name, str(run_id))
 
     # -- values -------------------------------------------------------------------------------
 
@@ -304,6 +342,11 @@ class RunLogger:
         """Flush and close everything; `failed`: an error is on its way out, so a second one
         met while closing is dropped rather than hiding the first."""
         self.bar.close()
+        self._close_outputs(failed)
+
+    def _close_outputs(self, failed: bool) -> None:
+        """Finish the optional loggers (as failed: a finished run has given its results to
+        `finish` already), then close the metrics file and TensorBoard."""
         for sink in self.sinks:
             with contextlib.suppress(Exception):  # the run is failing already
                 sink.finish({"status": "failed"})

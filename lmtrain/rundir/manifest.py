@@ -1,6 +1,6 @@
-"""RUN/.lmtrain/manifest.json: the run's id, its parent (for a fork), every file lmtrain wrote
-and one event per session. lmtrain reads as its own, overwrites, prunes and deletes only files
-the manifest lists."""
+"""RUN/.lmtrain/manifest.json: the run's id, its parent (for a fork), every file lmtrain wrote,
+one event per session and the ids of its tracking runs (W&B, MLflow). lmtrain reads as its own,
+overwrites, prunes and deletes only files the manifest lists."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from lmtrain.rundir import resume as resume_mod
 from lmtrain.rundir.layout import BOOKKEEPING, MANIFEST, TREES, RunDirectoryError, exists
 
 MANIFEST_FORMAT = "lmtrain-run"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+"""Version 2 adds `trackers`; a manifest without them is written as version 1, which an older
+lmtrain reads, and one with them as 2, which it refuses as newer rather than as damaged."""
 
 
 @dataclass
@@ -32,18 +34,22 @@ class Manifest:
     pinned: list[str] = field(default_factory=list)
     """Checkpoints never pruned: the branch points of rewinds."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    trackers: dict[str, str] = field(default_factory=dict)
+    """The id of each optional tracker's run (run.loggers: wandb, mlflow), which a resumed session
+    continues."""
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "format": MANIFEST_FORMAT,
-                "version": MANIFEST_VERSION,
+                "version": MANIFEST_VERSION if self.trackers else 1,
                 "run_id": self.run_id,
                 "created": self.created,
                 "parent": self.parent,
                 "files": dict(sorted(self.files.items())),
                 "pinned": sorted(self.pinned),
                 "history": self.history,
+                **({"trackers": dict(sorted(self.trackers.items()))} if self.trackers else {}),
             },
             indent=1,
         )
@@ -90,6 +96,7 @@ class Manifest:
             files={k: dict(v) for k, v in raw["files"].items()},
             pinned=disk.pinned,
             history=disk.history,
+            trackers=disk.trackers,
         )
 
     def owns(self, rel: str) -> bool:
@@ -132,6 +139,7 @@ class _OnDisk:
     files: dict[RunPath, _Entry]
     pinned: list[RunPath]
     history: list[Any]
+    trackers: dict[str, str] = field(default_factory=dict)
 
 
 def legacy_manifest(run_path: Path) -> Manifest | None:

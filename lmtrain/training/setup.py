@@ -24,7 +24,7 @@ from lmtrain.data.prepare import resolve_cache_dir
 from lmtrain.data.tokenizers import from_dict
 from lmtrain.data.vectors import load_pretrained
 from lmtrain.evaluation import Unit, unigram_baseline
-from lmtrain.metrics import RunLogger
+from lmtrain.metrics import RunLogger, TrackerHome
 from lmtrain.models import State, build_model
 from lmtrain.models.adaptive import cutoffs_note
 from lmtrain.rundir import RunDirectory, open_run
@@ -128,8 +128,10 @@ def build_session(
     total_steps = planned_steps(cfg.train, len(batches))
     schedule = LRSchedule(cfg.train, total_steps, train_seconds)
     writes = run is not None and main  # only rank 0 of a real run writes files
+    trackers = None
     if writes:
         run.write_text("config.yaml", cfg.to_yaml())
+        trackers = _tracker_home(run, resumed_at is not None)
     logger = RunLogger(
         Path(cfg.run.dir) if run is None else run.path,
         cfg.run.tensorboard and writes,
@@ -142,6 +144,7 @@ def build_session(
         write_files=writes,
         config_yaml=cfg.to_yaml(),
         loggers=loggers(cfg) if writes else (),
+        trackers=trackers,
     )
     if vectors_report is not None:
         logger.message(vectors_report)
@@ -151,6 +154,17 @@ def build_session(
         build_step(cfg.train, model, forward_loss, optimizer, schedule, amp, world, device),
         logger,
     )  # fmt: skip
+
+
+def _tracker_home(run: RunDirectory, resumed: bool) -> TrackerHome:
+    """The run directory's part in the optional trackers: the tracking runs a resumed session
+    continues (a fork's manifest is new: it starts its own), the folders they write, their ids."""
+
+    def keep(name: str, run_id: str) -> None:
+        run.manifest.trackers[name] = run_id
+        run.write_manifest()
+
+    return TrackerHome(dict(run.manifest.trackers) if resumed else {}, run.claim, keep)
 
 
 def _announce(s: Session, resumed_at: int | None) -> None:

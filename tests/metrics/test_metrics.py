@@ -337,8 +337,6 @@ class _Recorder(types.ModuleType):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.calls: list[tuple[str, tuple, dict]] = []
-        run = types.SimpleNamespace(summary={})
-        self.run = run
 
         def record(fn: str, returns: Any = None):
             def call(*args: Any, **kwargs: Any) -> Any:
@@ -347,9 +345,18 @@ class _Recorder(types.ModuleType):
 
             return call
 
-        for fn in ("log", "finish", "start_run", "log_params", "log_metrics", "end_run"):
+        # What wandb.init and mlflow.start_run return: a run with its id.
+        run = types.SimpleNamespace(summary={}, id="w1", log_artifact=record("log_artifact"))
+        self.run = run
+        for fn in (
+            "log", "finish", "save", "log_params", "log_metrics", "end_run", "set_tracking_uri",
+            "log_artifact", "log_artifacts",
+        ):  # fmt: skip
             setattr(self, fn, record(fn))
         self.init = record("init", run)
+        self.start_run = record(
+            "start_run", types.SimpleNamespace(info=types.SimpleNamespace(run_id="m1"))
+        )
 
 
 def test_optional_loggers_get_the_same_points(tmp_path: Path, tiny_files, monkeypatch) -> None:
@@ -374,7 +381,7 @@ def test_optional_loggers_get_the_same_points(tmp_path: Path, tiny_files, monkey
     assert wandb.calls[-1] == ("finish", (), {"exit_code": 0})
     assert wandb.run.summary["status"] == "completed" and wandb.run.summary["steps"] == 6
     mlflow_steps = [kw.get("step") for fn, _, kw in mlflow.calls if fn == "log_metrics"]
-    assert mlflow_steps == [2, 3, 4, 6, 6, None]  # the last: the final figures
+    assert mlflow_steps == [2, 3, 4, 6, 6, 6]  # the last: the final figures, at the final step
     assert mlflow.calls[-1] == ("end_run", (), {"status": "FINISHED"})
     params = next(args[0] for fn, args, _ in mlflow.calls if fn == "log_params")
     assert params["train.lr"] == "0.01"
