@@ -212,6 +212,21 @@ def test_wandb_that_fails_to_start_ends_the_trackers_started_before_it(
     assert mlflow.active is None and list(mlflow.runs.values()) == ["FAILED"]
 
 
+def test_mlflow_that_fails_after_its_run_started_ends_that_run(
+    tmp_path: Path, tiny_files, trackers, cli, monkeypatch
+) -> None:
+    _, mlflow = trackers
+
+    def refuse(params: dict[str, str]) -> None:
+        raise MlflowException("INVALID_PARAMETER_VALUE: Param value 'x' had length 9000")
+
+    monkeypatch.setattr(mlflow, "log_params", refuse)
+    r = invoke(cli, "fit", _config(tmp_path, tiny_files, "run.loggers=[mlflow]"))
+    assert r.exit_code == 2, r.output
+    assert "mlflow could not start (MlflowException: INVALID_PARAMETER_VALUE:" in r.stderr
+    assert mlflow.active is None and mlflow.runs == {"m1": "FAILED"}
+
+
 def test_a_tracker_whose_import_fails_exits_2_before_anything_is_written(
     tmp_path: Path, tiny_files, monkeypatch, cli
 ) -> None:
