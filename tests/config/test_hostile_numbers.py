@@ -62,6 +62,10 @@ INT_OPTIONS = sorted(
         ("sample", "--num-samples"),
         ("diagnose gradient-flow", "--steps"),
         ("diagnose gradient-flow", "--batch"),
+        ("eval", "--threads"),
+        ("score", "--threads"),
+        ("sample", "--threads"),
+        ("diagnose gradient-flow", "--threads"),
     ]
 )
 
