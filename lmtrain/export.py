@@ -43,6 +43,7 @@ from lmtrain.checkpoint.export_format import (
 from lmtrain.config import Config
 from lmtrain.data.corpus import is_builtin, split_file_spec
 from lmtrain.data.tokenizers import Tokenizer
+from lmtrain.evaluation import Unit
 from lmtrain.models import LanguageModel
 
 _LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")
@@ -243,10 +244,9 @@ def _best_figures(vocab: Tokenizer, progress: Progress) -> dict[str, float]:
     if not math.isfinite(progress.best_val_loss):
         return {}
     loss = progress.best_val_loss
-    figures = {"perplexity": math.exp(min(loss, 700.0))}
-    if vocab.unit == "char":
-        figures["bpc"] = loss / math.log(2)
-    figures["loss"] = loss
+    # The evaluation's own figures of a loss, under the names model hubs use.
+    unit = Unit.of(vocab.kind).figures(loss)
+    figures = {"perplexity": unit.pop("ppl"), **unit, "loss": loss}
     return figures
 
 
@@ -303,11 +303,13 @@ def model_card(
     m, d = cfg.model, cfg.data
     n_params = sum(p.numel() for p in model.parameters())
     unit = f"nats/{vocab.unit}"
-    if math.isfinite(progress.best_val_loss):
-        loss = progress.best_val_loss
-        metric = f"best validation loss {loss:.4f} {unit}, perplexity {math.exp(loss):.2f}"
-        if vocab.unit == "char":
-            metric += f", {loss / math.log(2):.4f} bits/char"
+    if figures := _best_figures(vocab, progress):
+        metric = (
+            f"best validation loss {figures['loss']:.4f} {unit}, "
+            f"perplexity {figures['perplexity']:.2f}"
+        )
+        if "bpc" in figures:
+            metric += f", {figures['bpc']:.4f} bits/char"
     else:
         metric = "no validation figure (the run had no data.valid or never evaluated)"
     # The checkpoint as the run directory names it (checkpoints/best.pt), never its full path.

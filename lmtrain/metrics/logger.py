@@ -302,7 +302,7 @@ class RunLogger:
         def figures(record: dict[str, Any] | None) -> dict[str, Any] | None:
             if record is None:
                 return None
-            keys = ("step", "loss", "ppl", "bpc")
+            keys = ("step", "loss", "ppl", "bpc", "bpb")  # what the eval line held
             return {k: record[k] for k in keys if k in record}
 
         best = min(

@@ -85,8 +85,8 @@ def test_metrics_file_and_results_after_a_tiny_fit(tmp_path: Path, tiny_files) -
     best = min(evals, key=lambda r: r["loss"])
     assert results["status"] == "completed"
     assert results["steps"] == 20 and results["tokens"] == 640
-    assert results["best_val"] == {k: best[k] for k in ("step", "loss", "ppl")}
-    assert results["last_val"] == {k: evals[-1][k] for k in ("step", "loss", "ppl")}
+    assert results["best_val"] == {k: best[k] for k in ("step", "loss", "ppl", "bpb")}
+    assert results["last_val"] == {k: evals[-1][k] for k in ("step", "loss", "ppl", "bpb")}
     assert results["train_seconds"] == pytest.approx(result.progress.train_seconds)
     assert results["tokens_per_sec"] == pytest.approx(640 / results["train_seconds"])
     config_bytes = (run / "config.yaml").read_bytes()
@@ -106,7 +106,7 @@ def test_character_models_get_bpc(tmp_path: Path, tiny_files) -> None:
     for r in records:
         assert r["bpc"] == pytest.approx(r["loss"] / math.log(2), rel=1e-12)
     results = json.loads((Path(cfg.run.dir) / "results.json").read_text())
-    assert set(results["best_val"]) == {"step", "loss", "ppl", "bpc"}
+    assert set(results["best_val"]) == {"step", "loss", "ppl", "bpc", "bpb"}
 
 
 def _crash_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
@@ -304,7 +304,7 @@ def test_tensorboard_tags_layout_and_hparams(tmp_path: Path, tiny_files) -> None
     acc = EventAccumulator(str(tb), size_guidance={"tensors": 0}).Reload()
     assert set(acc.Tags()["scalars"]) == {
         "train/loss", "train/ppl", "train/bpc",
-        "val/loss", "val/ppl", "val/bpc", "val/bpb", "best/loss", "best/ppl", "best/bpc",
+        "val/loss", "val/ppl", "val/bpc", "val/bpb", "best/loss", "best/ppl", "best/bpc", "best/bpb",
         "watch/lr", "watch/grad_norm", "watch/grad_norm_max", "watch/tokens_per_sec",
     }  # fmt: skip
     assert [e.step for e in acc.Scalars("train/bpc")] == [2, 4, 6]
