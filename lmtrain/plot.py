@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmtrain import files
 from lmtrain.errors import LmtrainError
+from lmtrain.evaluation.config import FIGURES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -23,15 +24,10 @@ if TYPE_CHECKING:
     from lmtrain.diagnose import FlowCurve
 
 INSTALL_HINT = "pip install 'lmtrain[plot]'"
-METRICS = ("loss", "ppl", "bpc", "bpb")
+METRICS = tuple(FIGURES)
 X_AXES = ("step", "minutes", "tokens")
 
-_METRIC_LABELS = {
-    "loss": "validation loss (nats per token)",
-    "ppl": "validation perplexity",
-    "bpc": "validation bits per character",
-    "bpb": "validation bits per byte of text",
-}
+_METRIC_LABELS = FIGURES
 _X_LABELS = {
     "step": "training step",
     "minutes": "training minutes (evaluation excluded)",

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 from lmtrain.errors import LmtrainError
-from lmtrain.records import MAX_INT, show_value
+from lmtrain.evaluation.config import FIGURES
+from lmtrain.records import MAX_INT, OneOf, show_value
 from lmtrain.training.config import FLOAT32_MAX, MAX_SEED, MAX_THREADS
 
 # Bounds on what one sample call may generate: the ids are held in one (max_tokens, num_samples)
@@ -247,7 +248,7 @@ class PlotOptions:
 
     out: str = "curves.png"
     """Figure to write: .png, or .pdf / .svg for a vector figure."""
-    metric: Literal["loss", "ppl", "bpc", "bpb"] = "ppl"
+    metric: Annotated[str, OneOf(FIGURES)] = "ppl"
     """loss, ppl, bpc (character models) or bpb (bits per byte: any tokeniser)."""
     x: Literal["step", "minutes", "tokens"] = "step"
     """step, minutes (of training) or tokens (trained on)."""
