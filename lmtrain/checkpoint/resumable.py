@@ -132,20 +132,22 @@ def tensor_misfits(cfg: Config, ck: Checkpoint) -> list[str]:
             for name, value in state.get(index, {}).items()
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape
         ]
-    if ck.carried_state is not None and (
-        len(ck.carried_state) != len(expected_state)
+    # An older lmtrain saved the state without recurrent dropout's masks; restore adds them.
+    carried = None if ck.carried_state is None else model.with_masks(tuple(ck.carried_state))
+    if carried is not None and (
+        len(carried) != len(expected_state)
         or any(
             c.shape[0] != e.shape[0] or c.shape[2:] != e.shape[2:]
-            for c, e in zip(ck.carried_state, expected_state, strict=False)
+            for c, e in zip(carried, expected_state, strict=False)
         )
     ):
-        got = ", ".join(str(tuple(c.shape)) for c in ck.carried_state)
+        got = ", ".join(str(tuple(c.shape)) for c in carried)
         want = ", ".join(f"({e.shape[0]}, rows, {e.shape[2]})" for e in expected_state)
         problems.append(f"the carried recurrent state has shape(s) {got}; this model's is {want}")
-    elif ck.carried_state is not None:
+    elif carried is not None:
         # Stream mode carries every one of the batch_size streams into the next window;
         # sentences mode carries the rows of the batch still running, at most batch_size.
-        rows, batch = ck.carried_state[0].size(1), cfg.train.batch_size
+        rows, batch = carried[0].size(1), cfg.train.batch_size
         if rows > batch or (cfg.data.mode == "stream" and rows != batch):
             problems.append(
                 f"the carried recurrent state has {rows} rows; train.batch_size is {batch}"

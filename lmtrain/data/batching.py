@@ -29,6 +29,10 @@ class Batch:
     """(B,) CPU int64 row lengths for packed sequences; None when every row has length T."""
     carry: torch.Tensor | None = None
     """(B,) rows of the previous batch's final state that start each row here; None = fresh."""
+    continues: bool = False
+    """Each carried row continues its sequence (sentences mode), so what is drawn once per
+    sequence (recurrent dropout's mask) is kept. False for a stream's windows: a stream is one
+    endless sequence, so each window draws a new mask."""
     global_tokens: int | None = None
     """Under torchrun, the predicted targets of the whole global batch, when the ranks' shares
     differ (sentence shards); None when every rank holds num_tokens (stream shards)."""
@@ -268,5 +272,6 @@ class SentenceBatches:
             num_tokens=int(lengths.sum()),
             lengths=None if uniform else lengths,
             carry=None if c == 0 else torch.arange(live),
+            continues=c > 0,
             global_tokens=everyone,
         )

@@ -45,8 +45,21 @@ def layer_class(cell: str) -> type[nn.Module]:
 
 
 def state_widths(cfg: ModelConfig) -> tuple[int, ...]:
-    """The width of each part of a layer's state (h, or h and c, ...), whichever stack runs it."""
+    """The width of each part of a layer's state (h, or h and c, ...), whichever stack runs it,
+    its dropout masks (`mask_parts`) last."""
     return layer_class(cfg.cell).state_widths(cfg)  # type: ignore[attr-defined]
+
+
+def mask_parts(cfg: ModelConfig) -> int:
+    """How many of the last parts of a layer's state are dropout masks drawn once per sequence
+    (`Class.mask_parts(cfg)`; 0 for a class without one)."""
+    parts = getattr(layer_class(cfg.cell), "mask_parts", None)
+    return 0 if parts is None else parts(cfg)
+
+
+UNDRAWN = -1.0
+"""The value of a state's mask part whose mask is not drawn yet: a training forward draws one
+for such a row. A drawn mask holds 0 or 1 / (1 - p), never a negative number."""
 
 
 def length_mask(
@@ -63,10 +76,27 @@ def sequence_mask(like: torch.Tensor, p: float) -> torch.Tensor:
     return like.new_empty(like.shape).bernoulli_(1 - p) / (1 - p)
 
 
+def carried_mask(carried: torch.Tensor, like: torch.Tensor, p: float) -> torch.Tensor:
+    """(B, H): each row's carried mask, or a new one (of `like`'s dtype) where it is UNDRAWN.
+
+    A new mask is drawn for every row each time, used or not, so the random numbers a window
+    consumes do not depend on which rows start a sequence: a stream, whose masks are undrawn at
+    every window, draws exactly what it drew when each forward had a mask of its own.
+    """
+    fresh = sequence_mask(like, p)
+    return torch.where(carried[:, :1] < 0, fresh, carried.to(fresh.dtype))
+
+
 class RecurrentLayer(nn.Module):
     """One layer of rnn_tanh, rnn_relu, lstm or gru with optional layer norm, recurrent dropout
     and leak. Parameters are named and laid out as in nn.RNN/LSTM/GRU (gates i, f, g, o for the
     LSTM; r, z, n for the GRU), so weights copy across one to one.
+
+    With recurrent dropout the layer's state ends with its mask (B, H): Semeniuta et al. 2016
+    drop the same units of the candidate update at every step of a sequence, so the mask lives
+    as long as the sequence's state. It is drawn at the sequence's first training forward (the
+    state's UNDRAWN value) and carried with h (and c) into every further window, and so into
+    checkpoints; evaluation leaves it as it is.
     """
 
     def __init__(self, cfg: ModelConfig, input_size: int) -> None:
@@ -95,27 +125,48 @@ class RecurrentLayer(nn.Module):
 
     @staticmethod
     def state_widths(cfg: ModelConfig) -> tuple[int, ...]:
-        """(h, c) for the LSTM, (h,) for the others."""
-        return (cfg.hidden_size,) * (2 if cfg.cell == "lstm" else 1)
+        """(h, c) for the LSTM, (h,) for the others; then the recurrent dropout's mask."""
+        parts = 2 if cfg.cell == "lstm" else 1
+        return (cfg.hidden_size,) * (parts + RecurrentLayer.mask_parts(cfg))
+
+    @staticmethod
+    def mask_parts(cfg: ModelConfig) -> int:
+        """1 with recurrent dropout (its mask, carried with the state), else 0."""
+        return int(cfg.recurrent_dropout > 0)
 
     def forward(
         self, x: torch.Tensor, state: State, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, State]:
         """x (T, B, In), state of (B, H) tensors, mask (T, B, 1) or None -> out (T, B, H), state."""
-        steps, batch = x.shape[:2]
+        if self.recurrent_dropout == 0:
+            return self._run(x, state, None, mask)
+        *parts, kept = state
+        drop = None
+        if self.training:
+            # One mask per sequence: the carried one, or drawn now where the sequence starts.
+            kept = drop = carried_mask(
+                kept, x.new_empty(x.size(1), self.hidden_size), self.recurrent_dropout
+            )
+        out, final = self._run(x, tuple(parts), drop, mask)
+        return out, (*final, kept)
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        state: State,
+        drop: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, State]:
+        """The recurrence over h (and c), the candidate update multiplied by `drop` (B, H)."""
+        steps = x.size(0)
         xw = F.linear(x, self.weight_ih)  # (T, B, G*H), all steps in one matmul
         if self.layer_norm:
             xw = self.ln_ih(xw)
         # Both biases join the precomputed part, leaving one fewer op in the step loop; not for
         # the GRU, whose b_hn sits inside r * (W_hn h + b_hn).
         xw = xw + (self.bias_ih if self.cell == "gru" else self.bias_ih + self.bias_hh)
-        drop = None
-        if self.training and self.recurrent_dropout > 0:
-            # Semeniuta et al. 2016: drop only the candidate update, with one mask for every step
-            # of this forward, so the memory itself is never erased by dropout. A forward is one
-            # training window: a whole sequence when it fits in train.bptt steps; a longer one
-            # (and a stream) draws a new mask for each further window of bptt steps.
-            drop = sequence_mask(x.new_empty(batch, self.hidden_size), self.recurrent_dropout)
+        # Semeniuta et al. 2016: `drop` multiplies only the candidate update, so the memory
+        # itself is never erased by dropout.
         leak = None
         if self.leak_logit is not None:
             leak = torch.sigmoid(self.leak_logit)
@@ -220,7 +271,8 @@ class CustomRecurrent(nn.Module):
                 x = self.dropout(x)  # between layers only, as nn.* does with `dropout`
             if locked:
                 # Gal & Ghahramani 2016, Merity et al. 2018: the same units dropped at every
-                # step of the window (one mask per forward, as for recurrent dropout above).
+                # step of the window (one mask per forward: a new one each window, where
+                # recurrent dropout's mask lives as long as the sequence).
                 x = x * sequence_mask(x[:1], self.cfg.locked_dropout)
             if self.cfg.dense:
                 # Bradbury et al. 2017 (after Huang et al. 2016's DenseNet): each layer reads
@@ -274,7 +326,8 @@ def init_recurrent(module: nn.Module, cfg: ModelConfig) -> None:
 
 
 class LearnedInitialState(nn.Module):
-    """h0 (and c0 for the LSTM: each part of the state) as parameters, shared by every sequence."""
+    """h0 (and c0 for the LSTM: each part of the state but the dropout masks) as parameters,
+    shared by every sequence."""
 
     def __init__(self, cfg: ModelConfig, widths: tuple[int, ...]) -> None:
         super().__init__()

@@ -25,7 +25,9 @@ class CellSpec:
     `module:Class`, imported when a model is built so that this table stays torch-free. The
     class is built as `Class(model_config, input_size)`, runs `forward(x (T, B, In), state,
     mask (T, B, 1) or None) -> (out (T, B, H), state)` over one tuple of (B, width) state
-    parts, and says the widths of those parts with `Class.state_widths(model_config)`."""
+    parts, and says the widths of those parts with `Class.state_widths(model_config)`; where the
+    last of them are dropout masks drawn once per sequence, `Class.mask_parts(model_config)`
+    says how many (lm.py starts them undrawn)."""
     gates: int
     """Gate blocks its weight matrices stack (LSTM: i, f, g, o; GRU: r, z, n)."""
     torch: bool = False
@@ -167,9 +169,9 @@ class ModelConfig:
     layer_norm: bool = False
     """Layer-normalise the recurrent pre-activations before tanh/sigmoid (Ba et al. 2016)."""
     recurrent_dropout: float = 0.0
-    """Dropout on the cell's candidate update, one mask per sequence (Semeniuta et al. 2016)."""
+    """rnn_tanh, rnn_relu, lstm, gru: in training, drop units of the candidate update (RNN update, LSTM g_t, GRU n_t), never the memory itself; sentences mode draws one mask per sequence, kept over all its windows and saved with the carried state; stream mode one per window (Semeniuta et al. 2016; 0 = off)."""
     locked_dropout: float = 0.0
-    """Variational dropout on each layer's input and the last output, one mask per sequence."""
+    """In training, drop the same units of each layer's input and of the last output at every step of a window; a new mask each window, in both modes (Gal & Ghahramani 2016; 0 = off)."""
     embedding_dropout: float = 0.0
     """Drop whole words from the embedding matrix in training (Gal & Ghahramani 2016)."""
     leak: float = 0.0

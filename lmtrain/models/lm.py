@@ -13,10 +13,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmtrain.models.adaptive import AdaptiveSoftmaxOutput
 from lmtrain.models.cells import (
+    UNDRAWN,
     CustomRecurrent,
     LearnedInitialState,
     embedding_dropout,
     init_recurrent,
+    mask_parts,
     needs_custom_stack,
     state_widths,
 )
@@ -94,18 +96,46 @@ class LanguageModel(nn.Module):
         if cfg.tie_weights:
             # Press & Wolf 2017, Inan et al. 2017: one matrix for input and output embeddings.
             self.output.decoder.weight = self.embedding.weight
-        self._state_widths = state_widths(cfg)
+        widths = state_widths(cfg)
+        masks = mask_parts(cfg)
+        # The state's parts: h (and c, ...), then the dropout masks drawn once per sequence.
+        self._state_widths = widths[: len(widths) - masks]
+        self._mask_widths = widths[len(widths) - masks :]
         self.initial_state = (
             LearnedInitialState(cfg, self._state_widths) if cfg.learn_initial_state else None
         )
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
-        """Zero (or learned, model.learn_initial_state) state at the start of every sequence."""
-        if self.initial_state is not None:
-            return self.initial_state(batch_size)
+        """Zero (or learned, model.learn_initial_state) state at the start of every sequence,
+        and its dropout masks not drawn yet (the first training forward draws them)."""
         device = device or self.embedding.weight.device
         n = self.cfg.num_layers
-        return tuple(torch.zeros(n, batch_size, w, device=device) for w in self._state_widths)
+        if self.initial_state is not None:
+            state = self.initial_state(batch_size)
+        else:
+            state = tuple(torch.zeros(n, batch_size, w, device=device) for w in self._state_widths)
+        return state + self._undrawn(batch_size, state[0].device)
+
+    def _undrawn(self, batch_size: int, device: torch.device) -> State:
+        n = self.cfg.num_layers
+        return tuple(
+            torch.full((n, batch_size, w), UNDRAWN, device=device) for w in self._mask_widths
+        )
+
+    def new_masks(self, state: State) -> State:
+        """`state` with its dropout masks undrawn, so that the next training forward draws new
+        ones: stream mode's rule, one mask per window (a stream is one endless sequence)."""
+        if not self._mask_widths:
+            return state
+        kept = len(self._state_widths)
+        return state[:kept] + self._undrawn(state[0].size(1), state[0].device)
+
+    def with_masks(self, state: State) -> State:
+        """A carried state of an older lmtrain, saved without its dropout masks, with them
+        undrawn (each sequence in flight draws one at its next window); any other as it is."""
+        if not self._mask_widths or len(state) != len(self._state_widths) or state[0].dim() != 3:
+            return state
+        return tuple(state) + self._undrawn(state[0].size(1), state[0].device)
 
     def forward(
         self, inputs: torch.Tensor, state: State, lengths: torch.Tensor | None = None

@@ -1,4 +1,5 @@
-"""Recurrent state as a tuple of (num_layers, B, H) tensors: (h,) or (h, c) for LSTMs."""
+"""Recurrent state as a tuple of (num_layers, B, H) tensors: (h,) or (h, c) for LSTMs, then
+recurrent dropout's masks, which live as long as a sequence's state (cells.RecurrentLayer)."""
 
 from __future__ import annotations
 

@@ -81,8 +81,10 @@ def restore(s: Session, ck: Checkpoint) -> tuple[Progress, State | None]:
         torch.cuda.set_rng_state(ck.rng["cuda"], s.device)
     carried = None
     if ck.carried_state is not None:
-        # The checkpoint holds the full batch; this process continues its own rows.
-        carried = s.ctx.my_rows(tuple(c.to(s.device) for c in ck.carried_state))
+        # The checkpoint holds the full batch, dropout masks included (an older lmtrain's has
+        # none: they are drawn at the next window); this process continues its own rows.
+        saved = s.model.with_masks(tuple(c.to(s.device) for c in ck.carried_state))
+        carried = s.ctx.my_rows(saved)
     flatten_rnn_weights(s.model)
     s.averager.restore(ck.averager)  # loads `model`'s raw weights while averaging
     return progress, carried

@@ -153,6 +153,10 @@ class Step:
             state = self.model.init_state(inputs.size(1), self.device)
         else:
             state = select_rows(carried, batch.carry)
+            if not batch.continues:
+                # A stream's window: recurrent dropout draws its mask anew (one per window),
+                # where a sequence of sentences mode keeps its mask until the sequence ends.
+                state = self.model.new_masks(state)
         with self.amp.autocast():
             nll, new_state, hidden, raw = self.forward_loss(inputs, targets, state, batch.lengths)
         loss, share = mean_loss(nll, batch, self.world)

@@ -1,6 +1,6 @@
 """Every printed number is what it says: the cache mixture is a distribution, written special
 tokens are ordinary tokens the loss counts, the OOV rate is taken over the text's tokens, and
-recurrent dropout does what the README says (one mask per training window)."""
+recurrent dropout does what its help says (one mask per sequence)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from lmtrain.config import AdaptOptions
 from lmtrain.data.tokenizers import Settings, build, from_dict
 from lmtrain.evaluation.adaptation import adaptive_token_nll
 from lmtrain.models import build_model
-from lmtrain.models.cells import RecurrentLayer
+from lmtrain.models.cells import UNDRAWN, RecurrentLayer
 from lmtrain.training import fit
 
 # --- the cache pointer's mixture sums to 1 -------------------------------------------------
@@ -162,27 +162,30 @@ def test_oov_rate_does_not_depend_on_streams(tmp_path: Path, cli) -> None:
     assert out["oov_rate"] == pytest.approx(OOV_RATE, rel=1e-12)
 
 
-# --- recurrent dropout: one mask per training window ----------------------------------------
+# --- recurrent dropout: one mask per sequence ----------------------------------------------
 
 
-def test_recurrent_dropout_mask_is_one_per_window_and_a_carried_chunk_draws_its_own(
+def test_recurrent_dropout_keeps_a_sequences_mask_and_a_new_sequence_draws_its_own(
     tmp_path: Path,
 ) -> None:
-    """What the README states: one mask for every step of a forward (a window: a whole sequence
-    that fits in train.bptt, or one chunk of a longer one); the next chunk of the same sequences,
-    started from the carried state, draws a new mask."""
+    """What the help states: a sequence draws its mask at its first training window and keeps
+    it in the state it carries into the next chunk; a new sequence (a fresh state, its mask
+    undrawn) draws another."""
     cfg = tiny_config(
         tmp_path, write_tiny_files(tmp_path), "model.cell=rnn_tanh", "model.recurrent_dropout=0.5"
     )
     torch.manual_seed(0)
     layer = RecurrentLayer(cfg.model, 8).train()
-    out0, state = layer(torch.randn(6, 3, 8), (torch.zeros(3, 16),), None)  # (T, B, H)
+    fresh = (torch.zeros(3, 16), torch.full((3, 16), UNDRAWN))  # h and the mask, undrawn
+    out0, state = layer(torch.randn(6, 3, 8), fresh, None)  # (T, B, H)
     out1, _ = layer(torch.randn(6, 3, 8), state, None)  # the next chunk of the same rows
+    out2, _ = layer(torch.randn(6, 3, 8), fresh, None)  # new sequences
     # Without leak h_t is the (dropped) update itself: a dropped unit is exactly 0 at every step,
     # whatever the carried state.
     masks = []
-    for out in (out0, out1):
+    for out in (out0, out1, out2):
         dropped = out == 0
         assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # one mask per window
         masks.append(dropped[0])
-    assert not torch.equal(masks[0], masks[1])
+    assert torch.equal(masks[0], masks[1])
+    assert not torch.equal(masks[0], masks[2])

@@ -16,7 +16,7 @@ from lmtrain.data import StreamBatches, read_text
 from lmtrain.data.tokenizers import Settings, build
 from lmtrain.errors import ConfigError
 from lmtrain.models import build_model
-from lmtrain.models.cells import CustomRecurrent, RecurrentLayer, needs_custom_stack
+from lmtrain.models.cells import UNDRAWN, CustomRecurrent, RecurrentLayer, needs_custom_stack
 from lmtrain.models.fused_lstm import FusedLSTMFunction
 from lmtrain.models.lm import TorchRecurrent
 from lmtrain.models.manual_rnn import ManualRNNFunction
@@ -219,7 +219,8 @@ def test_recurrent_dropout_mask_is_constant_over_time_and_off_in_eval(cell: str)
     layer = RecurrentLayer(model_cfg(cell=cell, hidden_size=64, recurrent_dropout=0.5), 5)
     x = torch.randn(6, 8, 5)
     zero = tuple(torch.zeros(8, 64) for _ in range(2 if cell == "lstm" else 1))
-    out, _ = layer(x, zero, None)
+    undrawn = (torch.full((8, 64), UNDRAWN),)  # the mask part of a state that starts a sequence
+    out, _ = layer(x, zero + undrawn, None)
     # From a zero state, a unit whose update is dropped stays exactly 0 at every step.
     dropped = out == 0
     assert torch.equal(dropped, dropped[:1].expand_as(dropped))
@@ -228,7 +229,7 @@ def test_recurrent_dropout_mask_is_constant_over_time_and_off_in_eval(cell: str)
     layer.eval()
     plain = RecurrentLayer(model_cfg(cell=cell, hidden_size=64), 5)
     plain.load_state_dict(layer.state_dict())
-    torch.testing.assert_close(layer(x, zero, None)[0], plain(x, zero, None)[0])
+    torch.testing.assert_close(layer(x, zero + undrawn, None)[0], plain(x, zero, None)[0])
     if cell == "rnn_tanh":  # kept units are scaled by 1 / (1 - p)
         first = plain(x, zero, None)[0][0]
         torch.testing.assert_close(out[0], first * (~dropped[0]) * 2.0)
