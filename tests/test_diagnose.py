@@ -57,10 +57,15 @@ def test_gradient_flow_restores_the_mode_when_it_fails(tiny_files, tmp_path: Pat
 
 
 def test_gradient_flow_with_identity_linear_recurrence_is_flat(tiny_files, tmp_path: Path) -> None:
-    # IRNN at init, with inputs that keep the ReLU in its linear part: dL/dh_t is the same at
-    # every distance, exactly the property Le et al. 2015 designed the initialisation for.
+    # IRNN at init (the exact identity, gain 1), with inputs that keep the ReLU in its linear
+    # part: dL/dh_t is the same at every distance, the property Le et al. 2015 designed it for.
     cfg = tiny_config(
-        tmp_path, tiny_files, "model.cell=rnn_relu", "model.init=identity", "model.num_layers=1"
+        tmp_path,
+        tiny_files,
+        "model.cell=rnn_relu",
+        "model.init=identity",
+        "model.init_gain=1.0",
+        "model.num_layers=1",
     )
     model = build_model(cfg.model, 30)
     with torch.no_grad():

@@ -116,10 +116,10 @@ class RecurrentLayer(nn.Module):
             if cfg.cell == "lstm":
                 self.ln_c = nn.LayerNorm(h)
         self.recurrent_dropout = cfg.recurrent_dropout
-        self.leak = cfg.leak
+        self.leak = leak = cfg.resolved_leak()
         if cfg.learn_leak:
-            # sigmoid keeps the learned per-unit leak in (0, 1); it starts at cfg.leak.
-            self.leak_logit = nn.Parameter(torch.full((h,), math.log(cfg.leak / (1 - cfg.leak))))
+            # sigmoid keeps the learned per-unit leak in (0, 1); it starts at `leak`.
+            self.leak_logit = nn.Parameter(torch.full((h,), math.log(leak / (1 - leak))))
         else:
             self.leak_logit = None
 
@@ -301,7 +301,9 @@ def init_recurrent(module: nn.Module, cfg: ModelConfig) -> None:
     `identity` sets each gate block of W_hh to I and the recurrent biases to zero: with rnn_relu
     this is the IRNN of Le, Jaitly & Hinton 2015. `orthogonal` draws each gate block as a random
     orthogonal matrix (Saxe et al. 2014), whose singular values are all 1. Both are multiplied
-    by `model.init_gain`: Le et al. use "the identity matrix or its scaled version". Below 1 an
+    by the gain (`ModelConfig.resolved_init_gain`: model.init_gain, else the init's own): Le et
+    al. use "the identity matrix or its scaled version", and later work starts below the exact
+    identity (the np-RNN of Talathi & Vartak 2015 has eigenvalues of at most 1). Below 1 an
     IRNN forgets: on a stream, whose state is carried from window to window without end, an
     exact identity with ReLU adds up its inputs for ever and the state (and loss) grows without
     bound, where gamma * I keeps it within 1 / (1 - gamma) of one step's input.
@@ -309,16 +311,16 @@ def init_recurrent(module: nn.Module, cfg: ModelConfig) -> None:
     if cfg.init == "default":
         return
     gates = CELLS[cfg.cell].gates
-    h = cfg.hidden_size
+    h, gain = cfg.hidden_size, cfg.resolved_init_gain()
     with torch.no_grad():
         for name, p in module.named_parameters():
             if not name.rsplit(".", 1)[-1].startswith("weight_hh"):
                 continue
             for block in p.view(gates, h, h):
                 if cfg.init == "identity":
-                    block.copy_(torch.eye(h) * cfg.init_gain)
+                    block.copy_(torch.eye(h) * gain)
                 else:
-                    nn.init.orthogonal_(block, gain=cfg.init_gain)
+                    nn.init.orthogonal_(block, gain=gain)
         if cfg.init == "identity":
             for name, p in module.named_parameters():
                 if name.rsplit(".", 1)[-1].startswith(("bias_hh", "bias_ih")):

@@ -98,6 +98,16 @@ def register(name: str, spec: CellSpec) -> CellSpec:
     return spec
 
 
+IDENTITY_GAIN = 0.25
+"""model.init_gain's default with init: identity: the IRNN's recurrent matrix starts as this
+times I. Chosen by measurement from the quickstart's optimiser at sizes 2 x 32 to 2 x 256 and
+windows 16 to 128 (the README's toolbox section gives the runs): an exact identity's carried
+state and loss blow up, gains from 0.9 down train better and better, and below this one the
+gain matters little while the matrix keeps ever less of the identity."""
+LEAK_START = 0.1
+"""Where model.learn_leak starts each unit's leak when model.leak is null. Chosen by
+measurement as IDENTITY_GAIN was: larger starts trained worse, and 0.5 diverged at 2 x 256."""
+
 AUTO_HEAD = 2000
 """model.adaptive_softmax.auto: words in the head (the most frequent ones)."""
 AUTO_GROWTH = 5
@@ -167,29 +177,29 @@ class ModelConfig:
     adaptive_softmax: AdaptiveSoftmaxConfig = field(default_factory=AdaptiveSoftmaxConfig)
     """Adaptive softmax (Grave et al. 2017): `cutoffs` ids ([] = full softmax; ids past the vocabulary are dropped) or `auto: true` to choose them from the vocabulary size."""
     layer_norm: bool = False
-    """Layer-normalise the recurrent pre-activations before tanh/sigmoid (Ba et al. 2016)."""
+    """rnn_tanh, rnn_relu, lstm, gru: layer-normalise the input and the recurrent pre-activations separately before tanh/relu/sigmoid (the LSTM also c_t before its tanh), with a learned gain (Ba et al. 2016)."""
     recurrent_dropout: float = 0.0
     """rnn_tanh, rnn_relu, lstm, gru: in training, drop units of the candidate update (RNN update, LSTM g_t, GRU n_t), never the memory itself; sentences mode draws one mask per sequence, kept over all its windows and saved with the carried state; stream mode one per window (Semeniuta et al. 2016; 0 = off)."""
     locked_dropout: float = 0.0
     """In training, drop the same units of each layer's input and of the last output at every step of a window; a new mask each window, in both modes (Gal & Ghahramani 2016; 0 = off)."""
     embedding_dropout: float = 0.0
-    """Drop whole words from the embedding matrix in training (Gal & Ghahramani 2016)."""
-    leak: float = 0.0
-    """rnn_tanh/rnn_relu: h_t = leak * h_{t-1} + (1 - leak) * update; 0 = the plain cell."""
+    """In training, drop whole words (rows of the embedding matrix) for the window, scaling the rest by 1 / (1 - p) (Gal & Ghahramani 2016; 0 = off)."""
+    leak: float | None = None
+    """rnn_tanh, rnn_relu: leaky units, h_t = leak * h_{t-1} + (1 - leak) * update, in [0, 1); null = 0 (the plain cell), or with learn_leak a start of 0.1."""
     learn_leak: bool = False
-    """Learn the leak per unit (starting from `leak`, which must then be in (0, 1))."""
+    """rnn_tanh, rnn_relu: learn the leak of each unit, kept in (0, 1) by a sigmoid, starting from `leak` (null: 0.1)."""
     init: Init = "default"
-    """Recurrent weights: default (PyTorch's), orthogonal, or identity (with rnn_relu: IRNN)."""
-    init_gain: float = 1.0
-    """Scale of the identity or orthogonal recurrent init, in (0, 1]; an IRNN on a stream trains at 0.5 (1 never forgets, so its carried state grows)."""
+    """Recurrent weights: default (PyTorch's), orthogonal (Saxe et al. 2014: each gate block a random orthogonal matrix), or identity (each gate block I, recurrent biases 0; with rnn_relu the IRNN of Le et al. 2015)."""
+    init_gain: float | None = None
+    """The identity or orthogonal recurrent init is multiplied by this, in (0, 1]; null = the init's own: 0.25 for identity (an exact identity never forgets, so an IRNN's carried state and loss blow up), 1 for orthogonal."""
     residual: bool = False
-    """Add each recurrent layer's input to its output where their sizes match."""
+    """Add each recurrent layer's input to its output where their sizes match (the first layer only when embedding_dim == hidden_size)."""
     pre_norm: bool = False
     """Layer-normalise each recurrent layer's input before the layer reads it (with residual: x + layer(LN(x)), the pre-norm residual block of deep stacks)."""
     dense: bool = False
     """Feed each recurrent layer the embedding and the outputs of every layer below it, concatenated (the densely connected QRNN stack of Bradbury et al. 2017); not with residual."""
     learn_initial_state: bool = False
-    """Learn h0 (and c0) as parameters, used at the start of every sequence."""
+    """Learn h0 (and c0) of every layer as parameters, starting at 0: the state each sequence starts from in sentences mode; in stream mode only the first window's (later windows carry the state on)."""
     weight_drop: float = 0.0
     """DropConnect probability on the hidden-to-hidden weights (AWD-LSTM weight drop; qrnn, mingru and minlstm, which have none, on their input weights; 0 = off)."""
     qrnn_window: int = QRNN_WINDOW
@@ -203,6 +213,46 @@ class ModelConfig:
     freeze_embeddings: bool = False
     """Keep the embedding matrix fixed during training (e.g. pretrained vectors)."""
 
+    def __post_init__(self) -> None:
+        # An older lmtrain wrote init_gain 1.0 and leak 0.0 into every config it saved, where
+        # they meant what null means now (no gain with init: default, orthogonal's own gain of
+        # 1, no leak); read as null, its checkpoints resume with the same config as before.
+        if self.init_gain == 1.0 and self.init != "identity":
+            object.__setattr__(self, "init_gain", None)
+        if self.leak == 0.0 and not self.learn_leak:
+            object.__setattr__(self, "leak", None)
+
+    def resolved_init_gain(self) -> float:
+        """The gain model.init is multiplied by: init_gain, or the init's own (IDENTITY_GAIN for
+        identity, 1 otherwise)."""
+        if self.init_gain is not None:
+            return self.init_gain
+        return IDENTITY_GAIN if self.init == "identity" else 1.0
+
+    def resolved_leak(self) -> float:
+        """The leak of every unit (its start with learn_leak): leak, or 0 (LEAK_START with
+        learn_leak)."""
+        if self.leak is not None:
+            return self.leak
+        return LEAK_START if self.learn_leak else 0.0
+
+    def own_defaults(self) -> list[str]:
+        """A line for each remedy switched on whose setting this config leaves to the remedy's
+        own default (a null key), saying the value used; fit prints them as it starts."""
+        lines = []
+        if self.init == "identity" and self.init_gain is None:
+            lines.append(
+                f"model.init_gain: null, so init identity's own gain {IDENTITY_GAIN}: the "
+                f"recurrent matrix starts as {IDENTITY_GAIN} x I (set model.init_gain to choose; "
+                "1 is the exact identity)"
+            )
+        if self.learn_leak and self.leak is None:
+            lines.append(
+                f"model.leak: null, so learn_leak starts every unit's leak at {LEAK_START} (set "
+                "model.leak to choose)"
+            )
+        return lines
+
     def custom_features(self) -> list[str]:
         """The settings only the hand-built stack (cells.py) runs; nn.RNN/LSTM/GRU otherwise."""
         features = (
@@ -210,7 +260,7 @@ class ModelConfig:
             ("layer_norm", self.layer_norm),
             ("recurrent_dropout", self.recurrent_dropout > 0),
             ("locked_dropout", self.locked_dropout > 0),
-            ("leak", self.leak > 0 or self.learn_leak),
+            ("leak", self.resolved_leak() > 0 or self.learn_leak),
             ("residual", self.residual),
             ("pre_norm", self.pre_norm),
             ("dense", self.dense),
@@ -301,16 +351,17 @@ class ModelConfig:
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 p.append(f"model.{name}: must be in [0, 1), got {v}")
-        if not 0.0 < self.init_gain <= 1.0:
-            p.append(f"model.init_gain: must be in (0, 1], got {self.init_gain}")
-        elif self.init_gain != 1.0 and self.init == "default":
+        gain, leak = self.init_gain, self.leak
+        if gain is not None and not 0.0 < gain <= 1.0:
+            p.append(f"model.init_gain: must be in (0, 1], got {gain}")
+        elif gain is not None and self.init == "default":
             p.append("model.init_gain: scales init identity or orthogonal; set model.init too")
-        if self.learn_leak and not 0.0 < self.leak < 1.0:
-            p.append(f"model.leak: learn_leak needs a starting leak in (0, 1), got {self.leak}")
-        elif not 0.0 <= self.leak < 1.0:
-            p.append(f"model.leak: must be in [0, 1), got {self.leak}")
+        if self.learn_leak and leak is not None and not 0.0 < leak < 1.0:
+            p.append(f"model.leak: learn_leak needs a starting leak in (0, 1), got {leak}")
+        elif leak is not None and not 0.0 <= leak < 1.0:
+            p.append(f"model.leak: must be in [0, 1), got {leak}")
         spec = CELLS[self.cell]
-        if (self.leak > 0 or self.learn_leak) and "leak" not in spec.takes:
+        if (self.resolved_leak() > 0 or self.learn_leak) and "leak" not in spec.takes:
             p.append(
                 f"model.leak: leaky units are for {_and(_taking('leak'))}, not {self.cell}; "
                 "set model.leak=0 and model.learn_leak=false, or change model.cell"

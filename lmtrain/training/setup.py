@@ -184,6 +184,8 @@ def _announce(s: Session, resumed_at: int | None) -> None:
     cutoffs = cutoffs_note(cfg.model.adaptive_softmax, len(corpus.vocab))
     if cutoffs is not None:
         log(cutoffs)
+    for line in cfg.model.own_defaults():  # the remedies' own settings where a key is null
+        log(line)
     if corpus.valid is not None and resumed_at is None:
         predicted = None  # stream mode: every token after the first
         if s.valid_sequences is not None:  # every token of every sequence, end markers included
