@@ -77,5 +77,21 @@ bench-transfer: install
 reproduce-quick: install
 	$(PY) scripts/reproduce.py
 
+## docs: the manual (docs/, mkdocs.yml) as a site in site/, built with --strict: a broken link or
+## anchor, a page missing from the navigation or an unreadable docstring fails the build
+DOCS_STAMP := $(VENV)/.docs-installed
+.PHONY: docs docs-check
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+## docs-check: the built site's home page and one task page rendered by headless Chromium: the
+## screenshots are not blank and the DOM holds each page's title (needs `chromium` on PATH)
+docs-check: docs
+	LMTRAIN_DOCS_CHECK=1 $(PY) -m pytest -q -rs tests/test_docs.py -k chromium
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
