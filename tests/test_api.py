@@ -16,7 +16,8 @@ from lmtrain.errors import ConfigError, LmtrainError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The README's example, verbatim: it trains the quickstart recipe on your own three files.
+# The example of docs/api.md, verbatim (tests/test_docs.py checks that the page shows it):
+# it trains the quickstart recipe on your own three files.
 README_EXAMPLE = """\
 from pathlib import Path
 
