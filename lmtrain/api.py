@@ -227,7 +227,7 @@ class Model:
     ) -> str | list[str]:
         """The prompt followed by generated text; with num_samples=N a list of N samples
         (drawn as one batch). The same seed gives the same text. Prompt tokens missing from
-        the vocabulary are read as <unk> with a warning."""
+        the vocabulary are read as `<unk>` with a warning."""
         from lmtrain.sample import generate as sample
 
         if not isinstance(prompt, str):

@@ -90,7 +90,7 @@ RUN: dict[str, tuple[str, ...]] = {
 NOT_RUN: dict[str, str] = {
     "lmtrain download wikitext-2": "fetches a corpus over the network (tests/test_download_write.py fakes the server)",
     "lmtrain download tinyshakespeare data": "fetches a corpus over the network (tests/test_download_write.py fakes the server)",
-    "lmtrain fit quickstart 'data.train=${LMTRAIN_DATA}/tinyshakespeare/input.txt:train' 'data.valid=${LMTRAIN_DATA}/tinyshakespeare/input.txt:valid' data.test=null model.hidden_size=48 model.num_layers=2 train.lr=0.001 train.max_steps=300 train.eval_every=100 train.num_threads=1 run.tensorboard=false run.sample_tokens=0 run.dir=runs/remedy EXTRA": "a template (EXTRA) on the Tiny Shakespeare corpus, which is downloaded, not built in",
+    "lmtrain fit quickstart 'data.train=${LMTRAIN_DATA}/tinyshakespeare/input.txt:train' 'data.valid=${LMTRAIN_DATA}/tinyshakespeare/input.txt:valid' data.test=null model.num_layers=2 model.embedding_dim=24 model.hidden_size=H train.batch_size=8 train.bptt=24 train.max_steps=150 train.eval_every=150 train.num_threads=1 run.tensorboard=false run.sample_tokens=0 run.dir=runs/remedy EXTRA": "a template (EXTRA) on the Tiny Shakespeare corpus, which is downloaded, not built in",
     "torchrun --nproc_per_node=4 -m lmtrain fit configs/quickstart.yaml run.dir=runs/ddp": "four processes; tests/runtime/test_distributed.py runs torchrun on the tiny corpus",
     "torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 -m lmtrain fit CONFIG": "two machines (HOST and CONFIG are placeholders)",
 }  # fmt: skip

@@ -294,7 +294,7 @@ class RunLogger:
     def results(
         self, status: str, step: int, tokens: int, train_seconds: float, nonfinite_steps: int
     ) -> dict[str, Any]:
-        """What results.json holds (see the README's table of its fields)."""
+        """What results.json holds (the table of its fields is in docs/watching.md)."""
         import torch
 
         from lmtrain import __version__
