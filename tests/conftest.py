@@ -89,6 +89,13 @@ def tiny_config(
     return config_from_dict(raw, list(overrides))
 
 
+def write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
+    """tiny_config written as tmp_path/config.yaml, for tests that drive the CLI."""
+    path = tmp_path / "config.yaml"
+    path.write_text(tiny_config(tmp_path, files, *overrides).to_yaml(), encoding="utf-8")
+    return path
+
+
 @dataclass
 class FitWithLosses:
     """A FitResult (its attributes read through) and the losses fit's `on_log` hook heard."""

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import lmtrain
-from conftest import invoke, tiny_config
+from conftest import invoke, tiny_config, write_config
 from lmtrain.checkpoint import VERSION, Checkpoint, Progress, load_checkpoint
 from lmtrain.checkpoint import storage as ckpt_mod
 from lmtrain.errors import TrainingStopped
@@ -33,12 +33,6 @@ from lmtrain.training.loop import Trainer
 
 REPO = Path(lmtrain.__file__).resolve().parents[1]
 RUN_STEPS = ("train.max_steps=8", "train.eval_every=4")
-
-
-def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(tiny_config(tmp_path, files, *overrides).to_yaml(), encoding="utf-8")
-    return path
 
 
 def _ckpts(tmp_path: Path) -> Path:
@@ -64,7 +58,7 @@ def _replace(path: Path, raw: dict[str, Any]) -> None:
 @pytest.fixture
 def trained(tmp_path: Path, tiny_files: dict[str, Path]) -> Path:
     """A finished 8-step run (checkpoints at steps 4 and 8); returns its config file."""
-    config = _write_config(tmp_path, tiny_files, *RUN_STEPS)
+    config = write_config(tmp_path, tiny_files, *RUN_STEPS)
     fit(tiny_config(tmp_path, tiny_files, *RUN_STEPS), quiet=True)
     return config
 
@@ -305,7 +299,7 @@ def test_every_refused_key_is_named_at_once(trained, tmp_path, cli):
 
 def test_allowed_changes_apply_from_the_resume_step_and_are_announced(tmp_path, tiny_files, cli):
     first = ("train.optimizer=sgd", "train.momentum=0.0", "train.weight_decay=0.0")
-    config = _write_config(tmp_path, tiny_files, *RUN_STEPS, *first)
+    config = write_config(tmp_path, tiny_files, *RUN_STEPS, *first)
     assert invoke(cli, "fit", config, "--quiet").exit_code == 0
     changes = (
         "train.max_steps=12",
@@ -417,7 +411,7 @@ def _disk_fills_at_second_save(monkeypatch: pytest.MonkeyPatch, how: str) -> Non
 def test_full_disk_during_a_save_exits_2_and_keeps_the_previous_checkpoint(
     how, reason, tmp_path, tiny_files, cli, monkeypatch
 ):
-    config = _write_config(tmp_path, tiny_files, *RUN_STEPS)
+    config = write_config(tmp_path, tiny_files, *RUN_STEPS)
     _disk_fills_at_second_save(monkeypatch, how)
     result = invoke(cli, "fit", config, "--quiet")
     monkeypatch.undo()
@@ -455,7 +449,7 @@ def _poison(monkeypatch: pytest.MonkeyPatch, calls: set[int]) -> None:
 def test_nan_guard_advice_followed_literally_continues_the_run(
     tmp_path, tiny_files, cli, monkeypatch
 ):
-    config = _write_config(
+    config = write_config(
         tmp_path,
         tiny_files,
         "train.max_steps=20",
@@ -493,7 +487,7 @@ def test_nan_guard_before_the_first_checkpoint_advises_starting_again(
 ):
     # The streak comes before the first evaluation, so the run has no checkpoint at all:
     # `--resume auto` could only fail, and the run directory must accept a fresh start.
-    config = _write_config(
+    config = write_config(
         tmp_path, tiny_files, "train.max_steps=8", "train.eval_every=4",
         "train.max_nonfinite_steps=2",
     )  # fmt: skip

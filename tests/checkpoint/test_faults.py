@@ -13,17 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import invoke, tiny_config
+from conftest import invoke, tiny_config, write_config
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.checkpoint import storage as ckpt_mod
 from lmtrain.training import fit
-
-
-def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
-    cfg = tiny_config(tmp_path, files, *overrides)
-    path = tmp_path / "config.yaml"
-    path.write_text(cfg.to_yaml(), encoding="utf-8")
-    return path
 
 
 def _ckpts(tmp_path: Path) -> Path:
@@ -37,7 +30,7 @@ def _ckpts(tmp_path: Path) -> Path:
 @pytest.fixture
 def trained(tmp_path: Path, tiny_files: dict[str, Path]) -> Path:
     """A finished run with checkpoints at steps 4, 8 and 12 (keep_last 2 keeps 8 and 12)."""
-    config = _write_config(tmp_path, tiny_files, "train.max_steps=12", "train.eval_every=4")
+    config = write_config(tmp_path, tiny_files, "train.max_steps=12", "train.eval_every=4")
     fit(tiny_config(tmp_path, tiny_files, "train.max_steps=12", "train.eval_every=4"), quiet=True)
     return config
 
@@ -152,7 +145,7 @@ def test_existing_run_directory_is_never_overwritten(trained, tmp_path, cli):
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(
     tmp_path, tiny_files, cli, monkeypatch
 ):
-    config = _write_config(tmp_path, tiny_files, "train.max_steps=12", "train.eval_every=4")
+    config = write_config(tmp_path, tiny_files, "train.max_steps=12", "train.eval_every=4")
     real_fsync = os.fsync
     calls = {"n": 0}
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 import lmtrain
-from conftest import invoke, tiny_config
+from conftest import invoke, tiny_config, write_config
 from lmtrain.config import (
     MAX_YAML_VALUES,
     check_resources,
@@ -83,12 +83,6 @@ def _snapshot(directory: Path) -> dict[str, str]:
     return result
 
 
-def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(tiny_config(tmp_path, files, *overrides).to_yaml(), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def trained(tmp_path: Path, tiny_files: dict[str, Path]) -> Path:
     """A one-step run in tmp_path/run, for the commands that need a checkpoint."""
@@ -112,7 +106,7 @@ def test_pipes_and_devices_are_refused_before_reading(kind, tmp_path, tiny_files
     else:
         special = Path("/dev/zero")
         what = "is a character device, not a regular file"
-    config = _write_config(tmp_path, tiny_files, f"run.dir={tmp_path / 'new-run'}")
+    config = write_config(tmp_path, tiny_files, f"run.dir={tmp_path / 'new-run'}")
     before = _snapshot(tmp_path)
     results = _run_cli(
         ["validate", special],
@@ -243,7 +237,7 @@ def test_values_fit_cannot_run_are_refused_by_validate_and_fit(
     override, message, tmp_path, tiny_files, cli
 ):
     cfg_args = ["model.adaptive_softmax.cutoffs=[5]"] if "div_value" in override else []
-    config = _write_config(tmp_path, tiny_files, *cfg_args)
+    config = write_config(tmp_path, tiny_files, *cfg_args)
     before = _snapshot(tmp_path)
     for command in ("validate", "fit"):
         result = invoke(cli, command, config, override)
@@ -254,7 +248,7 @@ def test_values_fit_cannot_run_are_refused_by_validate_and_fit(
 
 
 def test_the_memory_refusal_names_the_estimate_and_the_machine(tmp_path, tiny_files, cli):
-    config = _write_config(tmp_path, tiny_files)
+    config = write_config(tmp_path, tiny_files)
     result = invoke(cli, "validate", config, "model.hidden_size=1000000")
     # Two LSTM layers: 4 gates x 10**6 x (16 + 10**6 + 2) + 4 x 10**6 x (2 x 10**6 + 2), plus
     # the decoder (10**6 x 2 + 2) and embedding (2 x 16) of the smallest vocabulary, 2 words;
@@ -276,7 +270,7 @@ def test_check_resources_after_the_vocabulary_is_known(tmp_path, tiny_files):
 
 def test_the_largest_values_validate_accepts_do_run(tmp_path, tiny_files, cli):
     """The caps are where a value stops running, not below: their maxima train a step."""
-    config = _write_config(tmp_path, tiny_files)
+    config = write_config(tmp_path, tiny_files)
     result = invoke(
         cli,
         "fit",
@@ -300,7 +294,7 @@ def test_the_largest_values_validate_accepts_do_run(tmp_path, tiny_files, cli):
 
 def test_run_dir_variables_are_expanded_and_saved_expanded(tmp_path, tiny_files, cli, monkeypatch):
     monkeypatch.setenv("LMTRAIN_TEST_RUNS", str(tmp_path / "runs"))
-    config = _write_config(tmp_path, tiny_files, "run.dir=${LMTRAIN_TEST_RUNS}/first")
+    config = write_config(tmp_path, tiny_files, "run.dir=${LMTRAIN_TEST_RUNS}/first")
     expanded = tmp_path / "runs" / "first"
     result = invoke(cli, "validate", config)
     assert result.exit_code == 0, result.output
@@ -319,7 +313,7 @@ def test_run_dir_variables_are_expanded_and_saved_expanded(tmp_path, tiny_files,
 
 def test_run_dir_and_data_paths_expand_the_home_directory(tmp_path, tiny_files, cli, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    config = _write_config(
+    config = write_config(
         tmp_path, tiny_files, "run.dir=~/runs/home", f"data.train=~/{tiny_files['train'].name}"
     )
     result = invoke(cli, "fit", config, "train.max_steps=1", "--quiet")
@@ -330,7 +324,7 @@ def test_run_dir_and_data_paths_expand_the_home_directory(tmp_path, tiny_files, 
 
 def test_an_unset_variable_in_run_dir_is_named(tmp_path, tiny_files, cli, monkeypatch):
     monkeypatch.delenv("LMTRAIN_NOT_SET", raising=False)
-    config = _write_config(tmp_path, tiny_files, "run.dir=${LMTRAIN_NOT_SET}/x")
+    config = write_config(tmp_path, tiny_files, "run.dir=${LMTRAIN_NOT_SET}/x")
     before = _snapshot(tmp_path)
     for command in ("validate", "fit"):
         result = invoke(cli, command, config)
@@ -352,7 +346,7 @@ def test_validate_reports_every_missing_file_and_device_at_once(tmp_path, tiny_f
     (tmp_path / "empty.txt").write_text("")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    config = _write_config(tmp_path, tiny_files)
+    config = write_config(tmp_path, tiny_files)
     before = _snapshot(tmp_path)
     result = invoke(
         cli,
@@ -388,14 +382,14 @@ def test_validate_names_an_unreadable_file(tmp_path, tiny_files, cli):
     locked = tmp_path / "locked.txt"
     locked.write_text("text\n")
     locked.chmod(0)
-    config = _write_config(tmp_path, tiny_files, f"data.train={locked}")
+    config = write_config(tmp_path, tiny_files, f"data.train={locked}")
     result = invoke(cli, "validate", config)
     assert result.exit_code == 2
     assert f"data.train: {locked}: permission denied" in result.stderr
 
 
 def test_validate_passes_a_good_config_with_builtin_and_split_paths(tmp_path, tiny_files, cli):
-    config = _write_config(
+    config = write_config(
         tmp_path,
         tiny_files,
         "data.valid=builtin:python-docs",
@@ -411,7 +405,7 @@ def test_validate_passes_a_good_config_with_builtin_and_split_paths(tmp_path, ti
 
 
 def test_dashed_dotted_options_are_overrides(tmp_path, tiny_files, cli):
-    config = _write_config(tmp_path, tiny_files)
+    config = write_config(tmp_path, tiny_files)
     result = invoke(
         cli, "validate", config, "--train.lr", "0.1", "--model.cell=gru", "train.bptt=5"
     )
@@ -436,7 +430,7 @@ def test_dashed_dotted_options_are_overrides(tmp_path, tiny_files, cli):
     ],
 )
 def test_bad_options_fail_clearly(args, needle, tmp_path, tiny_files, cli):
-    config = _write_config(tmp_path, tiny_files)
+    config = write_config(tmp_path, tiny_files)
     before = _snapshot(tmp_path)
     for command in ("validate", "fit"):
         result = invoke(cli, command, config, *args)
@@ -448,7 +442,7 @@ def test_bad_options_fail_clearly(args, needle, tmp_path, tiny_files, cli):
 
 
 def test_an_option_before_the_config_file_is_explained(tmp_path, tiny_files, cli):
-    config = _write_config(tmp_path, tiny_files)
+    config = write_config(tmp_path, tiny_files)
     result = invoke(cli, "validate", "--train.lr", "0.1", config)
     assert result.exit_code == 2
     assert "--train.lr: the config file comes first, then the overrides" in result.stderr
@@ -471,7 +465,7 @@ def test_data_paths_are_saved_expanded_so_eval_works_without_the_variable(
     tmp_path, tiny_files, cli, monkeypatch
 ):
     monkeypatch.setenv("LMTRAIN_TEST_DATA", str(tiny_files["test"].parent))
-    config = _write_config(
+    config = write_config(
         tmp_path, tiny_files, "run.dir=" + str(tmp_path / "run"),
         "data.train=${LMTRAIN_TEST_DATA}/train.txt", "data.test=${LMTRAIN_TEST_DATA}/test.txt",
     )  # fmt: skip
@@ -494,7 +488,7 @@ def test_an_unset_variable_in_a_data_path_is_named_when_read(
     tmp_path, tiny_files, cli, monkeypatch
 ):
     monkeypatch.delenv("LMTRAIN_NOT_SET", raising=False)
-    config = _write_config(tmp_path, tiny_files, "data.train=${LMTRAIN_NOT_SET}/train.txt")
+    config = write_config(tmp_path, tiny_files, "data.train=${LMTRAIN_NOT_SET}/train.txt")
     result = invoke(cli, "fit", config, "train.max_steps=1")
     assert result.exit_code == 2
     assert "LMTRAIN_NOT_SET" in result.stderr and "Traceback" not in result.stderr

@@ -13,18 +13,11 @@ from pathlib import Path
 import pytest
 
 import lmtrain
-from conftest import invoke, tiny_config
+from conftest import invoke, tiny_config, write_config
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.training import fit
 
 REPO = Path(lmtrain.__file__).resolve().parents[1]
-
-
-def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
-    cfg = tiny_config(tmp_path, files, *overrides)
-    path = tmp_path / "config.yaml"
-    path.write_text(cfg.to_yaml(), encoding="utf-8")
-    return path
 
 
 def _ckpts(tmp_path: Path) -> Path:
@@ -48,7 +41,7 @@ def test_bad_training_file(name, content, message, tmp_path, tiny_files, cli):
         bad.mkdir()
     elif content is not None:
         bad.write_bytes(content)
-    config = _write_config(tmp_path, tiny_files, f"data.train={bad}")
+    config = write_config(tmp_path, tiny_files, f"data.train={bad}")
     result = invoke(cli, "fit", config)
     assert result.exit_code == 2, result.output
     assert f"{bad}: {message}" in result.stderr

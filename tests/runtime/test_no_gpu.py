@@ -3,25 +3,16 @@ machine without a CUDA GPU; the GPU path itself is in tests/runtime/test_gpu.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from conftest import invoke, tiny_config
+from conftest import invoke, tiny_config, write_config
 from lmtrain.training import fit
-
-
-def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
-    cfg = tiny_config(tmp_path, files, *overrides)
-    path = tmp_path / "config.yaml"
-    path.write_text(cfg.to_yaml(), encoding="utf-8")
-    return path
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_gpu_asked_for_where_none_exists(tmp_path, tiny_files, cli):
-    config = _write_config(tmp_path, tiny_files)
+    config = write_config(tmp_path, tiny_files)
     result = invoke(cli, "fit", config, "train.device=cuda")
     assert result.exit_code == 2
     assert "train.device is 'cuda' but no CUDA GPU is available here" in result.stderr

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import lmtrain
-from conftest import TINY_TEXT, invoke, tiny_config
+from conftest import TINY_TEXT, invoke, tiny_config, write_config
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.checkpoint import storage as ckpt_mod
 from lmtrain.errors import TrainingStopped
@@ -51,13 +51,6 @@ def _hashes(directory: Path) -> dict[str, str]:
 
 def _leftovers(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
-
-
-def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
-    cfg = tiny_config(tmp_path, files, *overrides)
-    path = tmp_path / "config.yaml"
-    path.write_text(cfg.to_yaml(), encoding="utf-8")
-    return path
 
 
 def _ckpts(tmp_path: Path) -> Path:
@@ -120,7 +113,7 @@ class _Run:
         self.marks.mkdir()
         driver = tmp_path / "driver.py"
         driver.write_text(_DRIVER, encoding="utf-8")
-        config = _write_config(tmp_path, files, "train.epochs=50", "train.eval_every=2", *overrides)
+        config = write_config(tmp_path, files, "train.epochs=50", "train.eval_every=2", *overrides)
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),

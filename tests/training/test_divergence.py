@@ -15,18 +15,12 @@ import pytest
 import torch
 
 import lmtrain
-from conftest import invoke, tiny_config
+from conftest import invoke, write_config
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.training.loop import Trainer
 
 REPO = Path(lmtrain.__file__).resolve().parents[1]
 GUARD = ("train.max_steps=12", "train.eval_every=1", "train.max_nonfinite_steps=2")
-
-
-def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(tiny_config(tmp_path, files, *overrides).to_yaml(), encoding="utf-8")
-    return path
 
 
 def _checkpoints(tmp_path: Path) -> list[str]:
@@ -48,7 +42,7 @@ def test_weights_diverged_at_step_1_are_not_kept_and_the_advice_works(
 ):
     """Step 1 blows the weights up (validation loss inf, every later step NaN); the advised
     command, once the cause is gone (here the injected blow-up), trains to the end."""
-    config = _write_config(tmp_path, tiny_files, *GUARD)
+    config = write_config(tmp_path, tiny_files, *GUARD)
     real_step = Trainer.train_step
 
     def blow_up(trainer: Trainer, batch: Any) -> Any:
@@ -96,7 +90,7 @@ def test_a_huge_learning_rate_keeps_no_diverged_checkpoint_and_the_advice_runs_a
     would. The advised command is run as printed: it must not resume the diverged step-1
     weights (which stopped at once, 'no checkpoint was written in this session', again and
     again), nor be refused; it trains a fresh run from step 0 at the halved rate."""
-    config = _write_config(tmp_path, tiny_files, *GUARD, "train.lr=1e36", "train.optimizer=adam")
+    config = write_config(tmp_path, tiny_files, *GUARD, "train.lr=1e36", "train.optimizer=adam")
     first = _lmtrain("fit", str(config), "--quiet")
     assert first.returncode == 3, first.stderr
     assert _checkpoints(tmp_path) == []

@@ -9,18 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import invoke, tiny_config
+from conftest import invoke, tiny_config, write_config
 from lmtrain.checkpoint import load_checkpoint
 from lmtrain.models.output import SoftmaxOutput
 from lmtrain.training import fit
 from lmtrain.training.loop import Trainer
-
-
-def _write_config(tmp_path: Path, files: dict[str, Path], *overrides: str) -> Path:
-    cfg = tiny_config(tmp_path, files, *overrides)
-    path = tmp_path / "config.yaml"
-    path.write_text(cfg.to_yaml(), encoding="utf-8")
-    return path
 
 
 def _ckpts(tmp_path: Path) -> Path:
@@ -78,7 +71,7 @@ def test_non_finite_step_is_skipped_with_weights_unchanged(
 def test_too_many_non_finite_steps_stop_with_exit_3_and_keep_checkpoints(
     tmp_path, tiny_files, cli, monkeypatch
 ):
-    config = _write_config(
+    config = write_config(
         tmp_path,
         tiny_files,
         "train.max_steps=30",
